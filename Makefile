@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: run test test-all bench ui lint setup
+
+setup: $(STAMP)
+
+# pip (not uv/poetry) so torch==2.13.0 comes from the CPU wheel on this disk;
+# constraints.txt pins the whole resolved set, so every fresh install is the same.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/sweepflow run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+ui: $(STAMP)
+	$(BIN)/sweepflow ui
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

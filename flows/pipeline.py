@@ -1,0 +1,28 @@
+"""The pipeline: ingest -> tokenize -> sweep (subflow) -> evaluate, in one MLflow parent run."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.sweep import sweep_flow
+from sweepflow import tracking
+from sweepflow.config import SweepflowConfig
+from tasks.evaluate import evaluate_task
+from tasks.ingest import ingest_task
+from tasks.lineage import log_lineage_task, run_tags
+from tasks.summary import PipelineSummary, summarize
+from tasks.sweep import create_study_task
+from tasks.tokenize import tokenize_task
+
+
+@flow(name="pipeline")
+def pipeline_flow(config: SweepflowConfig) -> PipelineSummary:
+    tokens = tokenize_task(config, ingest_task(config))
+    study = create_study_task(config)
+    tags = run_tags(config, study.name, flow_run.get_id())
+    with tracking.managed_run(config, f"sweep-{study.name}", tags) as run_id:
+        log_lineage_task(config, tokens, run_id)
+        sweep = sweep_flow(config, tokens, study, run_id)
+        evaluation = evaluate_task(config, tokens, sweep, run_id)
+    return summarize(config, sweep, evaluation, run_id)

@@ -1,0 +1,234 @@
+"""Typed experiment config: YAML layers composed with OmegaConf, validated with pydantic.
+
+Order: conf/base.yaml -> --config FILE -> conf/local.yaml (if present) -> key=value overrides.
+Every model forbids extra keys, so a typo fails at load time with the dotted key named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sweepflow.paths import CONF_DIR
+
+BUNDLED = "bundled"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CleanConfig(_Model):
+    fix_unicode: bool = True
+    drop_empty: bool = True
+    drop_duplicates: bool = True
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    confidence_column: str | None = None
+    min_confidence: float | None = None
+
+
+class SplitNames(_Model):
+    train: str = "train"
+    validation: str = "validation"
+    test: str = "test"
+
+
+class DataConfig(_Model):
+    path: str | dict[str, str] = BUNDLED
+    name: str | None = None
+    revision: str | None = None
+    encoding: str | None = None
+    splits: SplitNames = SplitNames()
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str | int] | dict[str, str] | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_train_samples: int | None = Field(None, ge=2)
+    max_eval_samples: int | None = Field(None, ge=2)
+    clean: CleanConfig = CleanConfig()
+
+    @model_validator(mode="after")
+    def _check_path(self) -> DataConfig:
+        if isinstance(self.path, dict):
+            unknown = set(self.path) - {"train", "validation", "test"}
+            if unknown:
+                raise ValueError(
+                    f"split names must be train/validation/test, got {sorted(unknown)}")
+            if "train" not in self.path:
+                raise ValueError("a mapping of split files needs a 'train' file")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class ModelConfig(_Model):
+    name_or_path: str = BUNDLED
+
+
+class TokenizeConfig(_Model):
+    max_length: int = Field(64, ge=8, le=8192)
+
+
+class TrainConfig(_Model):
+    max_epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    val_checks_per_epoch: int = Field(2, ge=1)
+    early_stopping_patience: int = Field(3, ge=1)
+    group_by_length: bool = True
+    num_threads: int | None = Field(None, ge=1)
+    max_steps: int = -1
+
+
+class FloatParam(_Model):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+class IntParam(_Model):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+class CategoricalParam(_Model):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+TRAIN_KEYS = set(TrainConfig.model_fields)
+
+
+class SweepConfig(_Model):
+    n_trials: int = Field(4, ge=1)
+    study_name: str | None = None
+    continue_study: bool = True
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_startup_trials: int = Field(1, ge=0)
+    pruner_warmup_steps: int = Field(0, ge=0)
+    metric: Literal["val/f1_macro", "val/accuracy", "val/loss"] = "val/f1_macro"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    space: dict[str, Param] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_space(self) -> SweepConfig:
+        for name in self.space:
+            if name not in TRAIN_KEYS:
+                raise ValueError(
+                    f"sweep.space.{name} is not a train.* setting ({sorted(TRAIN_KEYS)})")
+        if (self.metric == "val/loss") != (self.direction == "minimize"):
+            raise ValueError(f"sweep.direction={self.direction} does not fit {self.metric}")
+        return self
+
+
+class TrackingConfig(_Model):
+    uri: str | None = None
+    experiment: str = "sweepflow"
+    artifact_location: str | None = None
+
+
+class SweepflowConfig(_Model):
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    train: TrainConfig = TrainConfig()
+    sweep: SweepConfig = SweepConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def study_name(self) -> str:
+        return self.sweep.study_name or self.tracking.experiment
+
+    def flat(self) -> dict[str, str]:
+        """The resolved config as dotted keys, for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+    def digest(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(self.model_dump(mode="json")))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(tree) if not isinstance(tree, str) else tree}
+
+
+def _load_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return OmegaConf.load(path)
+    except (OmegaConfBaseException, ValueError, OSError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged")))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"bad value for '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: Path | None = None,
+) -> SweepflowConfig:
+    """Compose base -> file -> conf/local.yaml -> overrides and validate."""
+    layers = [_load_yaml(base or CONF_DIR / "base.yaml")]
+    if config_file:
+        layers.append(_load_yaml(Path(config_file)))
+    local = CONF_DIR / "local.yaml"
+    if local.is_file() and base is None:
+        layers.append(_load_yaml(local))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot compose config: {err}") from err
+    return validate_config(merged)
+
+
+def validate_config(data: Any) -> SweepflowConfig:
+    try:
+        return SweepflowConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None

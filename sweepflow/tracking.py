@@ -1,0 +1,169 @@
+"""MLflow helpers in one place: the store, the experiment, and runs that never stay RUNNING.
+
+Runs are addressed by id through MlflowClient, so the helpers work from any thread. A run
+opened here is closed with FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM); an
+atexit hook closes any that a hard exit skipped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-exported
+from mlflow.tracking import MlflowClient
+
+from sweepflow.config import SweepflowConfig
+from sweepflow.paths import ROOT, store_dir
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+_open_runs: dict[str, str] = {}  # run id -> tracking uri
+_lock = threading.Lock()
+
+
+def tracking_uri(config: SweepflowConfig) -> str:
+    """Config wins, then $MLFLOW_TRACKING_URI, then the SQLite store under mlruns/."""
+    if config.tracking.uri:
+        return config.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    store = store_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def artifact_location(config: SweepflowConfig) -> str:
+    if config.tracking.artifact_location:
+        return config.tracking.artifact_location
+    return (store_dir() / "artifacts").as_uri()
+
+
+def setup(config: SweepflowConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id (created if new)."""
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(config.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(
+        config.tracking.experiment, artifact_location=artifact_location(config)
+    )
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _close(uri: str, run_id: str, status: str, error: str | None = None) -> None:
+    client = MlflowClient(uri)
+    if error:
+        client.set_tag(run_id, "error", error[:4000])
+    client.set_terminated(run_id, status=status)
+    with _lock:
+        _open_runs.pop(run_id, None)
+
+
+@atexit.register
+def _close_leftovers() -> None:
+    for run_id, uri in list(_open_runs.items()):
+        try:
+            _close(uri, run_id, RunStatus.to_string(RunStatus.KILLED), "process exited")
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+@contextmanager
+def managed_run(
+    config: SweepflowConfig,
+    run_name: str,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """Create a run and always close it: FINISHED, FAILED on error, KILLED on interrupt."""
+    experiment_id = setup(config)
+    uri = tracking_uri(config)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = MlflowClient(uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    with _lock:
+        _open_runs[run_id] = uri
+    try:
+        yield run_id
+    except (KeyboardInterrupt, SystemExit) as err:
+        _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
+        raise
+    except BaseException as err:
+        _close(uri, run_id, "FAILED", f"{type(err).__name__}: {err}")
+        raise
+    else:
+        _close(uri, run_id, "FINISHED")
+
+
+@contextmanager
+def active_run(config: SweepflowConfig, run_id: str) -> Iterator[None]:
+    """Make an open run the fluent active run in this thread (for log_input, log_model),
+    leaving it open afterwards."""
+    setup(config)
+    current = mlflow.active_run()
+    if current is not None and current.info.run_id == run_id:
+        yield
+        return
+    with mlflow.start_run(run_id=run_id, nested=current is not None):
+        yield
+    MlflowClient(tracking_uri(config)).update_run(run_id, status="RUNNING")
+
+
+class MetricBuffer:
+    """Collects metrics and sends them in one log_batch call, instead of a round trip each."""
+
+    def __init__(self, uri: str, run_id: str, max_items: int = 500) -> None:
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+        self.max_items = max_items
+        self.items: list[Metric] = []
+        self.seconds = 0.0  # time spent inside MLflow calls
+        self.calls = 0
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        self.items.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+        if len(self.items) >= self.max_items:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        start = time.perf_counter()
+        for i in range(0, len(self.items), 1000):
+            self.client.log_batch(self.run_id, metrics=self.items[i : i + 1000])
+            self.calls += 1
+        self.items = []
+        self.seconds += time.perf_counter() - start
+
+
+def artifact_dir(name: str) -> Path:
+    path = store_dir() / "tmp" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

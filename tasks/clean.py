@@ -1,0 +1,82 @@
+"""Text cleaning: repair mojibake, normalise, strip, filter and de-duplicate, with counts."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+
+import ftfy
+import pandas as pd
+
+from sweepflow.config import CleanConfig
+
+TEXT = "text"
+LABEL = "label"
+
+
+@dataclass
+class CleanReport:
+    """Rows dropped (or changed) at each cleaning step, per split."""
+
+    steps: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, split: str, step: str, count: int) -> None:
+        self.steps.setdefault(split, {})[step] = self.steps.get(split, {}).get(step, 0) + count
+
+
+def normalise(text: str, fix_unicode: bool) -> str:
+    """ftfy repairs mojibake and applies NFC; whitespace runs collapse to one space."""
+    if fix_unicode:
+        text = ftfy.fix_text(text, normalization="NFC")
+    else:
+        text = unicodedata.normalize("NFC", text)
+    return " ".join(text.split())
+
+
+def clean_split(
+    frame: pd.DataFrame, split: str, cfg: CleanConfig, report: CleanReport
+) -> pd.DataFrame:
+    """Return a cleaned copy of a (text, label[, confidence]) frame; counts go to `report`."""
+    df = frame.copy()
+    report.add(split, "rows_in", len(df))
+    missing_label = df[LABEL].isna()
+    report.add(split, "dropped_missing_label", int(missing_label.sum()))
+    df = df[~missing_label]
+    texts = df[TEXT].astype("string").fillna("")
+    cleaned = texts.map(lambda t: normalise(str(t), cfg.fix_unicode)).astype("string")
+    report.add(split, "changed_by_normalisation", int((cleaned != texts).sum()))
+    df = df.assign(**{TEXT: cleaned})
+    steps = [
+        ("dropped_empty", cfg.drop_empty, lambda d: d[TEXT].str.len() > 0),
+        ("dropped_too_short", cfg.min_chars is not None,
+         lambda d: d[TEXT].str.len() >= (cfg.min_chars or 0)),
+        ("dropped_too_long", cfg.max_chars is not None,
+         lambda d: d[TEXT].str.len() <= (cfg.max_chars or 0)),
+        ("dropped_low_confidence", cfg.min_confidence is not None,
+         lambda d: pd.to_numeric(d["confidence"], errors="coerce") >= cfg.min_confidence),
+        ("dropped_duplicates", cfg.drop_duplicates, lambda d: ~d[TEXT].duplicated()),
+    ]
+    for name, enabled, keep in steps:
+        if enabled:
+            mask = keep(df)
+            report.add(split, name, int((~mask).sum()))
+            df = df[mask]
+    report.add(split, "rows_out", len(df))
+    return df.reset_index(drop=True)
+
+
+def remove_overlap(
+    splits: dict[str, pd.DataFrame], report: CleanReport
+) -> dict[str, pd.DataFrame]:
+    """No text may sit in two splits: drop from train what val/test hold, and from val what test
+    holds (evaluation splits win, so scores stay honest)."""
+    out = dict(splits)
+    order = [s for s in ("test", "validation", "train") if s in out]
+    seen: set[str] = set()
+    for split in order:
+        df = out[split]
+        leak = df[TEXT].isin(seen)
+        report.add(split, "dropped_overlap_with_other_splits", int(leak.sum()))
+        out[split] = df[~leak].reset_index(drop=True)
+        seen |= set(out[split][TEXT])
+    return out

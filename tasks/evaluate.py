@@ -1,0 +1,167 @@
+"""Evaluate: score the study's best model on the test split next to a TF-IDF + logistic
+regression baseline trained on the same train split; log it all and the model to MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from prefect import get_run_logger, task  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+from rich.progress import track  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    classification_report,
+    precision_recall_fscore_support,
+)
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from transformers import AutoModelForSequenceClassification, pipeline  # noqa: E402
+
+from sweepflow import tracking  # noqa: E402
+from sweepflow.config import SweepflowConfig  # noqa: E402
+from tasks.clean import LABEL, TEXT  # noqa: E402
+from tasks.ingest import load_ingested  # noqa: E402
+from tasks.sweep_report import SweepResult  # noqa: E402
+from tasks.tokenize import TokenizedData, load_tokenizer  # noqa: E402
+from tasks.train import load_rows, make_loader, resolve_precision, set_threads  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class Scores(BaseModel):
+    accuracy: float
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+
+
+class EvalResult(BaseModel):
+    model: Scores
+    baseline: Scores
+    model_uri: str
+    test_digest: str
+    report: dict[str, Any]
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="macro",
+                                                 zero_division=0)
+    return Scores(accuracy=accuracy_score(y_true, y_pred), precision_macro=p, recall_macro=r,
+                  f1_macro=f)
+
+
+def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
+                 precision: str) -> np.ndarray:
+    """Batched, length-sorted inference with the same autocast as training."""
+    set_threads(None)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    rows = load_rows(tokens.path)["test"]
+    loader = make_loader(rows, tokens, batch_size, train=False, group_by_length=False, seed=0)
+    order = list(loader.sampler)
+    preds = np.empty(len(rows), dtype=np.int64)
+    bf16 = resolve_precision(precision).startswith("bf16")
+    out, i = [], 0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for batch in track(loader, description="evaluate"):
+            batch.pop("labels")
+            out.append(model(**batch).logits.argmax(-1).numpy())
+    flat = np.concatenate(out)
+    for i, idx in enumerate(order):
+        preds[idx] = flat[i]
+    return preds
+
+
+def baseline_predictions(train_texts: list[str], train_y: np.ndarray, test_texts: list[str],
+                         seed: int) -> np.ndarray:
+    """TF-IDF (word 1-2 grams) + logistic regression on exactly the model's train split."""
+    clf = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+        LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
+    )
+    clf.fit(train_texts, train_y)
+    return clf.predict(test_texts)
+
+
+def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, names: list[str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=range(len(names)),
+                                            display_labels=names, ax=ax, colorbar=False)
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pip_requirements() -> list[str]:
+    """Pinned from this environment (MLflow's default list wants torchvision, absent here)."""
+    from importlib.metadata import version
+
+    pins = [f"{p}=={version(p).split('+')[0]}" for p in ("transformers", "tokenizers", "torch")]
+    return [*pins, f"mlflow=={version('mlflow')}"]
+
+
+def log_model(model_dir: Path, tokens: TokenizedData, name: str = "model") -> str:
+    """Log a text-classification pipeline (transformers flavour, with signature)."""
+    clf = pipeline("text-classification", model=str(model_dir),
+                   tokenizer=load_tokenizer(str(model_dir)), device="cpu")
+    example = ["what a great day", "the bus was late again"]
+    signature = mlflow.models.infer_signature(
+        example, mlflow.transformers.generate_signature_output(clf, example)
+    )
+    info = mlflow.transformers.log_model(
+        transformers_model=clf, name=name, task="text-classification", signature=signature,
+        input_example=example, pip_requirements=pip_requirements(),
+    )
+    return info.model_uri
+
+
+def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
+             parent_run_id: str) -> EvalResult:
+    names = list(tokens.data.label_names)
+    dd = load_ingested(tokens.data)
+    y_true = np.asarray(dd["test"][LABEL])
+    y_model = predict_test(model_dir, tokens, config.train.eval_batch_size,
+                           config.train.precision)
+    y_base = baseline_predictions(dd["train"][TEXT], np.asarray(dd["train"][LABEL]),
+                                  dd["test"][TEXT], config.seed)
+    report = classification_report(y_true, y_model, labels=range(len(names)),
+                                   target_names=names, output_dict=True, zero_division=0)
+    result_model, result_base = scores(y_true, y_model), scores(y_true, y_base)
+    out = tracking.artifact_dir(f"evaluate-{parent_run_id}")
+    (out / "classification_report.json").write_text(json.dumps(report, indent=2))
+    confusion_png(y_true, y_model, names, out / "confusion_matrix.png")
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    metrics = {f"test/{k}": v for k, v in result_model.model_dump().items()}
+    metrics |= {f"test/baseline_{k}": v for k, v in result_base.model_dump().items()}
+    for name in names:
+        metrics[f"test/f1_{name}"] = report[name]["f1-score"]
+    now = tracking.now_ms()
+    client.log_batch(parent_run_id,
+                     metrics=[tracking.Metric(k, v, now, 0) for k, v in metrics.items()])
+    client.log_artifacts(parent_run_id, str(out), "evaluation")
+    with tracking.active_run(config, parent_run_id):
+        model_uri = log_model(model_dir, tokens)
+    return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
+                      test_digest=tokens.data.split_digests["test"], report=report)
+
+
+@task(name="evaluate")
+def evaluate_task(config: SweepflowConfig, tokens: TokenizedData, sweep: SweepResult,
+                  run_id: str) -> EvalResult:
+    result = evaluate(config, tokens, Path(sweep.model_dir), run_id)
+    get_run_logger().info("test macro-F1 %.3f (baseline %.3f)", result.model.f1_macro,
+                          result.baseline.f1_macro)
+    return result

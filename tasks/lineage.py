@@ -1,0 +1,93 @@
+"""Lineage: the splits as MLflow dataset inputs, the data profile and the run's identity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import mlflow.data  # noqa: E402
+from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource  # noqa: E402
+from prefect import task  # noqa: E402
+
+from sweepflow import tracking  # noqa: E402
+from sweepflow.config import SweepflowConfig  # noqa: E402
+from tasks.clean import TEXT  # noqa: E402
+from tasks.ingest import IngestResult, load_ingested  # noqa: E402
+from tasks.tokenize import TokenizedData, load_tokenized  # noqa: E402
+
+CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
+
+
+def run_tags(config: SweepflowConfig, study: str, flow_run_id: str | None) -> dict[str, str]:
+    return {"prefect.flow_run_id": flow_run_id or "none", "git_sha": tracking.git_sha(),
+            "optuna.study": study, "sweepflow.config_digest": config.digest()}
+
+
+def length_histogram(tokens: TokenizedData, path: Path) -> Path:
+    dd, tok = load_ingested(tokens.data), load_tokenized(tokens.path)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for split in dd:
+        axes[0].hist(dd[split].to_pandas()[TEXT].str.len(), bins=50, alpha=0.5, label=split)
+        axes[1].hist(tok[split]["length"], bins=50, alpha=0.5, label=split)
+    axes[0].set_title("text length (characters)")
+    axes[1].set_title(f"tokens (truncated at {tokens.max_length})")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def dataset_source(data: IngestResult, split: str) -> Any:
+    """Where a split came from: a Hub dataset or a local file."""
+    if data.hub is not None:
+        return HuggingFaceDatasetSource(path=data.source_uri, config_name=data.hub.get("name"),
+                                        revision=data.hub.get("revision"), split=split)
+    return data.source_uri  # MLflow resolves a local path to a file source
+
+
+def log_lineage(config: SweepflowConfig, tokens: TokenizedData, run_id: str) -> None:
+    """Params, config file, dataset inputs, data profile and token stats on the parent run."""
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    flat = config.flat()
+    params = [tracking.Param(k, v[:6000]) for k, v in flat.items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+    data = tokens.data
+    client.set_tag(run_id, "data.digest", data.digest)
+    client.set_tag(run_id, "data.source", data.source)
+    stats = tokens.stats
+    client.log_batch(run_id, metrics=[
+        tracking.Metric(f"data/{k}", float(v), tracking.now_ms(), 0)
+        for k, v in {"token_len_p50": stats.p50, "token_len_p95": stats.p95,
+                     "token_len_max": stats.max, "share_truncated": stats.share_truncated,
+                     **{f"rows_{s}": n for s, n in data.sizes.items()}}.items()
+    ])
+    out = tracking.artifact_dir(f"lineage-{run_id}")
+    (out / "config.yaml").write_text(config.to_yaml())
+    profile = json.loads((Path(data.path) / "profile.json").read_text())
+    profile["tokens"] = stats.model_dump()
+    (out / "data_profile.json").write_text(json.dumps(profile, indent=2))
+    length_histogram(tokens, out / "length_histogram.png")
+    client.log_artifacts(run_id, str(out), "")
+    dd = load_ingested(data)
+    with tracking.active_run(config, run_id):
+        for split, ds in dd.items():
+            dataset = mlflow.data.from_pandas(
+                ds.to_pandas(), source=dataset_source(data, split), targets="label",
+                name=f"{config.tracking.experiment}-{split}",
+            )
+            mlflow.log_input(dataset, context=CONTEXTS[split],
+                             tags={"split": split, "sweepflow.digest": data.split_digests[split]})
+
+
+@task(name="log-lineage")
+def log_lineage_task(config: SweepflowConfig, tokens: TokenizedData, run_id: str) -> None:
+    log_lineage(config, tokens, run_id)

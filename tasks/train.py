@@ -1,0 +1,245 @@
+"""Train: a LightningModule around AutoModelForSequenceClassification, fed by
+length-grouped, dynamically padded batches; the best weights are kept in memory."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    get_linear_schedule_with_warmup,
+)
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from sweepflow.config import TrainConfig
+from sweepflow.tracking import MetricBuffer
+from tasks.clean import LABEL
+from tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto': bf16 autocast where the hardware has it, fp16 where only that, else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16-mixed"
+        return "16-mixed"
+    cpu = torch.cpu
+    if cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def set_threads(num_threads: int | None) -> int:
+    """Match torch's intra-op threads to the cores this process may use."""
+    n = num_threads or len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+class Rows(Dataset):
+    """Tokenized rows held as Python lists: indexing costs no Arrow round trip."""
+
+    def __init__(self, split: Any) -> None:
+        cols = split.to_dict()
+        self.input_ids = cols["input_ids"]
+        self.attention_mask = cols["attention_mask"]
+        self.labels = cols[LABEL]
+        self.lengths = cols["length"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i],
+                "labels": self.labels[i]}
+
+
+@functools.lru_cache(maxsize=2)
+def load_rows(path: str) -> dict[str, Rows]:
+    """All splits in memory, once per process: every trial of a sweep reuses them."""
+    dd = load_tokenized(path)
+    return {split: Rows(dd[split]) for split in dd}
+
+
+def make_loader(rows: Rows, tokens: TokenizedData, batch_size: int, train: bool,
+                group_by_length: bool, seed: int) -> DataLoader:
+    collate = DataCollatorWithPadding(load_tokenizer(tokens.model_path), pad_to_multiple_of=8)
+    if train and group_by_length:
+        gen = torch.Generator().manual_seed(seed)
+        sampler = LengthGroupedSampler(batch_size, lengths=rows.lengths, generator=gen)
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    if train:
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(rows, batch_size=batch_size, shuffle=True, generator=gen,
+                          collate_fn=collate)
+    order = sorted(range(len(rows)), key=rows.lengths.__getitem__)  # little padding at eval
+    return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=collate)
+
+
+class TextClassifier(pl.LightningModule):
+    def __init__(self, model_path: str, label_names: list[str], cfg: TrainConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n = len(label_names)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=n, id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
+        )
+        self.val_acc = MulticlassAccuracy(num_classes=n)
+        self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
+
+    def forward(self, **batch: torch.Tensor) -> Any:
+        return self.model(**batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        out = self.model(**batch)
+        preds = out.logits.argmax(-1)
+        self.val_acc.update(preds, batch["labels"])
+        self.val_f1.update(preds, batch["labels"])
+        self.log("val/loss", out.loss, on_epoch=True, batch_size=len(batch["labels"]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/accuracy", self.val_acc.compute())
+        self.log("val/f1_macro", self.val_f1.compute())
+        self.val_acc.reset()
+        self.val_f1.reset()
+
+    def configure_optimizers(self) -> Any:
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+        params = [
+            {"params": [p for n, p in self.model.named_parameters() if not n.endswith(no_decay)],
+             "weight_decay": self.cfg.weight_decay},
+            {"params": [p for n, p in self.model.named_parameters() if n.endswith(no_decay)],
+             "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.learning_rate)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(self.cfg.warmup_ratio * total), total
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+
+class BestWeights(Callback):
+    """Keeps a CPU copy of the weights at the best validation so far: no checkpoint files."""
+
+    def __init__(self, monitor: str, mode: str) -> None:
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+        self.best_step = 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        better = self.best is None or (value > self.best if self.mode == "max"
+                                       else value < self.best)
+        if better:
+            self.best, self.best_step = value, trainer.global_step
+            self.state = {k: v.detach().to("cpu", copy=True)
+                          for k, v in module.model.state_dict().items()}
+
+
+class BatchedMlflowLogger(Logger):
+    """Lightning logger that buffers metrics and sends them once per validation."""
+
+    def __init__(self, buffer: MetricBuffer) -> None:
+        super().__init__()
+        self.buffer = buffer
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.buffer.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Params are logged by the sweep, from the trial."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        self.buffer.add(metrics, step or 0)
+        if any(k.startswith("val/") for k in metrics):
+            self.buffer.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.buffer.flush()
+
+
+@dataclass(frozen=True)
+class FitResult:
+    best_value: float | None
+    best_step: int
+    steps: int
+    seconds: float
+    samples: int
+    state: dict[str, torch.Tensor] | None
+
+
+def build_trainer(cfg: TrainConfig, callbacks: list[Callback], logger: Logger | None,
+                  progress: bool = True) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="auto", devices=1, precision=resolve_precision(cfg.precision),
+        max_epochs=cfg.max_epochs, max_steps=cfg.max_steps,
+        val_check_interval=1.0 / cfg.val_checks_per_epoch,
+        callbacks=callbacks, logger=logger or False, enable_checkpointing=False,
+        num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=progress,
+        log_every_n_steps=50,
+    )
+
+
+def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: str,
+        callbacks: list[Callback] = (), logger: Logger | None = None,
+        progress: bool = True) -> tuple[TextClassifier, FitResult]:
+    """Fine-tune once with `cfg`; returns the module and its best validation result."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    set_threads(cfg.num_threads)
+    rows = load_rows(tokens.path)
+    module = TextClassifier(tokens.model_path, list(tokens.data.label_names), cfg)
+    best = BestWeights(monitor, mode)
+    stop = EarlyStopping(monitor, mode=mode, patience=cfg.early_stopping_patience,
+                         check_on_train_epoch_end=False)
+    trainer = build_trainer(cfg, [best, stop, *callbacks], logger, progress)
+    train = make_loader(rows["train"], tokens, cfg.batch_size, True, cfg.group_by_length, seed)
+    val = make_loader(rows["validation"], tokens, cfg.eval_batch_size, False, False, seed)
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, train, val)
+    finally:
+        if logger is not None:
+            logger.finalize("done")
+    seconds = time.perf_counter() - start
+    result = FitResult(best.best, best.best_step, trainer.global_step, seconds,
+                       trainer.global_step * cfg.batch_size, best.state)
+    return module, result
