@@ -150,6 +150,30 @@ class TrackingConfig(_Model):
     artifact_location: str | None = None
 
 
+class ScheduleConfig(_Model):
+    """For `sweepflow serve`: a cron string or an interval in seconds (not both)."""
+
+    cron: str | None = None
+    interval: float | None = Field(None, gt=0)
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleConfig:
+        if self.cron and self.interval:
+            raise ValueError("set schedule.cron or schedule.interval, not both")
+        return self
+
+
+class RegistryConfig(_Model):
+    """Model registry: every new version is `challenger`; it becomes `champion` only if it
+    beats the champion on `metric` over the same test-data digest (or there is none)."""
+
+    enabled: bool = True
+    model_name: str | None = None  # null = tracking.experiment
+    metric: Literal["test/f1_macro", "test/accuracy", "test/precision_macro",
+                    "test/recall_macro"] = "test/f1_macro"
+
+
 class SweepflowConfig(_Model):
     seed: int = 42
     data: DataConfig = DataConfig()
@@ -158,6 +182,8 @@ class SweepflowConfig(_Model):
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     tracking: TrackingConfig = TrackingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @property
     def study_name(self) -> str:
