@@ -52,7 +52,7 @@ class DataConfig(_Model):
     splits: SplitNames = SplitNames()
     text_column: str = "text"
     label_column: str = "label"
-    labels: list[str | int] | dict[str, str] | None = None
+    labels: list[str | int] | dict[str | int, str] | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_train_samples: int | None = Field(None, ge=2)
@@ -230,6 +230,18 @@ def _format_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _merge(layers: list[Any]) -> Any:
+    """Merge layers in order; a layer that sets sweep.space replaces the space, so an
+    experiment can search fewer parameters than base."""
+    merged = layers[0]
+    for layer in layers[1:]:
+        if OmegaConf.select(layer, "sweep.space") is not None and "sweep" in merged:
+            merged = OmegaConf.merge(merged, {"sweep": {"space": None}})
+            merged.sweep.space = {}
+        merged = OmegaConf.merge(merged, layer)
+    return merged
+
+
 def load_config(
     config_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -247,7 +259,7 @@ def load_config(
             raise ConfigError(f"override '{item}' is not key=value")
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+        merged = OmegaConf.to_container(_merge(layers), resolve=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot compose config: {err}") from err
     return validate_config(merged)

@@ -321,7 +321,8 @@ def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
     for split, df in labelled.items():
         if df.empty:
             raise DataError(f"split '{split}' of {source.description} is empty after cleaning")
-    splits = remove_overlap(make_splits(labelled, cfg, seed), report)
+    # Source splits first (so their overlap leaves train), then again for carved splits.
+    splits = remove_overlap(make_splits(remove_overlap(labelled, report), cfg, seed), report)
     before = {s: len(df) for s, df in splits.items()}
     splits["train"] = cap(splits["train"], cfg.max_train_samples, seed)
     splits["validation"] = cap(splits["validation"], cfg.max_eval_samples, seed)

@@ -196,6 +196,10 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             client.set_tag(run_id, "optuna.state", "failed")
             raise TrialFailed(trial.number, run_id, err) from err
+        except BaseException:  # Ctrl-C: the trial must not stay RUNNING in the study either
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            client.set_tag(run_id, "optuna.state", "interrupted")
+            raise
         state = "pruned" if pruning.pruned_at is not None else "complete"
         if fitted.best_value is None:
             state = "failed"

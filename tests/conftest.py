@@ -29,7 +29,8 @@ def make_frame(n: int = 150, seed: int = 0) -> pd.DataFrame:
     rows = []
     for i in range(n):
         label = list(WORDS)[i % 3]
-        words = rng.sample(WORDS[label], 3) + rng.sample(FILLER, 2) + [f"n{i}"]
+        words = rng.sample(WORDS[label], 3) + rng.choices(FILLER, k=rng.randint(1, 12))
+        words.append(f"n{i}")
         rng.shuffle(words)
         rows.append({"sentiment": label, "confidence": round(rng.uniform(0.3, 1), 3),
                      "text": " ".join(words)})

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import logging
+import shutil
+
+from sweepflow.config import load_config
+from tasks.ingest import ingest
+from tasks.tokenize import load_tokenized, tokenize, tokenize_key
+
+
+def test_tokenize_unpadded_truncated_with_stats(tiny_config):
+    data = ingest(tiny_config)
+    tokens = tokenize(tiny_config, data)
+    dd = load_tokenized(tokens.path)
+    lengths = [len(ids) for ids in dd["train"]["input_ids"]]
+    assert max(lengths) <= 16 and len(set(lengths)) > 1  # truncated, not padded
+    assert tokens.stats.p50 > 0 and 0 <= tokens.stats.share_truncated <= 1
+
+
+def test_cache_hits_when_unchanged_and_misses_when_changed(tiny_config, tiny_overrides,
+                                                           tiny_model_dir, tmp_path, caplog):
+    data = ingest(tiny_config)
+    key = tokenize_key(tiny_config, data)
+    first = tokenize(tiny_config, data)
+    with caplog.at_level(logging.INFO, logger="tasks.tokenize"):
+        assert tokenize(tiny_config, data) == first
+    assert "cache hit" in caplog.text
+    longer = load_config(overrides=[*tiny_overrides, "tokenize.max_length=32"])
+    assert tokenize_key(longer, data) != key
+    # A tokenizer whose files differ (one more vocab entry) gets a different key.
+    other = tmp_path / "other-tok"
+    shutil.copytree(tiny_model_dir, other)
+    with (other / "vocab.txt").open("a") as f:
+        f.write("extraword\n")
+    (other / "tokenizer.json").unlink()
+    changed = load_config(overrides=[*tiny_overrides, f"model.name_or_path={other}"])
+    assert tokenize_key(changed, data) != key
+
+
+def test_truncation_warning(tiny_overrides, caplog):
+    config = load_config(overrides=[*tiny_overrides, "tokenize.max_length=8"])
+    with caplog.at_level(logging.WARNING, logger="tasks.tokenize"):
+        tokens = tokenize(config, ingest(config))
+    assert tokens.stats.share_truncated > 0.05
+    assert "truncated" in caplog.text

@@ -1,0 +1,59 @@
+"""Training and sweep pieces on the tiny BERT: real Lightning, real Optuna, real MLflow."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from sweepflow.config import load_config
+from tasks.ingest import ingest
+from tasks.sweep import create_study, grid_space, make_pruner, make_sampler, run_trial, suggest
+from tasks.tokenize import tokenize
+from tasks.train import fit, resolve_precision
+
+
+def test_precision_auto_picks_supported_mode():
+    assert resolve_precision("32-true") == "32-true"
+    assert resolve_precision("auto") in {"bf16-mixed", "16-mixed", "32-true"}
+
+
+def test_fit_is_reproducible_with_a_seed(tiny_config):
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    cfg = tiny_config.train.model_copy(update={"max_epochs": 1})
+    _, a = fit(tokens, cfg, 7, "val/f1_macro", "max", progress=False)
+    _, b = fit(tokens, cfg, 7, "val/f1_macro", "max", progress=False)
+    assert a.best_value == pytest.approx(b.best_value) and a.steps == b.steps > 0
+
+
+def test_samplers_and_pruners_from_config(tiny_overrides):
+    grid = load_config(overrides=[*tiny_overrides, "sweep.sampler=grid",
+                                  "sweep.space={warmup_ratio: {type: categorical, "
+                                  "choices: [0.0, 0.1]}, max_epochs: {type: int, low: 1, "
+                                  "high: 2}}"])
+    assert grid_space(grid.sweep) == {"warmup_ratio": [0.0, 0.1], "max_epochs": [1, 2]}
+    assert isinstance(make_sampler(grid.sweep, 0), optuna.samplers.GridSampler)
+    rnd = load_config(overrides=[*tiny_overrides, "sweep.sampler=random",
+                                 "sweep.pruner=hyperband"])
+    assert isinstance(make_sampler(rnd.sweep, 0), optuna.samplers.RandomSampler)
+    assert isinstance(make_pruner(rnd.sweep), optuna.pruners.HyperbandPruner)
+    with pytest.raises(ValueError, match="sweep.space.learning_rate: the grid sampler"):
+        grid_space(load_config(overrides=["sweep.sampler=grid"]).sweep)
+
+
+def test_suggest_follows_space(tiny_config):
+    study = optuna.create_study()
+    params = suggest(study.ask(), tiny_config.sweep)
+    assert set(params) == set(tiny_config.sweep.space)
+    lr = tiny_config.sweep.space["learning_rate"]
+    assert lr.low <= params["learning_rate"] <= lr.high
+
+
+def test_run_trial_reports_and_continues_study(tiny_config):
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    ref = create_study(tiny_config)
+    first = run_trial(tiny_config, tokens, ref, None)
+    second = run_trial(tiny_config, tokens, create_study(tiny_config), None)
+    assert first.state == "complete" and first.value is not None
+    assert second.number == 1 and second.params != first.params
+    study = optuna.load_study(study_name=ref.name, storage=ref.storage)
+    assert len(study.trials[0].intermediate_values) >= 1  # reported at each validation
