@@ -66,17 +66,21 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
                  precision: str) -> np.ndarray:
     """Batched, length-sorted inference with the same autocast as training."""
     set_threads(None)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     rows = load_rows(tokens.path)["test"]
     loader = make_loader(rows, tokens, batch_size, train=False, group_by_length=False, seed=0)
     order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
-    bf16 = resolve_precision(precision).startswith("bf16")
-    out, i = [], 0
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    mode = resolve_precision(precision)
+    dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float16
+    out = []
+    with torch.inference_mode(), torch.autocast(device, dtype=dtype,
+                                                enabled=mode != "32-true"):
         for batch in track(loader, description="evaluate"):
             batch.pop("labels")
-            out.append(model(**batch).logits.argmax(-1).numpy())
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out.append(model(**batch).logits.argmax(-1).cpu().numpy())
     flat = np.concatenate(out)
     for i, idx in enumerate(order):
         preds[idx] = flat[i]
@@ -118,11 +122,8 @@ def log_model(model_dir: Path, tokens: TokenizedData, name: str = "model") -> st
     clf = pipeline("text-classification", model=str(model_dir),
                    tokenizer=load_tokenizer(str(model_dir)), device="cpu")
     example = ["what a great day", "the bus was late again"]
-    signature = mlflow.models.infer_signature(
-        example, mlflow.transformers.generate_signature_output(clf, example)
-    )
-    info = mlflow.transformers.log_model(
-        transformers_model=clf, name=name, task="text-classification", signature=signature,
+    info = mlflow.transformers.log_model(  # the signature is inferred from the example
+        transformers_model=clf, name=name, task="text-classification",
         input_example=example, pip_requirements=pip_requirements(),
     )
     return info.model_uri

@@ -104,6 +104,7 @@ class TextClassifier(pl.LightningModule):
             label2id={name: i for i, name in enumerate(label_names)},
             ignore_mismatched_sizes=True,
         )
+        self.model.train()  # from_pretrained returns eval mode: dropout must be on to train
         self.val_acc = MulticlassAccuracy(num_classes=n)
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
 

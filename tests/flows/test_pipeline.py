@@ -60,6 +60,7 @@ def test_pipeline_end_to_end(tiny_config):
     study = optuna.load_study(study_name="tiny", storage=study_storage())
     assert len(study.trials) == 2
 
+    assert mlflow.models.get_model_info(summary.evaluation.model_uri).signature is not None
     model = mlflow.pyfunc.load_model(summary.evaluation.model_uri)
     pred = model.predict(["great love happy", "awful hate worst"])
     assert set(pred["label"]) <= {"negative", "neutral", "positive"}
