@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.evaluate import baseline_predictions, confusion_png, scores
+from tests.conftest import make_frame
+
+
+def test_scores_are_macro_averaged():
+    s = scores(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]))
+    assert s.accuracy == 0.75
+    assert 0 < s.f1_macro < 1 and 0 < s.precision_macro <= 1
+
+
+def test_baseline_learns_tiny_data_and_confusion_png(tmp_path):
+    df = make_frame(300)
+    y = df["sentiment"].astype("category").cat.codes.to_numpy()
+    pred = baseline_predictions(list(df.text[:240]), y[:240], list(df.text[240:]), seed=0)
+    assert scores(y[240:], pred).accuracy > 0.8
+    path = confusion_png(y[240:], pred, ["negative", "neutral", "positive"], tmp_path / "c.png")
+    assert path.stat().st_size > 1000
