@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test test-all bench ui lint setup
+.PHONY: run test test-all bench ui serve prefect-server lint setup
 
 setup: $(STAMP)
 
@@ -30,7 +30,16 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
 ui: $(STAMP)
-	$(BIN)/sweepflow ui
+	$(BIN)/sweepflow ui $(ARGS)
+
+# Scheduled runs: needs schedule.cron or schedule.interval, e.g. ARGS='schedule.cron="0 3 * * *"'.
+serve: $(STAMP)
+	$(BIN)/sweepflow serve $(ARGS)
+
+# A local Prefect server and UI on http://127.0.0.1:4200 (state in ~/.prefect or PREFECT_HOME),
+# without telemetry. In other shells: export PREFECT_API_URL=http://127.0.0.1:4200/api
+prefect-server: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

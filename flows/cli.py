@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,sweepflow")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _noise in (".*LeafSpec.*", ".*smaller than the logging interval.*",
+               ".*does not have many workers.*"):
+    warnings.filterwarnings("ignore", message=_noise)
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -61,6 +65,29 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
 
 
 @app.command()
+def serve(config: ConfigOpt = None, overrides: Overrides = None,
+          name: Annotated[str | None, typer.Option(help="Deployment name (default: "
+                                                   "tracking.experiment).")] = None) -> None:
+    """Serve the pipeline as a Prefect deployment on schedule.cron or schedule.interval."""
+    cfg = _config(config, overrides)
+    from flows.serve import ServeError, pipeline_schedule, prefect_api, serve_pipeline
+
+    try:
+        pipeline_schedule(cfg)
+    except ConfigError as err:
+        console.print(f"[red]config error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
+        api = prefect_api()
+    except ServeError as err:
+        console.print(f"[red]serve error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"Serving [bold]pipeline/{name or cfg.tracking.experiment}[/bold] on {api}; "
+                  "Ctrl-C stops and pauses the schedule", soft_wrap=True)
+    serve_pipeline(cfg, name)
+
+
+@app.command()
 def ui(config: ConfigOpt = None, overrides: Overrides = None,
        port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:
     """Start the MLflow UI on the project's tracking store, bound to 127.0.0.1."""
@@ -68,11 +95,96 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
 
     cfg = _config(config, overrides)
     uri = tracking.tracking_uri(cfg)
-    tracking.setup(cfg)
-    console.print(f"MLflow UI on [bold]http://127.0.0.1:{port}[/bold] (store {uri}); Ctrl-C stops")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    runs = f"{url}/#/experiments/{tracking.setup(cfg)}/runs?workflowType=machine_learning"
+    console.print(f"MLflow UI on [bold]{url}[/bold] (store {uri}); Ctrl-C stops\n"
+                  f"experiment '{cfg.tracking.experiment}': {runs}", soft_wrap=True)
+    # `mlflow ui` is an alias of `mlflow server`. Runs keep the artifact location of their
+    # experiment; --artifacts-destination only keeps uploads through the UI out of the cwd.
+    # The server's job runner serves GenAI features only; off, it saves seven processes.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--artifacts-destination", tracking.artifact_location(cfg),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     os.execv(sys.executable, cmd)
+
+
+def _split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, texts): an argument is a key=value override when its key is a config
+    section or a dotted key under one (data.…, tracking.…, registry.…); the rest are texts."""
+    import re
+
+    sections = "|".join(SweepflowConfig.model_fields)
+    is_override = re.compile(rf"(?:{sections})(?:\.[\w-]+)*=").match
+    return ([a for a in args if is_override(a)], [a for a in args if not is_override(a)])
+
+
+Texts = Annotated[list[str] | None, typer.Argument(
+    help="Texts to label, mixed with key=value overrides (an argument is an override when "
+         "its key starts with a config section, e.g. tracking.experiment=x).")]
+
+
+@app.command()
+def predict(args: Texts = None, config: ConfigOpt = None,
+            model: Annotated[str | None, typer.Option(
+                help="MLflow model URI [default: models:/<registry.model_name or "
+                     "tracking.experiment>@champion].")] = None,
+            file: Annotated[Path | None, typer.Option(
+                "--file", "-f", help="More texts: one per line, or the data.text_column of "
+                                     "a .csv / .jsonl file.")] = None) -> None:
+    """Label texts with a registered model: one JSON line per text (text, label,
+    probability)."""
+    import json
+
+    from tasks.predict import PredictError, load_model, read_texts
+    from tasks.predict import predict as label_texts
+    from tasks.register import champion_uri
+
+    overrides, texts = _split_overrides(args or [])
+    cfg = _config(config, overrides)
+    errors = Console(stderr=True)
+    try:
+        texts += read_texts(file, cfg.data.text_column) if file else []
+        if not texts:
+            raise PredictError("no text: give TEXT arguments or --file FILE")
+        loaded = load_model(cfg, model or champion_uri(cfg))
+    except PredictError as err:
+        errors.print(f"[red]predict error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for prediction in label_texts(loaded, texts):
+        typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
+
+
+@app.command()
+def compare(config: ConfigOpt = None, overrides: Overrides = None,
+            experiment: Annotated[str | None, typer.Option(
+                help="Experiment to read [default: tracking.experiment].")] = None,
+            last: Annotated[int, typer.Option(min=1, help="How many sweeps.")] = 5,
+            html: Annotated[Path | None, typer.Option(
+                help="Write the best-so-far curves of these sweeps as HTML.")] = None,
+            png: Annotated[Path | None, typer.Option(
+                help="Write the same figure as PNG.")] = None) -> None:
+    """Compare the last N sweeps side by side: trials, scores, params, time, data."""
+    from sweepflow import tracking
+    from tasks import compare as cmp
+    from tasks.sweep import study_storage
+
+    cfg = _config(config, overrides)
+    name, uri = experiment or cfg.tracking.experiment, tracking.tracking_uri(cfg)
+    client = tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    runs = cmp.last_sweeps(client, exp.experiment_id, last) if exp else []
+    if not runs:
+        console.print(f"[red]no sweeps[/red] in experiment '{name}' ({uri})")
+        raise typer.Exit(1)
+    console.print(cmp.comparison_table([cmp.sweep_row(r) for r in runs]))
+    if html or png:
+        try:
+            written = cmp.write_comparison(client, runs, study_storage(), html, png)
+        except ValueError as err:
+            console.print(f"[red]no figure:[/red] {err}")
+            raise typer.Exit(1) from None
+        console.print("best-so-far curves: " + ", ".join(str(p) for p in written))
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -1,4 +1,5 @@
-"""The pipeline: ingest -> tokenize -> sweep (subflow) -> evaluate, in one MLflow parent run."""
+"""The pipeline: ingest -> tokenize -> sweep (subflow) -> evaluate -> register, in one MLflow
+parent run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sweepflow.config import SweepflowConfig
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.lineage import log_lineage_task, run_tags
+from tasks.register import register_task
 from tasks.summary import PipelineSummary, summarize
 from tasks.sweep import create_study_task
 from tasks.tokenize import tokenize_task
@@ -25,4 +27,5 @@ def pipeline_flow(config: SweepflowConfig) -> PipelineSummary:
         log_lineage_task(config, tokens, run_id)
         sweep = sweep_flow(config, tokens, study, run_id)
         evaluation = evaluate_task(config, tokens, sweep, run_id)
-    return summarize(config, sweep, evaluation, run_id)
+        registry = register_task(config, evaluation, run_id)
+    return summarize(config, sweep, evaluation, run_id, registry)

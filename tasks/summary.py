@@ -1,5 +1,5 @@
 """The end-of-run summary: best params, validation score, test scores next to the baseline,
-the MLflow run id and the command that opens the MLflow UI on these results."""
+the registry decision, the MLflow run id and the command that opens the MLflow UI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.table import Table
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
 from tasks.evaluate import EvalResult
+from tasks.register import RegistryResult
 from tasks.sweep_report import SweepResult
 
 
@@ -21,14 +22,15 @@ class PipelineSummary(BaseModel):
     sweep: SweepResult
     evaluation: EvalResult
     ui_command: str
+    registry: RegistryResult | None = None  # None: registry.enabled=false
 
 
 def summarize(config: SweepflowConfig, sweep: SweepResult, evaluation: EvalResult,
-              run_id: str) -> PipelineSummary:
+              run_id: str, registry: RegistryResult | None = None) -> PipelineSummary:
     uri = tracking.tracking_uri(config)
     return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
                            tracking_uri=uri, metric=config.sweep.metric, sweep=sweep,
-                           evaluation=evaluation,
+                           evaluation=evaluation, registry=registry,
                            ui_command=f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
 
 
@@ -50,4 +52,13 @@ def print_summary(summary: PipelineSummary, console: Console | None = None) -> N
     console.print(table)
     console.print(f"MLflow run: {summary.run_id} (experiment '{summary.experiment}')")
     console.print(f"model: {e.model_uri}")
+    if summary.registry is not None:
+        print_registry(summary.registry, console)
     console.print(f"open the UI: [bold]{summary.ui_command}[/bold]  (or: sweepflow ui)")
+
+
+def print_registry(r: RegistryResult, console: Console) -> None:
+    color = {"promoted": "green", "kept_champion": "yellow"}.get(r.decision, "red")
+    console.print(f"registry: {r.model_name} v{r.version} ({r.metric} {r.score:.4f}) "
+                  f"[{color}]{r.decision}[/{color}]: {r.reason}; "
+                  f"champion is v{r.champion_version} (models:/{r.model_name}@champion)")

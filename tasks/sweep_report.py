@@ -123,7 +123,10 @@ def log_sweep(config: SweepflowConfig, study: optuna.Study, result: SweepResult,
                                    tracking.RunTag("optuna.best_params", str(result.best_params))])
     out = tracking.artifact_dir(f"sweep-{run_id}")
     trials_table(study).to_csv(out / "trials.csv", index=False)
-    write_plots(study, out)
+    written = {p.stem for p in write_plots(study, out)}
+    skipped = [name for name in PLOTS if name not in written]
+    if skipped:  # e.g. importances before two complete trials: say so on the run
+        client.set_tag(run_id, "sweep.skipped_plots", ",".join(skipped))
     client.log_artifacts(run_id, str(out), "sweep")
 
 

@@ -1,0 +1,1 @@
+"""sweepflow benchmarks: `make bench` (python -m bench); see bench/__main__.py."""

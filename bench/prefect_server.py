@@ -1,0 +1,74 @@
+"""One `prefect server start` on a free 127.0.0.1 port for the whole bench.
+
+Without PREFECT_API_URL every `sweepflow run` starts a temporary server of its own (~11 s),
+which would be timed as sweepflow overhead; a long-lived server is how Prefect is run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    startup_seconds: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def prefect_server(env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[
+        PrefectServer]:
+    """Start the server (its own process group), wait for /api/health, stop it at the end."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start",
+           "--host", "127.0.0.1", "--port", str(port)]
+    server_env = {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "PREFECT_UI_ENABLED": "false"}
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=server_env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        while not _healthy(url):
+            if proc.poll() is not None or time.perf_counter() - start > timeout:
+                raise RuntimeError(f"prefect server did not start; see {log}")
+            time.sleep(0.5)
+        yield PrefectServer(url, time.perf_counter() - start)
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,0 +1,143 @@
+"""Targets and rich tables for the bench results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+LABELS = {
+    "sweepflow": ("sweepflow fit()", "bf16-mixed, length-grouped, dynamic pad"),
+    "hf_default": ("HF Trainer, defaults", "fp32, random order, DataCollatorWithPadding"),
+    "hf_tuned": ("HF Trainer, tuned", "bf16=True, group_by_length, same collator"),
+    "bare_torch": ("bare PyTorch loop", "bf16 autocast, random order, dynamic pad"),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: float
+    goal: float
+    text: str  # measured, formatted
+    goal_text: str
+    higher_is_better: bool
+
+    @property
+    def met(self) -> bool:
+        return self.measured >= self.goal if self.higher_is_better else self.measured <= self.goal
+
+
+def targets(results: dict[str, Any]) -> list[Target]:
+    out = []
+    if t := results.get("throughput"):
+        r, tok = t["ratio_vs"], t["best"]["sweepflow"]["real_tokens_per_s"]
+        out += [Target("throughput vs HF Trainer defaults", r["hf_default"], 1.3,
+                       f"{r['hf_default']:.2f}x", ">= 1.30x", True),
+                Target("throughput vs HF Trainer tuned", r["hf_tuned"], 1.0,
+                       f"{r['hf_tuned']:.2f}x", ">= 1.00x", True),
+                Target("real training tokens/s", tok, 3000, f"{tok:,.0f}", ">= 3,000", True)]
+    if o := results.get("overhead"):
+        out.append(Target("sweepflow run / bare Lightning wall time", o["ratio"], 1.10,
+                           f"{o['ratio']:.2f}x", "<= 1.10x", False))
+    if p := results.get("pruning"):
+        out += [Target("pruned / unpruned optimizer steps", p["steps_ratio"], 0.6,
+                       f"{p['steps_ratio']:.2f}x", "<= 0.60x", False),
+                Target("best val score, pruned - unpruned", p["best_delta_points"], -1.0,
+                       f"{p['best_delta_points']:+.2f} pt", ">= -1 pt", True)]
+    if w := results.get("warm"):
+        out.append(Target("warm ingest + tokenize", w["warm_seconds"], 2.0,
+                          f"{w['warm_seconds']:.3f} s", "<= 2 s", False))
+    return out
+
+
+def throughput_table(t: dict[str, Any]) -> Table:
+    peak = t["matmul_peak_gflops"]
+    table = Table(title=f"Training throughput: MiniLM-L6, {t['train_samples']} tweets, batch "
+                        f"{t['batch_size']}, max_length {t['max_length']} (best of rounds; "
+                        f"matmul peak bf16 {peak['bfloat16']:.0f} / fp32 "
+                        f"{peak['float32']:.0f} GFLOP/s)")
+    for col in ("contender", "setup", "samples/s", "real tok/s", "(median)", "padding",
+                "s/step", "CPU share", "model GFLOP/s", "% of peak", "sweepflow is"):
+        table.add_column(col, justify="left" if col in ("contender", "setup") else "right")
+    for name, r in t["best"].items():
+        ratio = "-" if name == "sweepflow" else f"{t['ratio_vs'][name]:.2f}x"
+        table.add_row(*LABELS[name], f"{r['samples_per_s']:.1f}",
+                      f"{r['real_tokens_per_s']:,.0f}",
+                      f"{t['median_real_tokens_per_s'][name]:,.0f}",
+                      f"{100 * r['padding_share']:.0f}%",
+                      f"{r['seconds_per_step']:.3f}", f"{100 * r['cpu_share']:.0f}%",
+                      f"{r['model_gflops_per_s']:.0f}", f"{100 * r['peak_share']:.1f}%", ratio)
+    return table
+
+
+def details_table(results: dict[str, Any]) -> Table:
+    table = Table(title="Pipeline costs")
+    table.add_column("measurement")
+    table.add_column("result", justify="right")
+    for label, value in _details(results):
+        table.add_row(label, value)
+    return table
+
+
+def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    if o := results.get("overhead"):
+        b = o["bare"]
+        f = o["sweepflow"]
+        rows += [("sweepflow run, 1 trial (wall)", f"{o['best']['sweepflow']:.1f} s"),
+                 ("  start (imports, flow, cached data) / trial run / lineage, sweep "
+                  "report, evaluate, register / exit",
+                  f"{f['before_parent_run_seconds']:.1f} / {f['trial_run_seconds']:.1f} / "
+                  f"{f['rest_of_parent_run_seconds']:.1f} / "
+                  f"{f['after_parent_run_seconds']:.1f} s"),
+                 ("bare Lightning script (wall)", f"{o['best']['bare']:.1f} s"),
+                 ("  imports / data + model / fit / test predict / save",
+                  f"{b['import_seconds']:.1f} / {b['setup_seconds']:.1f} / "
+                  f"{b['fit_seconds']:.1f} / {b['test_seconds']:.1f} / "
+                  f"{b['save_seconds']:.1f} s"),
+                 ("sweepflow extra time", f"{o['extra_seconds']:+.1f} s"),
+                 ("Prefect server (started once for the bench)",
+                  f"{o['prefect_startup_seconds']:.1f} s to start, not timed")]
+    if p := results.get("pruning"):
+        for k in ("median", "none"):
+            s = p[k]
+            states = ", ".join(f"{n} {st}" for st, n in s["states"].items())
+            rows.append((f"sweep pruner={k}", f"{s['optimizer_steps']} steps, best "
+                         f"{s['best_value']:.4f}, {s['wall_seconds']:.0f} s ({states})"))
+        rows.append(("pruned / unpruned wall time", f"{p['wall_ratio']:.2f}x"))
+    if w := results.get("warm"):
+        rows.append(("ingest + tokenize cold / warm",
+                     f"{w['cold_seconds']:.2f} s / {w['warm_seconds']:.3f} s"))
+    if t := results.get("tracking"):
+        rows += [("MLflow time per step, MetricBuffer",
+                  f"{1000 * t['buffered_seconds_per_step']:.2f} ms "
+                  f"({100 * t['buffered_share_of_step']:.2f}% of a step)"),
+                 ("MLflow time per step, log_metric each step",
+                  f"{1000 * t['naive_seconds_per_step']:.2f} ms "
+                  f"({100 * t['naive_share_of_step']:.2f}% of a step)")]
+    return rows
+
+
+def targets_table(items: list[Target]) -> Table:
+    table = Table(title="Targets")
+    for col in ("target", "measured", "goal", "met"):
+        table.add_column(col, justify="left" if col == "target" else "right")
+    for t in items:
+        table.add_row(t.name, t.text, t.goal_text, "[green]yes[/green]" if t.met
+                      else "[red]no[/red]")
+    return table
+
+
+def print_report(results: dict[str, Any], console: Console) -> None:
+    if "throughput" in results:
+        console.print(throughput_table(results["throughput"]))
+    if any(k in results for k in ("overhead", "pruning", "warm", "tracking")):
+        console.print(details_table(results))
+    console.print(targets_table(targets(results)))
+    meta = results["meta"]
+    console.print(f"machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}; "
+                  f"load average {meta['load_before']} before, {meta['load_after']} after; "
+                  f"{meta['seconds']:.0f} s in all")

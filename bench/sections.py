@@ -1,0 +1,279 @@
+"""The bench sections. Each measures its contenders in this one run, on this machine, and
+returns a JSON-able dict; every figure that has a target is a ratio or an absolute time."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, data_overrides, model_shape, prepare, run_json
+from bench.flops import matmul_peak, model_flops
+from bench.prefect_server import PrefectServer
+
+CONTENDERS = ("sweepflow", "hf_default", "hf_tuned", "bare_torch")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each section is: --quick shrinks everything to a smoke test."""
+
+    rounds: int  # throughput rounds
+    overhead_rounds: int
+    train: int
+    eval: int
+    warmup: int
+    overhead_train: int
+    overhead_eval: int
+    overhead_extra: tuple[str, ...]
+    prune_trials: int
+    prune_train: int
+    prune_eval: int
+    prune_epochs: int
+    prune_val_checks: int
+
+
+FULL = Sizes(rounds=3, overhead_rounds=2, train=1024, eval=128, warmup=3,
+             overhead_train=1000, overhead_eval=500, overhead_extra=(),
+             prune_trials=12, prune_train=800, prune_eval=300, prune_epochs=2,
+             prune_val_checks=4)
+QUICK = Sizes(rounds=1, overhead_rounds=1, train=256, eval=128, warmup=2,
+              overhead_train=200, overhead_eval=100, overhead_extra=("data.test_fraction=0.03",),
+              prune_trials=4, prune_train=160, prune_eval=100, prune_epochs=1,
+              prune_val_checks=2)
+
+
+@dataclass
+class Context:
+    home: Path
+    env: dict[str, str]
+    sizes: Sizes
+    prefect: PrefectServer | None = None
+    log: Any = print
+
+
+# -- 1. throughput ---------------------------------------------------------------------------
+
+def throughput(ctx: Context) -> dict[str, Any]:
+    """Contenders interleaved over rounds (order rotated), each in a fresh process; the best
+    round per contender counts, since other load on the machine only ever slows a round."""
+    s = ctx.sizes
+    prepared = prepare(s.train, s.eval)
+    shape = model_shape(prepared.model_path)
+    peaks = [matmul_peak(dtype) for dtype in _dtypes()]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    for r in range(s.rounds):
+        for name in CONTENDERS[r % len(CONTENDERS):] + CONTENDERS[:r % len(CONTENDERS)]:
+            ctx.log(f"throughput round {r + 1}/{s.rounds}: {name}")
+            runs[name].append(run_json(["bench.throughput", name, "--warmup", str(s.warmup),
+                                        *prepared.overrides], ctx.env, timeout=1200))
+    peaks += [matmul_peak(dtype) for dtype in _dtypes()]
+    peak = {p.dtype: max(q.gflops for q in peaks if q.dtype == p.dtype) for p in peaks}
+    best = {n: max(rs, key=lambda r: r["real_tokens_per_s"]) for n, rs in runs.items()}
+    for result in best.values():
+        flops = model_flops(shape["non_embedding_params"], shape["layers"], shape["hidden"],
+                            result["real_tokens"], result["sum_sq_lengths"])
+        result["model_gflops_per_s"] = flops / result["seconds"] / 1e9
+        dtype = "float32" if result["precision"] == "fp32" else "bfloat16"
+        result["peak_share"] = result["model_gflops_per_s"] / peak[dtype]
+    median = {n: statistics.median(r["real_tokens_per_s"] for r in rs) for n, rs in runs.items()}
+    sf = best["sweepflow"]["real_tokens_per_s"]
+    return {"train_samples": prepared.train_rows, "batch_size": 32, "max_length": 64,
+            "model": shape, "matmul_peak_gflops": peak, "best": best, "rounds": runs,
+            "median_real_tokens_per_s": median,
+            "ratio_vs": {n: sf / best[n]["real_tokens_per_s"] for n in CONTENDERS[1:]},
+            "median_ratio_vs": {n: median["sweepflow"] / median[n] for n in CONTENDERS[1:]}}
+
+
+def _dtypes() -> tuple[Any, ...]:
+    import torch
+
+    return (torch.bfloat16, torch.float32)
+
+
+# -- 2. overhead -----------------------------------------------------------------------------
+
+def overhead(ctx: Context) -> dict[str, Any]:
+    """`sweepflow run` (one trial, fixed params) against bench/bare_lightning.py on the same
+    tokenized data; both start as fresh processes, data already tokenized (cache warm)."""
+    s = ctx.sizes
+    overrides = [*data_overrides(s.overhead_train, s.overhead_eval), *s.overhead_extra,
+                 "train.max_epochs=1", "train.val_checks_per_epoch=3", "sweep.n_trials=1",
+                 "sweep.space={}", "tracking.experiment=bench-overhead"]
+    prepared = _prepare_with(overrides)
+    sweepflow_cmd = [str(Path(sys.executable).parent / "sweepflow"), "run", *overrides]
+    bare_cmd = [sys.executable, "-m", "bench.bare_lightning", "--data", prepared.path,
+                "--model", prepared.model_path, "--val-checks", "3"]
+    walls: dict[str, list[float]] = {"sweepflow": [], "bare": []}
+    phases: dict[str, list[dict[str, float]]] = {"sweepflow": [], "bare": []}
+    for r in range(s.overhead_rounds):
+        for name in (("bare", "sweepflow") if r % 2 == 0 else ("sweepflow", "bare")):
+            ctx.log(f"overhead round {r + 1}/{s.overhead_rounds}: {name}")
+            if name == "bare":
+                bare, wall = _timed_json(bare_cmd, ctx)
+                phases[name].append(bare)
+            else:
+                started = time.time()
+                wall = _timed(sweepflow_cmd, ctx)
+                phases[name].append(_sweepflow_phases(overrides, started, wall))
+            walls[name].append(wall)
+    best = {k: min(v) for k, v in walls.items()}
+    return {"overrides": overrides, "walls": walls, "best": best,
+            "bare": phases["bare"][walls["bare"].index(best["bare"])],
+            "sweepflow": phases["sweepflow"][walls["sweepflow"].index(best["sweepflow"])],
+            "ratio": best["sweepflow"] / best["bare"],
+            "extra_seconds": best["sweepflow"] - best["bare"],
+            "prefect_api": ctx.prefect.api_url if ctx.prefect else None,
+            "prefect_startup_seconds": ctx.prefect.startup_seconds if ctx.prefect else None}
+
+
+def _sweepflow_phases(overrides: list[str], started: float, wall: float) -> dict[str, float]:
+    """Where `sweepflow run` spent its time, from the MLflow runs it left: before the parent
+    run opened (imports, Prefect flow start, cached ingest/tokenize), the trial run, the rest
+    of the parent run (lineage, sweep report, evaluate, register) and after it closed."""
+    from sweepflow import tracking
+    from sweepflow.config import load_config
+
+    config = load_config(overrides=overrides)
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    exp = client.get_experiment_by_name(config.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], f"attributes.start_time >= "
+                              f"{int(started * 1000)}", order_by=["attributes.start_time"])
+    parent = next(r for r in runs if tracking.PARENT_TAG not in r.data.tags)
+    trial = next(r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id)
+    p0, p1 = parent.info.start_time / 1000, parent.info.end_time / 1000
+    t0, t1 = trial.info.start_time / 1000, trial.info.end_time / 1000
+    return {"before_parent_run_seconds": p0 - started, "trial_run_seconds": t1 - t0,
+            "rest_of_parent_run_seconds": (p1 - p0) - (t1 - t0),
+            "after_parent_run_seconds": started + wall - p1}
+
+
+def _prepare_with(overrides: list[str]) -> Any:
+    from bench.common import Prepared
+    from sweepflow.config import load_config
+    from tasks.ingest import ingest
+    from tasks.tokenize import tokenize
+
+    tokens = tokenize(config := load_config(overrides=overrides), ingest(config))
+    return Prepared(tokens.model_dump_json(), tokens.path, tokens.model_path,
+                    tokens.data.sizes["train"], tuple(overrides))
+
+
+def _timed(cmd: list[str], ctx: Context) -> float:
+    start = time.perf_counter()
+    log = ctx.home / f"{Path(cmd[0]).name}-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.run(cmd, env=ctx.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def _timed_json(cmd: list[str], ctx: Context) -> tuple[dict[str, Any], float]:
+    import json
+
+    out = ctx.home / f"bare-{time.monotonic_ns()}.json"
+    wall = _timed([*cmd, "--out", str(out)], ctx)
+    return json.loads(out.read_text()), wall
+
+
+# -- 3. pruning ------------------------------------------------------------------------------
+
+def pruning(ctx: Context) -> dict[str, Any]:
+    """The same sweep (same seed, sampler, data) with the median pruner and without."""
+    s = ctx.sizes
+    base = [*data_overrides(s.prune_train, s.prune_eval), f"train.max_epochs={s.prune_epochs}",
+            f"train.val_checks_per_epoch={s.prune_val_checks}",
+            f"sweep.n_trials={s.prune_trials}", "tracking.experiment=bench-pruning"]
+    _prepare_with(base)
+    out: dict[str, Any] = {"overrides": base}
+    for pruner in ("median", "none"):
+        ctx.log(f"pruning: {s.prune_trials}-trial sweep, pruner={pruner}")
+        overrides = [*base, f"sweep.pruner={pruner}", f"sweep.study_name=bench-{pruner}"]
+        start = time.perf_counter()
+        result = run_json(["bench.sweep_run", *overrides], ctx.env, timeout=3600)
+        out[pruner] = {**_sweep_from_mlflow(overrides, result["run_id"]),
+                       "wall_seconds": time.perf_counter() - start}
+    m, n = out["median"], out["none"]
+    out["steps_ratio"] = m["optimizer_steps"] / n["optimizer_steps"]
+    out["wall_ratio"] = m["wall_seconds"] / n["wall_seconds"]
+    out["best_delta_points"] = 100 * (m["best_value"] - n["best_value"])
+    return out
+
+
+def _sweep_from_mlflow(overrides: list[str], run_id: str) -> dict[str, Any]:
+    """What the store says: the parent's sweep/* metrics and the children's optuna.* tags."""
+    from sweepflow import tracking
+    from sweepflow.config import load_config
+
+    config = load_config(overrides=overrides)
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`{tracking.PARENT_TAG}` = '{run_id}'")
+    states = [c.data.tags.get("optuna.state", "?") for c in children]
+    metrics = parent.data.metrics
+    return {"optimizer_steps": int(metrics["sweep/optimizer_steps"]),
+            "child_steps": sum(int(c.data.tags.get("optuna.steps", 0)) for c in children),
+            "best_value": metrics["sweep/best_value"], "trials": len(children),
+            "states": {k: states.count(k) for k in sorted(set(states))}}
+
+
+# -- 4. warm re-run --------------------------------------------------------------------------
+
+def warm(ctx: Context) -> dict[str, Any]:
+    """tasks.ingest.ingest + tasks.tokenize.tokenize twice on the default experiment's data;
+    the second call finds both content-keyed caches."""
+    from sweepflow.config import load_config
+    from tasks.ingest import ingest
+    from tasks.tokenize import tokenize
+
+    config = load_config()
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        tokenize(config, ingest(config))
+        times.append(time.perf_counter() - start)
+    return {"cold_seconds": times[0], "warm_seconds": times[1],
+            "data": f"max_train_samples={config.data.max_train_samples}, "
+                    f"max_eval_samples={config.data.max_eval_samples}"}
+
+
+# -- 5. tracking -----------------------------------------------------------------------------
+
+def tracking_cost(ctx: Context, throughput_result: dict[str, Any] | None) -> dict[str, Any]:
+    """MetricBuffer time per training step (from the sweepflow contender's fit) against one
+    MlflowClient.log_metric round trip per step to the same kind of store."""
+    s = ctx.sizes
+    if throughput_result is None:
+        prepared = prepare(s.train, s.eval)
+        fitted = run_json(["bench.throughput", "sweepflow", "--warmup", str(s.warmup),
+                           *prepared.overrides], ctx.env, timeout=1200)
+    else:
+        fitted = throughput_result["best"]["sweepflow"]
+    naive = _naive_log_metric(50)
+    buffered = fitted["mlflow_seconds"] / fitted["total_steps"]
+    return {"buffered_seconds_per_step": buffered, "buffered_calls": fitted["mlflow_calls"],
+            "steps": fitted["total_steps"], "naive_seconds_per_step": naive,
+            "step_seconds": fitted["seconds_per_step"],
+            "buffered_share_of_step": buffered / fitted["seconds_per_step"],
+            "naive_share_of_step": naive / fitted["seconds_per_step"]}
+
+
+def _naive_log_metric(n: int) -> float:
+    from sweepflow import tracking
+    from sweepflow.config import load_config
+
+    config = load_config(overrides=["tracking.experiment=bench-tracking"])
+    with tracking.managed_run(config, "naive-log-metric") as run_id:
+        client = tracking.MlflowClient(tracking.tracking_uri(config))
+        client.log_metric(run_id, "train/loss", 1.0, step=0)  # first-call setup
+        start = time.perf_counter()
+        for step in range(1, n + 1):
+            client.log_metric(run_id, "train/loss", 1.0 / step, step=step)
+        return (time.perf_counter() - start) / n

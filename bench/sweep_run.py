@@ -1,0 +1,40 @@
+"""One sweep subflow (flows.sweep.sweep_flow) inside a parent MLflow run, as the pipeline
+runs it but without evaluate: the pruning comparison needs the sweep alone.
+
+    python -m bench.sweep_run --out result.json key=value...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench.common import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args()
+
+    from flows.sweep import sweep_flow
+    from sweepflow import tracking
+    from sweepflow.config import load_config
+    from tasks.ingest import ingest
+    from tasks.sweep import create_study
+    from tasks.tokenize import tokenize
+
+    config = load_config(overrides=args.overrides)
+    tokens = tokenize(config, ingest(config))
+    study = create_study(config)
+    start = time.perf_counter()
+    with tracking.managed_run(config, f"sweep-{study.name}", {"optuna.study": study.name}
+                              ) as run_id:
+        result = sweep_flow(config, tokens, study, run_id)
+    write_json(args.out, {"run_id": run_id, "seconds": time.perf_counter() - start,
+                          **result.model_dump(mode="json")})
+
+
+if __name__ == "__main__":
+    main()
