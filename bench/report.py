@@ -106,8 +106,12 @@ def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
             s = p[k]
             states = ", ".join(f"{n} {st}" for st, n in s["states"].items())
             rows.append((f"sweep pruner={k}", f"{s['optimizer_steps']} steps, best "
-                         f"{s['best_value']:.4f}, {s['wall_seconds']:.0f} s ({states})"))
+                         f"{s['best_value']:.4f}, {s['wall_seconds']:.0f} s ({states}), "
+                         f"peak RSS {s['peak_rss_gb']:.1f} GB"))
         rows.append(("pruned / unpruned wall time", f"{p['wall_ratio']:.2f}x"))
+        rows.append(("replay of the unpruned curves (steps ratio, best change)", "; ".join(
+            f"{k}: {v['steps_ratio']:.2f}x {v['best_delta_points']:+.1f} pt"
+            for k, v in p["replay"].items())))
     if w := results.get("warm"):
         rows.append(("ingest + tokenize cold / warm",
                      f"{w['cold_seconds']:.2f} s / {w['warm_seconds']:.3f} s"))

@@ -198,12 +198,56 @@ def pruning(ctx: Context) -> dict[str, Any]:
         start = time.perf_counter()
         result = run_json(["bench.sweep_run", *overrides], ctx.env, timeout=3600)
         out[pruner] = {**_sweep_from_mlflow(overrides, result["run_id"]),
-                       "wall_seconds": time.perf_counter() - start}
+                       "wall_seconds": time.perf_counter() - start,
+                       "peak_rss_gb": result["peak_rss_gb"]}
     m, n = out["median"], out["none"]
     out["steps_ratio"] = m["optimizer_steps"] / n["optimizer_steps"]
     out["wall_ratio"] = m["wall_seconds"] / n["wall_seconds"]
     out["best_delta_points"] = 100 * (m["best_value"] - n["best_value"])
+    out["replay"] = replay_pruning([*base, "sweep.study_name=bench-none"], n["steps_by_trial"])
     return out
+
+
+def replay_pruning(overrides: list[str], steps: dict[int, int]) -> dict[str, dict[str, float]]:
+    """Replay the unpruned sweep's learning curves through MedianPruner's rule for other
+    (startup trials, warm-up steps) settings: steps ratio and best-value change in points.
+    An approximation: in a real pruned sweep the sampler would then propose other trials."""
+    import optuna
+
+    from sweepflow.config import load_config
+    from tasks.sweep import study_storage
+
+    name = load_config(overrides=overrides).sweep.study_name
+    trials = optuna.load_study(study_name=name, storage=study_storage()).trials
+    full, best = max(steps.values()), max(t.value for t in trials)
+    out = {}
+    for startup, warmup in ((1, 0), (2, 0), (3, 0), (5, 0), (1, full // 4), (1, full // 2)):
+        done: list[optuna.trial.FrozenTrial] = []
+        spent, kept = 0, float("-inf")
+        for t in trials:
+            pruned_at = _replay_prune(t, done, startup, warmup)
+            spent += steps[t.number] if pruned_at is None else pruned_at
+            if pruned_at is None:
+                done.append(t)
+                kept = max(kept, t.value)
+        out[f"startup={startup} warmup={warmup}"] = {
+            "steps_ratio": spent / sum(steps.values()), "best_delta_points": 100 * (kept - best)}
+    return out
+
+
+def _replay_prune(trial: Any, done: list[Any], startup: int, warmup: int) -> int | None:
+    """The step at which optuna's MedianPruner would have pruned `trial`, or None."""
+    import statistics
+
+    best = float("-inf")
+    for step, value in sorted(trial.intermediate_values.items()):
+        best = max(best, value)
+        if len(done) < max(startup, 1) or step < warmup:
+            continue
+        others = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
+        if others and best < statistics.median(others):
+            return step
+    return None
 
 
 def _sweep_from_mlflow(overrides: list[str], run_id: str) -> dict[str, Any]:
@@ -217,9 +261,11 @@ def _sweep_from_mlflow(overrides: list[str], run_id: str) -> dict[str, Any]:
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`{tracking.PARENT_TAG}` = '{run_id}'")
     states = [c.data.tags.get("optuna.state", "?") for c in children]
+    steps = {int(c.data.tags["optuna.trial_number"]): int(c.data.tags.get("optuna.steps", 0))
+             for c in children}
     metrics = parent.data.metrics
     return {"optimizer_steps": int(metrics["sweep/optimizer_steps"]),
-            "child_steps": sum(int(c.data.tags.get("optuna.steps", 0)) for c in children),
+            "child_steps": sum(steps.values()), "steps_by_trial": steps,
             "best_value": metrics["sweep/best_value"], "trials": len(children),
             "states": {k: states.count(k) for k in sorted(set(states))}}
 

@@ -7,6 +7,7 @@ runs it but without evaluate: the pruning comparison needs the sweep alone.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 from bench.common import write_json
@@ -32,8 +33,9 @@ def main() -> None:
     with tracking.managed_run(config, f"sweep-{study.name}", {"optuna.study": study.name}
                               ) as run_id:
         result = sweep_flow(config, tokens, study, run_id)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     write_json(args.out, {"run_id": run_id, "seconds": time.perf_counter() - start,
-                          **result.model_dump(mode="json")})
+                          "peak_rss_gb": peak_kib / 2**20, **result.model_dump(mode="json")})
 
 
 if __name__ == "__main__":
