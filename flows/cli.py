@@ -12,6 +12,8 @@ from typing import Annotated
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,sweepflow")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The temporary server's telemetry heartbeat fails offline ("database is locked" tracebacks).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 for _noise in (".*LeafSpec.*", ".*smaller than the logging interval.*",
                ".*does not have many workers.*"):
     warnings.filterwarnings("ignore", message=_noise)
