@@ -3,9 +3,11 @@ length-grouped, dynamically padded batches; the best weights are kept in memory.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +49,36 @@ def resolve_precision(precision: str) -> str:
 
 
 def set_threads(num_threads: int | None) -> int:
-    """Match torch's intra-op threads to the cores this process may use."""
+    """Match torch's intra-op threads to the cores this process may use, and keep freed
+    memory in the process (see keep_freed_memory)."""
     n = num_threads or len(os.sched_getaffinity(0))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    keep_freed_memory()
     return n
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Tell glibc malloc to serve big blocks from the heap and keep freed memory.
+
+    By default every allocation over 32 MB is a fresh mmap that is unmapped when freed, so
+    the next one page-faults all over again. A training step allocates the dense gradient
+    of the word embeddings (30,522 x 384 floats, 47 MB) each time: zeroing it cost 53 ms of
+    a 430 ms MiniLM step on this CPU, and 1 ms with this setting. The cost is that the
+    process keeps its peak memory until it exits. No-op off glibc (macOS, musl), on GPU, and
+    with SWEEPFLOW_KEEP_FREED_MEMORY=0.
+    """
+    if (torch.cuda.is_available() or not sys.platform.startswith("linux")
+            or os.environ.get("SWEEPFLOW_KEEP_FREED_MEMORY") == "0"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and
+                libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 class Rows(Dataset):
