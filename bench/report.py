@@ -109,9 +109,10 @@ def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{s['best_value']:.4f}, {s['wall_seconds']:.0f} s ({states}), "
                          f"peak RSS {s['peak_rss_gb']:.1f} GB"))
         rows.append(("pruned / unpruned wall time", f"{p['wall_ratio']:.2f}x"))
-        rows.append(("replay of the unpruned curves (steps ratio, best change)", "; ".join(
-            f"{k}: {v['steps_ratio']:.2f}x {v['best_delta_points']:+.1f} pt"
-            for k, v in p["replay"].items())))
+        safe = sorted((v["steps_ratio"], k, v["best_delta_points"])
+                      for k, v in p["replay"].items() if v["best_delta_points"] >= -1.0)
+        rows.append(("replay of the unpruned curves: cheapest settings within 1 pt", "; ".join(
+            f"{k}: {ratio:.2f}x {delta:+.1f} pt" for ratio, k, delta in safe[:4]) or "none"))
     if w := results.get("warm"):
         rows.append(("ingest + tokenize cold / warm",
                      f"{w['cold_seconds']:.2f} s / {w['warm_seconds']:.3f} s"))

@@ -126,12 +126,21 @@ class SweepConfig(_Model):
     study_name: str | None = None
     continue_study: bool = True
     sampler: Literal["tpe", "random", "grid"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    pruner_startup_trials: int = Field(1, ge=0)
+    pruner: Literal["median", "percentile", "hyperband", "none"] = "median"
+    pruner_startup_trials: int | None = Field(None, ge=0)  # None: max(2, min(5, n_trials // 3))
     pruner_warmup_steps: int = Field(0, ge=0)
+    pruner_percentile: float = Field(65.0, gt=0, lt=100)  # percentile pruner: top % kept
     metric: Literal["val/f1_macro", "val/accuracy", "val/loss"] = "val/f1_macro"
     direction: Literal["maximize", "minimize"] = "maximize"
     space: dict[str, Param] = Field(default_factory=dict)
+
+    @property
+    def startup_trials(self) -> int:
+        """Complete trials before pruning starts: by default a third of this run's trials,
+        at least 2 and at most 5 (optuna's own default)."""
+        if self.pruner_startup_trials is not None:
+            return self.pruner_startup_trials
+        return max(2, min(5, self.n_trials // 3))
 
     @model_validator(mode="after")
     def _check_space(self) -> SweepConfig:

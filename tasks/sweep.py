@@ -76,7 +76,12 @@ def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:
 def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_steps
+            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.pruner_warmup_steps
+        )
+    if cfg.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(
+            cfg.pruner_percentile, n_startup_trials=cfg.startup_trials,
+            n_warmup_steps=cfg.pruner_warmup_steps,
         )
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.pruner_warmup_steps))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweepflow.config import load_config
+from sweepflow.config import ConfigError, load_config
 from tasks.ingest import ingest
 from tasks.sweep import create_study, grid_space, make_pruner, make_sampler, run_trial, suggest
 from tasks.tokenize import tokenize
@@ -38,6 +38,20 @@ def test_samplers_and_pruners_from_config(tiny_overrides):
     assert isinstance(make_pruner(rnd.sweep), optuna.pruners.HyperbandPruner)
     with pytest.raises(ValueError, match="sweep.space.learning_rate: the grid sampler"):
         grid_space(load_config(overrides=["sweep.sampler=grid"]).sweep)
+
+
+def test_pruner_startup_scales_with_the_sweep_and_percentile_is_configurable(tiny_overrides):
+    def sweep(*extra: str):
+        return load_config(overrides=[*tiny_overrides, *extra]).sweep
+
+    assert [sweep(f"sweep.n_trials={n}").startup_trials for n in (1, 4, 12, 30)] == [2, 2, 4, 5]
+    assert sweep("sweep.pruner_startup_trials=1").startup_trials == 1
+    median = make_pruner(sweep("sweep.n_trials=12"))
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 4
+    pct = make_pruner(sweep("sweep.pruner=percentile", "sweep.pruner_percentile=70"))
+    assert isinstance(pct, optuna.pruners.PercentilePruner) and pct._percentile == 70
+    with pytest.raises(ConfigError, match="sweep.pruner_percentile"):
+        sweep("sweep.pruner_percentile=100")
 
 
 def test_suggest_follows_space(tiny_config):
