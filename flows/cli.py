@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The temporary server's telemetry heartbeat fails offline ("database is locked" tracebacks).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 for _noise in (".*LeafSpec.*", ".*smaller than the logging interval.*",
-               ".*does not have many workers.*"):
+               ".*does not have many workers.*", ".*Inferred schema contains integer.*"):
     warnings.filterwarnings("ignore", message=_noise)
 
 import typer  # noqa: E402
