@@ -218,7 +218,7 @@ REPLAY_WARMUPS = (0.0, 0.25, 0.5)
 
 
 def replay_pruning(overrides: list[str], steps: dict[int, int]) -> dict[str, dict[str, float]]:
-    """Replay the unpruned sweep's learning curves through optuna's PercentilePruner rule
+    """Replay the unpruned sweep's learning curves through optuna's own PercentilePruner
     (MedianPruner is percentile 50) for other settings: steps ratio and best-value change in
     points. An approximation: in a real pruned sweep the sampler would then propose other
     trials. The settings are (percentile kept, startup trials, warm-up as a share of a trial)."""
@@ -234,35 +234,36 @@ def replay_pruning(overrides: list[str], steps: dict[int, int]) -> dict[str, dic
     for percentile in REPLAY_PERCENTILES:
         for startup in REPLAY_STARTUPS:
             for warmup_share in REPLAY_WARMUPS:
-                done: list[optuna.trial.FrozenTrial] = []
-                spent, kept = 0, float("-inf")
-                for t in trials:
-                    pruned_at = _replay_prune(t, done, startup, int(warmup_share * full),
-                                              percentile)
-                    spent += steps[t.number] if pruned_at is None else pruned_at
-                    if pruned_at is None:
-                        done.append(t)
-                        kept = max(kept, t.value)
+                pruner = optuna.pruners.PercentilePruner(
+                    percentile, n_startup_trials=startup,
+                    n_warmup_steps=int(warmup_share * full))
+                spent, kept = _replay(trials, steps, pruner)
                 out[f"p={percentile:.0f} startup={startup} warmup={warmup_share:.2f}"] = {
                     "steps_ratio": spent / sum(steps.values()),
                     "best_delta_points": 100 * (kept - best)}
     return out
 
 
-def _replay_prune(trial: Any, done: list[Any], startup: int, warmup: int,
-                  percentile: float) -> int | None:
-    """The step at which optuna's PercentilePruner (maximize) would have pruned `trial`."""
-    import numpy as np
+def _replay(trials: list[Any], steps: dict[int, int], pruner: Any) -> tuple[int, float]:
+    """Feed recorded trials, report by report, to `pruner` in an in-memory study: the
+    optimizer steps they would have used and the best value of those left to complete."""
+    import optuna
 
-    best = float("-inf")
-    for step, value in sorted(trial.intermediate_values.items()):
-        best = max(best, value)
-        if len(done) < max(startup, 1) or step < warmup:
-            continue
-        others = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
-        if others and best < np.percentile(others, 100 - percentile):
-            return step
-    return None
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    spent, kept = 0, float("-inf")
+    for recorded in trials:
+        live = study.ask()
+        for step, value in sorted(recorded.intermediate_values.items()):
+            live.report(value, step)
+            if live.should_prune():
+                study.tell(live, state=optuna.trial.TrialState.PRUNED)
+                spent += step
+                break
+        else:
+            study.tell(live, recorded.value)
+            spent += steps[recorded.number]
+            kept = max(kept, recorded.value)
+    return spent, kept
 
 
 def _sweep_from_mlflow(overrides: list[str], run_id: str) -> dict[str, Any]:

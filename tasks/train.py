@@ -49,12 +49,10 @@ def resolve_precision(precision: str) -> str:
 
 
 def set_threads(num_threads: int | None) -> int:
-    """Match torch's intra-op threads to the cores this process may use, and keep freed
-    memory in the process (see keep_freed_memory)."""
+    """Match torch's intra-op threads to the cores this process may use."""
     n = num_threads or len(os.sched_getaffinity(0))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    keep_freed_memory()
     return n
 
 
@@ -260,6 +258,7 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     """Fine-tune once with `cfg`; returns the module and its best validation result."""
     pl.seed_everything(seed, workers=True, verbose=False)
     set_threads(cfg.num_threads)
+    keep_freed_memory()
     rows = load_rows(tokens.path)
     module = TextClassifier(tokens.model_path, list(tokens.data.label_names), cfg)
     best = BestWeights(monitor, mode)
