@@ -258,10 +258,11 @@ def _stratify(df: pd.DataFrame) -> pd.Series | None:
     return df[LABEL] if len(counts) > 1 and counts.min() >= 2 else None
 
 
-def carve(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified split of `fraction` rows off `df`: (rest, carved)."""
+def carve(df: pd.DataFrame, fraction: float, seed: int, what: str
+          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified split of `fraction` rows off `df` (`what` names it in errors)."""
     if len(df) < 2:
-        raise DataError(f"only {len(df)} row(s) left: too few to split")
+        raise DataError(f"{what}: only {len(df)} row(s) left, too few to split")
     rest, part = train_test_split(
         df, test_size=fraction, random_state=seed, stratify=_stratify(df)
     )
@@ -276,16 +277,18 @@ def cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     return kept.reset_index(drop=True)
 
 
-def make_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int
+def make_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, source: str
                 ) -> dict[str, pd.DataFrame]:
     """Use the source's splits; carve the missing test/validation splits out of train."""
     out = dict(frames)
     if "test" not in out:
-        out["train"], out["test"] = carve(out["train"], cfg.test_fraction, seed)
+        out["train"], out["test"] = carve(out["train"], cfg.test_fraction, seed,
+                                          f"carving a test split out of {source}")
     if "validation" not in out:
         share = cfg.val_fraction / (1 - cfg.test_fraction) if "test" not in frames else (
             cfg.val_fraction)
-        out["train"], out["validation"] = carve(out["train"], share, seed)
+        out["train"], out["validation"] = carve(out["train"], share, seed,
+                                                f"carving a validation split out of {source}")
     return {s: out[s] for s in SPLITS}
 
 
@@ -322,7 +325,8 @@ def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
         if df.empty:
             raise DataError(f"split '{split}' of {source.description} is empty after cleaning")
     # Source splits first (so their overlap leaves train), then again for carved splits.
-    splits = remove_overlap(make_splits(remove_overlap(labelled, report), cfg, seed), report)
+    carved = make_splits(remove_overlap(labelled, report), cfg, seed, source.description)
+    splits = remove_overlap(carved, report)
     before = {s: len(df) for s, df in splits.items()}
     splits["train"] = cap(splits["train"], cfg.max_train_samples, seed)
     splits["validation"] = cap(splits["validation"], cfg.max_eval_samples, seed)

@@ -171,6 +171,15 @@ def test_empty_after_cleaning(tmp_path, store):
     _no_output_left(store)
 
 
+def test_too_few_rows_to_split_names_the_file(tmp_path, store):
+    df = pd.DataFrame({"sentiment": ["a", "b"], "text": ["hello there", "goodbye now"]})
+    path = write(df, tmp_path / "tiny.csv")
+    with pytest.raises(DataError, match=r"carving a validation split out of .*tiny\.csv: "
+                                        r"only 1 row\(s\) left"):
+        ingest(cfg(path))
+    _no_output_left(store)
+
+
 def test_single_class(tmp_path, store):
     df = make_frame(60)
     df["sentiment"] = "positive"
