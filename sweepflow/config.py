@@ -92,6 +92,7 @@ class TrainConfig(_Model):
     val_checks_per_epoch: int = Field(2, ge=1)
     early_stopping_patience: int = Field(3, ge=1)
     group_by_length: bool = True
+    fast_dropout: bool = True
     num_threads: int | None = Field(None, ge=1)
     max_steps: int = -1
 

@@ -27,6 +27,7 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from sweepflow.config import TrainConfig
+from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.tracking import MetricBuffer
 from tasks.clean import LABEL
 from tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
@@ -136,6 +137,10 @@ class TextClassifier(pl.LightningModule):
         self.model.train()  # from_pretrained returns eval mode: dropout must be on to train
         self.val_acc = MulticlassAccuracy(num_classes=n)
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
+
+    def on_fit_start(self) -> None:
+        if self.cfg.fast_dropout:  # once the model is on its device: CPU only
+            speed_up_dropout(self.model)
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)

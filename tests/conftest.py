@@ -47,8 +47,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {w for ws in WORDS.values() for w in ws} | set(FILLER))]
     vocab += [f"n{i}" for i in range(50)] + [f"##{c}" for c in "0123456789"]
     vocab += list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'#@")
-    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    ids = {word: i for i, word in enumerate(dict.fromkeys(vocab))}
+    tokenizer = BertTokenizerFast(vocab=ids, do_lower_case=True)  # transformers 5: no vocab_file
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=128)
