@@ -25,6 +25,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ATTENTION = "sweepflow_sdpa"
+# Attention features only stock SDPA handles here: causal masks that SDPA may apply itself
+# (the mask can be None), biases, soft-capping, sliding windows, sinks, paged caches.
+_STOCK_ONLY = ("position_bias", "softcap", "sliding_window", "s_aux", "cache")
 _LANES = 65536  # a mask lane is a 16-bit integer
 
 
@@ -65,10 +68,13 @@ class FastDropout(nn.Module):
 def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0,
               scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers attention function: stock SDPA unless training with dropout on CPU."""
+    """transformers attention function: stock SDPA unless training with dropout on CPU in a
+    bidirectional (encoder) attention layer without extras."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0 or query.device.type != "cpu" or key.shape[1] != query.shape[1]:
+    if (dropout == 0.0 or query.device.type != "cpu" or key.shape[1] != query.shape[1]
+            or kwargs.get("is_causal") or getattr(module, "is_causal", True)
+            or any(kwargs.get(k) is not None for k in _STOCK_ONLY)):
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
     if scaling is None:

@@ -73,3 +73,28 @@ def test_fit_trains_with_it_and_saves_the_stock_model(tiny_config, tmp_path):
     off = cfg.model_copy(update={"fast_dropout": False})
     module, _ = fit(tokens, off, 3, "val/f1_macro", "max", progress=False)
     assert not any(isinstance(m, FastDropout) for m in module.model.modules())
+
+
+def test_causal_attention_is_left_to_stock_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 8) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = True  # a decoder: SDPA may get no mask and apply causality itself
+    ours, _ = attention(module, q, k, v, None, dropout=1e-9)
+    causal, _ = sdpa_attention_forward(module, q, k, v, None, dropout=0.0)
+    assert torch.allclose(ours, causal, atol=1e-5)
+
+
+def test_bert_training_draws_its_masks_here(tiny_model_dir, monkeypatch):
+    import sweepflow.fastdropout as fd
+
+    calls = []
+    real = fd.fast_dropout
+    monkeypatch.setattr(fd, "fast_dropout", lambda x, p: calls.append(x.dim()) or real(x, p))
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).train()
+    speed_up_dropout(model)
+    ids = torch.randint(5, model.get_input_embeddings().num_embeddings, (2, 7))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    layers = model.config.num_hidden_layers
+    assert calls.count(4) == layers  # attention probabilities, one mask per layer
+    assert calls.count(3) == 1 + 2 * layers  # embeddings, attention output, FFN output
