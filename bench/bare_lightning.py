@@ -3,7 +3,8 @@ no MLflow, no Optuna, no caches. The bench times it against `sweepflow run` (one
 
 It reads the splits sweepflow tokenized (same token ids), trains with the same recipe
 (AdamW fused, linear warm-up, bf16-mixed, cheap CPU dropout masks, glibc keeping freed
-memory, length-grouped dynamically padded batches, the same number of validations), predicts the test split and saves the model.
+memory, length-grouped dynamically padded batches, the same number of validations),
+predicts the test split and saves the model.
 
     python -m bench.bare_lightning --data TOKENIZED_DIR --model MODEL_DIR --out result.json
 """
@@ -33,7 +34,7 @@ from transformers import (  # noqa: E402
 from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 
 from sweepflow.fastdropout import speed_up_dropout  # noqa: E402
-from tasks.train import keep_freed_memory  # noqa: E402
+from sweepflow.memory import keep_freed_memory  # noqa: E402
 
 
 class Classifier(pl.LightningModule):

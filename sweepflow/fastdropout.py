@@ -79,14 +79,18 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
                                       dropout=dropout, scaling=scaling, **kwargs)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    # Scale q (length x head_dim) rather than the scores (length x length), and the kept
+    # probabilities' 1/(1-p) onto v: two fewer passes over the biggest tensor of the layer.
+    scores = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    probs = torch.softmax(scores, dim=-1)
+    keep, q = keep_mask(probs.shape, dropout, probs.device)
+    out = torch.matmul(torch.where(keep, probs, 0.0), value * (1.0 / q))
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:

@@ -3,11 +3,9 @@ length-grouped, dynamically padded batches; the best weights are kept in memory.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +26,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from sweepflow.config import TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
+from sweepflow.memory import keep_freed_memory
 from sweepflow.tracking import MetricBuffer
 from tasks.clean import LABEL
 from tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
@@ -55,30 +54,6 @@ def set_threads(num_threads: int | None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Tell glibc malloc to serve big blocks from the heap and keep freed memory.
-
-    By default every allocation over 32 MB is a fresh mmap that is unmapped when freed, so
-    the next one page-faults all over again. A training step allocates the dense gradient
-    of the word embeddings (30,522 x 384 floats, 47 MB) each time: zeroing it took 53 ms of
-    a 430 ms MiniLM step on the 2-core dev machine (15 ms in a bare loop, 1.2 ms with this
-    setting); fills fell from 56 to 29 ms per step in the profile. The cost is that the
-    process keeps its peak memory until it exits. No-op off glibc (macOS, musl), on GPU, and
-    with SWEEPFLOW_KEEP_FREED_MEMORY=0.
-    """
-    if (torch.cuda.is_available() or not sys.platform.startswith("linux")
-            or os.environ.get("SWEEPFLOW_KEEP_FREED_MEMORY") == "0"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and
-                libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 class Rows(Dataset):

@@ -89,8 +89,9 @@ def test_bert_training_draws_its_masks_here(tiny_model_dir, monkeypatch):
     import sweepflow.fastdropout as fd
 
     calls = []
-    real = fd.fast_dropout
-    monkeypatch.setattr(fd, "fast_dropout", lambda x, p: calls.append(x.dim()) or real(x, p))
+    real = fd.keep_mask
+    monkeypatch.setattr(fd, "keep_mask", lambda shape, p, device=None:
+                        calls.append(len(shape)) or real(shape, p, device))
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).train()
     speed_up_dropout(model)
     ids = torch.randint(5, model.get_input_embeddings().num_embeddings, (2, 7))
