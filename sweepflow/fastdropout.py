@@ -15,12 +15,14 @@ model. GPUs keep their fused dropout kernels: the swap is CPU only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,6 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
               scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention function: stock SDPA unless training with dropout on CPU in a
     bidirectional (encoder) attention layer without extras."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if (dropout == 0.0 or query.device.type != "cpu" or key.shape[1] != query.shape[1]
             or kwargs.get("is_causal") or getattr(module, "is_causal", True)
             or any(kwargs.get(k) is not None for k in _STOCK_ONLY)):
@@ -93,6 +93,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     return out.transpose(1, 2).contiguous(), None
 
 
+@functools.cache
 def _register() -> None:
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
@@ -101,21 +102,18 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
-def _swap(model: nn.Module, old: type[nn.Module], new: type[nn.Module]) -> int:
-    swapped = 0
+def _swap_dropout(model: nn.Module) -> None:
     for parent in model.modules():
         for name, child in parent.named_children():
-            if type(child) is old:
-                setattr(parent, name, new(child.p).train(child.training))
-                swapped += 1
-    return swapped
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p).train(child.training))
 
 
 def speed_up_dropout(model: nn.Module) -> bool:
     """Swap in the cheap dropout (CPU only); True if the model now uses it."""
     if next(model.parameters()).device.type != "cpu":
         return False
-    _swap(model, nn.Dropout, FastDropout)
+    _swap_dropout(model)
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
         _register()
