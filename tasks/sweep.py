@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from datetime import datetime
@@ -18,7 +19,14 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from sweepflow import tracking
-from sweepflow.config import CategoricalParam, FloatParam, IntParam, SweepConfig, SweepflowConfig
+from sweepflow.config import (
+    CategoricalParam,
+    ConfigError,
+    FloatParam,
+    IntParam,
+    SweepConfig,
+    SweepflowConfig,
+)
 from sweepflow.paths import best_model_dir, store_dir
 from tasks.tokenize import TokenizedData, load_tokenizer
 from tasks.train import BatchedMlflowLogger, fit
@@ -98,9 +106,29 @@ def create_study(config: SweepflowConfig, name: str | None = None) -> StudyRef:
     """Create the study, or load it when it exists: a re-run continues it."""
     ref = StudyRef(name=name or study_name(config), storage=study_storage(),
                    direction=config.sweep.direction, metric=config.sweep.metric)
-    optuna.create_study(study_name=ref.name, storage=ref.storage, direction=ref.direction,
-                        load_if_exists=True)
+    study = optuna.create_study(study_name=ref.name, storage=ref.storage,
+                                direction=ref.direction, load_if_exists=True)
+    signal = pruning_signal(config.sweep)
+    # Studies from before pruner_signal existed reported sweep.metric.
+    reported = study.user_attrs.get(SIGNAL_ATTR, config.sweep.metric if study.trials else None)
+    if reported not in (None, signal):
+        raise ConfigError(
+            f"sweep.pruner_signal={config.sweep.pruner_signal}: study '{ref.name}' "
+            f"({ref.storage}) has trials that reported {reported} to the pruner, this run "
+            f"would report {signal}, and the pruner would compare the two. Keep the study's "
+            "signal, or start a new study (sweep.study_name=... or sweep.continue_study=false).")
+    study.set_user_attr(SIGNAL_ATTR, signal)
     return ref
+
+
+SIGNAL_ATTR = "pruning_signal"
+
+
+def pruning_signal(cfg: SweepConfig) -> str:
+    """What each validation reports to the pruner (the study's intermediate values)."""
+    if cfg.pruner_signal == "metric":
+        return cfg.metric
+    return "-val/loss" if cfg.direction == "maximize" else "val/loss"
 
 
 def load_study(ref: StudyRef, config: SweepflowConfig) -> optuna.Study:
@@ -128,18 +156,33 @@ def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
 
 class StepPruning(PyTorchLightningPruningCallback):
     """Optuna's Lightning pruning callback, reporting at every validation (step = optimizer
-    step, not epoch) and stopping the trainer instead of raising inside it."""
+    step, not epoch) and stopping the trainer instead of raising inside it.
 
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+    `sweep.pruner_signal: loss` reports val/loss instead of sweep.metric: smooth from the
+    first validation, where macro-F1 of a barely trained model is noise. It is negated when
+    the study maximizes, so the pruner compares in the study's direction. The pruner is
+    consulted only after the warm-up: `pruner_warmup_steps`, or `pruner_warmup` as a share
+    of this trial's optimizer steps, whichever is later."""
+
+    def __init__(self, trial: optuna.Trial, cfg: SweepConfig) -> None:
+        monitor = "val/loss" if cfg.pruner_signal == "loss" else cfg.metric
         super().__init__(trial, monitor)
+        self.sign = -1.0 if monitor == "val/loss" and cfg.direction == "maximize" else 1.0
+        self.warmup_steps, self.warmup_share = cfg.pruner_warmup_steps, cfg.pruner_warmup
+        self.hold_until = cfg.pruner_warmup_steps
         self.pruned_at: int | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        share = math.ceil(self.warmup_share * trainer.estimated_stepping_batches)
+        self.hold_until = max(self.warmup_steps, share)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         score = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or score is None:
             return
-        self._trial.report(float(score), step=trainer.global_step)
-        if self._trial.should_prune():
+        self._trial.report(self.sign * float(score), step=trainer.global_step)
+        if trainer.global_step >= self.hold_until and self._trial.should_prune():
             self.pruned_at = trainer.global_step
             trainer.should_stop = True
 
@@ -192,7 +235,7 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         client = tracking.MlflowClient(tracking.tracking_uri(config))
         client.log_batch(run_id, params=[tracking.Param(k, str(v)) for k, v in params.items()])
         buffer = tracking.MetricBuffer(tracking.tracking_uri(config), run_id)
-        pruning = StepPruning(trial, ref.metric)
+        pruning = StepPruning(trial, config.sweep)
         mode = "max" if ref.direction == "maximize" else "min"
         try:
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode, [pruning],

@@ -65,8 +65,11 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fig = getattr(optuna.visualization, fn)(study)
-                fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
                 ax = getattr(optuna.visualization.matplotlib, fn)(study)
+                if name == "intermediate_values" and "pruning_signal" in study.user_attrs:
+                    fig.update_layout(yaxis_title=study.user_attrs["pruning_signal"])
+                    ax.set_ylabel(study.user_attrs["pruning_signal"])
+                fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
                 ax.figure.set_size_inches(8, 5)
                 ax.figure.tight_layout()
                 ax.figure.savefig(out / f"{name}.png", dpi=100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
 
@@ -71,3 +73,42 @@ def test_run_trial_reports_and_continues_study(tiny_config):
     assert second.number == 1 and second.params != first.params
     study = optuna.load_study(study_name=ref.name, storage=ref.storage)
     assert len(study.trials[0].intermediate_values) >= 1  # reported at each validation
+
+
+def _prune(overrides: list[str], warmup: float) -> tuple[list[Any], dict[int, float]]:
+    """A good trial, then a hopeless one (learning rate ~0) against it: where is it pruned?"""
+    config = load_config(overrides=[*overrides, "sweep.pruner=percentile",
+                                    "sweep.pruner_percentile=50", "sweep.pruner_startup_trials=1",
+                                    "sweep.pruner_signal=loss", f"sweep.pruner_warmup={warmup}",
+                                    "train.val_checks_per_epoch=2",
+                                    f"sweep.study_name=warmup-{warmup}"])
+    tokens = tokenize(config, ingest(config))
+    ref = create_study(config)
+    study = optuna.load_study(study_name=ref.name, storage=ref.storage)
+    study.enqueue_trial({"learning_rate": 3e-3, "weight_decay": 0.0, "warmup_ratio": 0.0})
+    study.enqueue_trial({"learning_rate": 1e-12, "weight_decay": 0.0, "warmup_ratio": 0.0})
+    results = [run_trial(config, tokens, ref, None) for _ in range(2)]
+    hopeless = optuna.load_study(study_name=ref.name, storage=ref.storage).trials[1]
+    return results, hopeless.intermediate_values
+
+
+def test_loss_signal_prunes_a_hopeless_trial_after_the_warmup(tiny_overrides):
+    (good, bad), reported = _prune(tiny_overrides, 0.0)
+    assert (good.state, bad.state) == ("complete", "pruned") and bad.steps < 0.9 * good.steps
+    assert all(v < 0 for v in reported.values())  # -val/loss: the study maximizes
+    assert max(reported) == bad.steps  # pruned at its last report
+    (good, bad), reported = _prune(tiny_overrides, 0.9)
+    assert (good.state, bad.state) == ("complete", "pruned")
+    assert bad.steps >= 0.9 * good.steps  # held off for 90 % of the trial
+
+
+def test_a_study_keeps_its_pruning_signal(tiny_config):
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    ref = create_study(tiny_config)
+    run_trial(tiny_config, tokens, ref, None)
+    assert optuna.load_study(study_name=ref.name, storage=ref.storage
+                             ).user_attrs["pruning_signal"] == "val/f1_macro"
+    loss = tiny_config.model_copy(update={"sweep": tiny_config.sweep.model_copy(
+        update={"pruner_signal": "loss"})})
+    with pytest.raises(ConfigError, match="sweep.pruner_signal=loss: study 'tiny'"):
+        create_study(loss)
