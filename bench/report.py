@@ -104,10 +104,15 @@ def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
                  ("Prefect server (started once for the bench)",
                   f"{o['prefect_startup_seconds']:.1f} s to start, not timed")]
     if p := results.get("pruning"):
-        for k in ("median", "none"):
+        pruner = p.get("pruner", {})
+        label = {"pruned": f"sweep, default pruner ({pruner.get('pruner', '?')}, signal "
+                           f"{pruner.get('pruner_signal', '?')}, warm-up "
+                           f"{pruner.get('pruner_warmup', '?')})",
+                 "none": "sweep, pruner=none"}
+        for k in ("pruned", "none"):
             s = p[k]
             states = ", ".join(f"{n} {st}" for st, n in s["states"].items())
-            rows.append((f"sweep pruner={k}", f"{s['optimizer_steps']} steps, best "
+            rows.append((label[k], f"{s['optimizer_steps']} steps, best "
                          f"{s['best_value']:.4f}, {s['wall_seconds']:.0f} s ({states}), "
                          f"peak RSS {s['peak_rss_gb']:.1f} GB"))
         rows.append(("pruned / unpruned wall time", f"{p['wall_ratio']:.2f}x"))

@@ -207,81 +207,100 @@ def _timed_json(cmd: list[str], ctx: Context) -> tuple[dict[str, Any], float]:
 # -- 3. pruning ------------------------------------------------------------------------------
 
 def pruning(ctx: Context) -> dict[str, Any]:
-    """The same sweep (same seed, sampler, data) with the median pruner and without."""
+    """The same sweep (same seed, sampler, data) with the default pruner and without."""
     s = ctx.sizes
     base = [*data_overrides(s.prune_train, s.prune_eval), f"train.max_epochs={s.prune_epochs}",
             f"train.val_checks_per_epoch={s.prune_val_checks}",
             f"sweep.n_trials={s.prune_trials}", "tracking.experiment=bench-pruning"]
     _prepare_with(base)
     out: dict[str, Any] = {"overrides": base}
-    for pruner in ("median", "none"):
-        ctx.log(f"pruning: {s.prune_trials}-trial sweep, pruner={pruner}")
-        overrides = [*base, f"sweep.pruner={pruner}", f"sweep.study_name=bench-{pruner}"]
+    for name, extra in (("pruned", []), ("none", ["sweep.pruner=none"])):
+        ctx.log(f"pruning: {s.prune_trials}-trial sweep, {name}")
+        overrides = [*base, *extra, f"sweep.study_name=bench-{name}"]
         start = time.perf_counter()
         result = run_json(["bench.sweep_run", *overrides], ctx.env, timeout=3600)
-        out[pruner] = {**_sweep_from_mlflow(overrides, result["run_id"]),
-                       "wall_seconds": time.perf_counter() - start,
-                       "peak_rss_gb": result["peak_rss_gb"]}
-    m, n = out["median"], out["none"]
+        out[name] = {**_sweep_from_mlflow(overrides, result["run_id"]),
+                     "wall_seconds": time.perf_counter() - start,
+                     "peak_rss_gb": result["peak_rss_gb"]}
+    config = _config(base)
+    out["pruner"] = {k: v for k, v in config.sweep.model_dump().items()
+                     if k.startswith("pruner")}
+    m, n = out["pruned"], out["none"]
     out["steps_ratio"] = m["optimizer_steps"] / n["optimizer_steps"]
     out["wall_ratio"] = m["wall_seconds"] / n["wall_seconds"]
     out["best_delta_points"] = 100 * (m["best_value"] - n["best_value"])
-    out["replay"] = replay_pruning([*base, "sweep.study_name=bench-none"], n["steps_by_trial"])
+    out["replay"] = replay_pruning(base, n)
     return out
 
 
-# The pruner settings the replay tries: percentile kept, startup trials, warm-up share.
-REPLAY_PERCENTILES = (50.0, 60.0, 65.0, 75.0)
-REPLAY_STARTUPS = (1, 2, 3, 4, 5)
-REPLAY_WARMUPS = (0.0, 0.25, 0.5)
+def _config(overrides: list[str]) -> Any:
+    from sweepflow.config import load_config
+
+    return load_config(overrides=overrides)
 
 
-def replay_pruning(overrides: list[str], steps: dict[int, int]) -> dict[str, dict[str, float]]:
-    """Replay the unpruned sweep's learning curves through optuna's own PercentilePruner
-    (MedianPruner is percentile 50) for other settings: steps ratio and best-value change in
-    points. An approximation: in a real pruned sweep the sampler would then propose other
-    trials. The settings are (percentile kept, startup trials, warm-up as a share of a trial)."""
+# The pruner settings the replay tries, each with both signals (sweep.metric, -val/loss).
+REPLAY_HALVING = ((0.12, 2), (0.25, 2), (0.25, 3), (0.33, 3))  # (first rung share, factor)
+REPLAY_PERCENTILE = ((50.0, 4, 0.0), (65.0, 2, 0.25), (65.0, 4, 0.25))  # (kept, startup, warm-up)
+
+
+def replay_pruning(overrides: list[str], unpruned: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Replay the unpruned sweep's learning curves (val/loss and sweep.metric at every
+    validation, from MLflow) through optuna's own pruners for other settings: steps ratio and
+    best-value change in points. An approximation: in a real pruned sweep the sampler would
+    then propose other trials."""
     import optuna
 
-    from sweepflow.config import load_config
-    from tasks.sweep import study_storage
+    from sweepflow import tracking
 
-    name = load_config(overrides=overrides).sweep.study_name
-    trials = optuna.load_study(study_name=name, storage=study_storage()).trials
-    full, best = max(steps.values()), max(t.value for t in trials)
+    config = _config(overrides)
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    curves = {}
+    for number, run_id in unpruned["run_by_trial"].items():
+        metric = {m.step: m.value for m in client.get_metric_history(run_id, config.sweep.metric)}
+        loss = {m.step: -m.value for m in client.get_metric_history(run_id, "val/loss")}
+        curves[int(number)] = {"metric": metric, "loss": loss,
+                               "steps": unpruned["steps_by_trial"][number]}
+    full = max(c["steps"] for c in curves.values())
+    best = max(max(c["metric"].values()) for c in curves.values())
+    pruners = {f"halving first={share:.2f} factor={factor}":
+               lambda share=share, factor=factor: optuna.pruners.SuccessiveHalvingPruner(
+                   min_resource=max(1, round(share * full)), reduction_factor=factor)
+               for share, factor in REPLAY_HALVING}
+    pruners |= {f"percentile p={p:.0f} startup={startup} warmup={warm:.2f}":
+                lambda p=p, startup=startup, warm=warm: optuna.pruners.PercentilePruner(
+                    p, n_startup_trials=startup, n_warmup_steps=int(warm * full))
+                for p, startup, warm in REPLAY_PERCENTILE}
     out = {}
-    for percentile in REPLAY_PERCENTILES:
-        for startup in REPLAY_STARTUPS:
-            for warmup_share in REPLAY_WARMUPS:
-                pruner = optuna.pruners.PercentilePruner(
-                    percentile, n_startup_trials=startup,
-                    n_warmup_steps=int(warmup_share * full))
-                spent, kept = _replay(trials, steps, pruner)
-                out[f"p={percentile:.0f} startup={startup} warmup={warmup_share:.2f}"] = {
-                    "steps_ratio": spent / sum(steps.values()),
-                    "best_delta_points": 100 * (kept - best)}
+    for signal in ("loss", "metric"):
+        for name, make in pruners.items():
+            spent, kept = _replay(curves, signal, make())
+            out[f"{name} signal={signal}"] = {
+                "steps_ratio": spent / sum(c["steps"] for c in curves.values()),
+                "best_delta_points": 100 * (kept - best)}
     return out
 
 
-def _replay(trials: list[Any], steps: dict[int, int], pruner: Any) -> tuple[int, float]:
+def _replay(curves: dict[int, dict[str, Any]], signal: str, pruner: Any) -> tuple[int, float]:
     """Feed recorded trials, report by report, to `pruner` in an in-memory study: the
     optimizer steps they would have used and the best value of those left to complete."""
     import optuna
 
     study = optuna.create_study(direction="maximize", pruner=pruner)
     spent, kept = 0, float("-inf")
-    for recorded in trials:
+    for _, curve in sorted(curves.items()):
         live = study.ask()
-        for step, value in sorted(recorded.intermediate_values.items()):
+        final = max(curve["metric"].values())
+        for step, value in sorted(curve[signal].items()):
             live.report(value, step)
-            if live.should_prune():
+            if step < curve["steps"] and live.should_prune():  # as StepPruning: not at the end
                 study.tell(live, state=optuna.trial.TrialState.PRUNED)
                 spent += step
                 break
         else:
-            study.tell(live, recorded.value)
-            spent += steps[recorded.number]
-            kept = max(kept, recorded.value)
+            study.tell(live, final)
+            spent += curve["steps"]
+            kept = max(kept, final)
     return spent, kept
 
 
@@ -298,9 +317,10 @@ def _sweep_from_mlflow(overrides: list[str], run_id: str) -> dict[str, Any]:
     states = [c.data.tags.get("optuna.state", "?") for c in children]
     steps = {int(c.data.tags["optuna.trial_number"]): int(c.data.tags.get("optuna.steps", 0))
              for c in children}
+    run_ids = {int(c.data.tags["optuna.trial_number"]): c.info.run_id for c in children}
     metrics = parent.data.metrics
     return {"optimizer_steps": int(metrics["sweep/optimizer_steps"]),
-            "child_steps": sum(steps.values()), "steps_by_trial": steps,
+            "child_steps": sum(steps.values()), "steps_by_trial": steps, "run_by_trial": run_ids,
             "best_value": metrics["sweep/best_value"], "trials": len(children),
             "states": {k: states.count(k) for k in sorted(set(states))}}
 

@@ -127,12 +127,13 @@ class SweepConfig(_Model):
     study_name: str | None = None
     continue_study: bool = True
     sampler: Literal["tpe", "random", "grid"] = "tpe"
-    pruner: Literal["median", "percentile", "hyperband", "none"] = "median"
+    pruner: Literal["halving", "median", "percentile", "hyperband", "none"] = "halving"
     pruner_startup_trials: int | None = Field(None, ge=0)  # None: max(2, min(5, n_trials // 3))
     pruner_warmup_steps: int = Field(0, ge=0)  # optimizer steps before a trial can be pruned
-    pruner_warmup: float = Field(0.0, ge=0, lt=1)  # the same as a share of each trial's steps
+    pruner_warmup: float = Field(0.25, ge=0, lt=1)  # the same as a share of each trial's steps
     pruner_signal: Literal["metric", "loss"] = "metric"  # what trials report to the pruner
     pruner_percentile: float = Field(65.0, gt=0, lt=100)  # percentile pruner: top % kept
+    pruner_reduction_factor: int = Field(3, ge=2)  # halving/hyperband: 1 in this many goes on
     metric: Literal["val/f1_macro", "val/accuracy", "val/loss"] = "val/f1_macro"
     direction: Literal["maximize", "minimize"] = "maximize"
     space: dict[str, Param] = Field(default_factory=dict)

@@ -26,6 +26,7 @@ from sweepflow.config import (
     IntParam,
     SweepConfig,
     SweepflowConfig,
+    TrainConfig,
 )
 from sweepflow.paths import best_model_dir, store_dir
 from tasks.tokenize import TokenizedData, load_tokenizer
@@ -81,7 +82,9 @@ def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:
     return grid
 
 
-def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
+def make_pruner(cfg: SweepConfig, trial_steps: int | None = None) -> optuna.pruners.BasePruner:
+    """The configured pruner. `trial_steps` (optimizer steps of one full trial) turns the
+    warm-up share into steps: successive halving's first rung and hyperband's resources."""
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.pruner_warmup_steps
@@ -91,9 +94,22 @@ def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
             cfg.pruner_percentile, n_startup_trials=cfg.startup_trials,
             n_warmup_steps=cfg.pruner_warmup_steps,
         )
+    first_rung = max(1, cfg.pruner_warmup_steps,
+                     math.ceil(cfg.pruner_warmup * (trial_steps or 0)))
+    if cfg.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=first_rung, reduction_factor=cfg.pruner_reduction_factor)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.pruner_warmup_steps))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=first_rung, max_resource=trial_steps or "auto",
+            reduction_factor=cfg.pruner_reduction_factor)
     return optuna.pruners.NopPruner()
+
+
+def trial_steps(train: TrainConfig, train_rows: int) -> int:
+    """Optimizer steps of a trial that runs to the end (as Lightning counts them)."""
+    steps = math.ceil(train_rows / train.batch_size) * train.max_epochs
+    return min(steps, train.max_steps) if train.max_steps > 0 else steps
 
 
 def study_name(config: SweepflowConfig) -> str:
@@ -131,14 +147,16 @@ def pruning_signal(cfg: SweepConfig) -> str:
     return "-val/loss" if cfg.direction == "maximize" else "val/loss"
 
 
-def load_study(ref: StudyRef, config: SweepflowConfig) -> optuna.Study:
+def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None
+               ) -> optuna.Study:
     """Load the study with a sampler seeded by (seed, trials so far): every trial is asked
-    from a fresh process-independent state, and a re-run with the same seed repeats."""
+    from a fresh process-independent state, and a re-run with the same seed repeats.
+    `steps`: a full trial's optimizer steps, for the pruner's warm-up share."""
     storage = optuna.storages.get_storage(ref.storage)
     n = len(storage.get_all_trials(storage.get_study_id_from_name(ref.name), deepcopy=False))
     return optuna.load_study(study_name=ref.name, storage=storage,
                              sampler=make_sampler(config.sweep, config.seed + n),
-                             pruner=make_pruner(config.sweep))
+                             pruner=make_pruner(config.sweep, steps))
 
 
 def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
@@ -162,7 +180,8 @@ class StepPruning(PyTorchLightningPruningCallback):
     first validation, where macro-F1 of a barely trained model is noise. It is negated when
     the study maximizes, so the pruner compares in the study's direction. The pruner is
     consulted only after the warm-up: `pruner_warmup_steps`, or `pruner_warmup` as a share
-    of this trial's optimizer steps, whichever is later."""
+    of this trial's optimizer steps, whichever is later, and never at the last validation
+    (the steps are spent; pruning then would only throw the finished trial away)."""
 
     def __init__(self, trial: optuna.Trial, cfg: SweepConfig) -> None:
         monitor = "val/loss" if cfg.pruner_signal == "loss" else cfg.metric
@@ -181,8 +200,11 @@ class StepPruning(PyTorchLightningPruningCallback):
         score = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or score is None:
             return
-        self._trial.report(self.sign * float(score), step=trainer.global_step)
-        if trainer.global_step >= self.hold_until and self._trial.should_prune():
+        step = trainer.global_step
+        self._trial.report(self.sign * float(score), step=step)
+        if step < self.hold_until or step >= trainer.estimated_stepping_batches:
+            return  # still warming up, or the trial is done: pruning would only discard it
+        if self._trial.should_prune():
             self.pruned_at = trainer.global_step
             trainer.should_stop = True
 
@@ -214,7 +236,7 @@ def save_if_best(study: optuna.Study, result: TrialResult, module: Any, state: d
 def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
               parent_run_id: str | None) -> TrialResult:
     """Ask the study for a trial, train it in a nested MLflow run, tell the study the outcome."""
-    study = load_study(ref, config)
+    study = load_study(ref, config, trial_steps(config.train, tokens.data.sizes["train"]))
     trial = study.ask()
     params = suggest(trial, config.sweep)
     start = time.perf_counter()

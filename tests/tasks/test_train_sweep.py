@@ -42,14 +42,17 @@ def test_samplers_and_pruners_from_config(tiny_overrides):
         grid_space(load_config(overrides=["sweep.sampler=grid"]).sweep)
 
 
-def test_pruner_startup_scales_with_the_sweep_and_percentile_is_configurable(tiny_overrides):
+def test_pruners_scale_with_the_sweep_and_the_trial(tiny_overrides):
     def sweep(*extra: str):
         return load_config(overrides=[*tiny_overrides, *extra]).sweep
 
     assert [sweep(f"sweep.n_trials={n}").startup_trials for n in (1, 4, 12, 30)] == [2, 2, 4, 5]
     assert sweep("sweep.pruner_startup_trials=1").startup_trials == 1
-    median = make_pruner(sweep("sweep.n_trials=12"))
+    median = make_pruner(sweep("sweep.n_trials=12", "sweep.pruner=median"))
     assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 4
+    halving = make_pruner(sweep(), trial_steps=50)  # the default: first rung at 25 % of a trial
+    assert isinstance(halving, optuna.pruners.SuccessiveHalvingPruner)
+    assert (halving._min_resource, halving._reduction_factor) == (13, 3)
     pct = make_pruner(sweep("sweep.pruner=percentile", "sweep.pruner_percentile=70"))
     assert isinstance(pct, optuna.pruners.PercentilePruner) and pct._percentile == 70
     with pytest.raises(ConfigError, match="sweep.pruner_percentile"):
@@ -85,21 +88,24 @@ def _prune(overrides: list[str], warmup: float) -> tuple[list[Any], dict[int, fl
     tokens = tokenize(config, ingest(config))
     ref = create_study(config)
     study = optuna.load_study(study_name=ref.name, storage=ref.storage)
-    study.enqueue_trial({"learning_rate": 3e-3, "weight_decay": 0.0, "warmup_ratio": 0.0})
+    study.enqueue_trial({"learning_rate": 3e-2, "weight_decay": 0.0, "warmup_ratio": 0.0})
     study.enqueue_trial({"learning_rate": 1e-12, "weight_decay": 0.0, "warmup_ratio": 0.0})
     results = [run_trial(config, tokens, ref, None) for _ in range(2)]
-    hopeless = optuna.load_study(study_name=ref.name, storage=ref.storage).trials[1]
+    trials = optuna.load_study(study_name=ref.name, storage=ref.storage).trials
+    hopeless = trials[1]
     return results, hopeless.intermediate_values
 
 
 def test_loss_signal_prunes_a_hopeless_trial_after_the_warmup(tiny_overrides):
     (good, bad), reported = _prune(tiny_overrides, 0.0)
-    assert (good.state, bad.state) == ("complete", "pruned") and bad.steps < 0.9 * good.steps
+    assert (good.state, bad.state) == ("complete", "pruned") and bad.steps < 0.7 * good.steps
     assert all(v < 0 for v in reported.values())  # -val/loss: the study maximizes
     assert max(reported) == bad.steps  # pruned at its last report
-    (good, bad), reported = _prune(tiny_overrides, 0.9)
+    (good, bad), reported = _prune(tiny_overrides, 0.7)
     assert (good.state, bad.state) == ("complete", "pruned")
-    assert bad.steps >= 0.9 * good.steps  # held off for 90 % of the trial
+    assert 0.7 * good.steps <= bad.steps < good.steps  # held off for 70 % of the trial
+    (good, bad), reported = _prune(tiny_overrides, 0.95)  # only the last validation is left:
+    assert (good.state, bad.state) == ("complete", "complete")  # pruning it would save nothing
 
 
 def test_a_study_keeps_its_pruning_signal(tiny_config):
