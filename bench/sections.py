@@ -35,6 +35,7 @@ class Sizes:
     prune_eval: int
     prune_epochs: int
     prune_val_checks: int
+    prune_seeds: tuple[int, ...]
 
 
 # The overhead section runs the default experiment's data and schedule (8,000 tweets, one
@@ -43,11 +44,11 @@ class Sizes:
 FULL = Sizes(rounds=3, overhead_rounds=2, train=1024, eval=128, warmup=3,
              overhead_train=8000, overhead_eval=1000, overhead_extra=(),
              prune_trials=12, prune_train=800, prune_eval=500, prune_epochs=2,
-             prune_val_checks=4)
+             prune_val_checks=4, prune_seeds=(42, 7))
 QUICK = Sizes(rounds=1, overhead_rounds=1, train=256, eval=128, warmup=2,
               overhead_train=200, overhead_eval=100, overhead_extra=("data.test_fraction=0.03",),
               prune_trials=4, prune_train=160, prune_eval=100, prune_epochs=1,
-              prune_val_checks=2)
+              prune_val_checks=2, prune_seeds=(42,))
 
 
 @dataclass
@@ -207,23 +208,39 @@ def _timed_json(cmd: list[str], ctx: Context) -> tuple[dict[str, Any], float]:
 # -- 3. pruning ------------------------------------------------------------------------------
 
 def pruning(ctx: Context) -> dict[str, Any]:
-    """The same sweep (same seed, sampler, data) with the default pruner and without."""
+    """The same sweep (same seed, sampler, data) with the default pruner and without, for
+    each seed of `prune_seeds`: with TPE, pruning changes which trials are proposed next, so
+    one pair of sweeps is a sample of one. Targets use the pooled steps and the worst seed."""
+    s = ctx.sizes
+    out: dict[str, Any] = {"seeds": {}}
+    for seed in s.prune_seeds:
+        out["seeds"][str(seed)] = _pruning_pair(ctx, seed)
+    pairs = list(out["seeds"].values())
+    out["pruner"] = pairs[0]["pruner"]
+    out["steps_ratio"] = (sum(p["pruned"]["optimizer_steps"] for p in pairs)
+                          / sum(p["none"]["optimizer_steps"] for p in pairs))
+    out["wall_ratio"] = (sum(p["pruned"]["wall_seconds"] for p in pairs)
+                         / sum(p["none"]["wall_seconds"] for p in pairs))
+    out["best_delta_points"] = min(p["best_delta_points"] for p in pairs)
+    return out
+
+
+def _pruning_pair(ctx: Context, seed: int) -> dict[str, Any]:
     s = ctx.sizes
     base = [*data_overrides(s.prune_train, s.prune_eval), f"train.max_epochs={s.prune_epochs}",
-            f"train.val_checks_per_epoch={s.prune_val_checks}",
+            f"train.val_checks_per_epoch={s.prune_val_checks}", f"seed={seed}",
             f"sweep.n_trials={s.prune_trials}", "tracking.experiment=bench-pruning"]
     _prepare_with(base)
     out: dict[str, Any] = {"overrides": base}
     for name, extra in (("pruned", []), ("none", ["sweep.pruner=none"])):
-        ctx.log(f"pruning: {s.prune_trials}-trial sweep, {name}")
-        overrides = [*base, *extra, f"sweep.study_name=bench-{name}"]
+        ctx.log(f"pruning: {s.prune_trials}-trial sweep, seed {seed}, {name}")
+        overrides = [*base, *extra, f"sweep.study_name=bench-{seed}-{name}"]
         start = time.perf_counter()
         result = run_json(["bench.sweep_run", *overrides], ctx.env, timeout=3600)
         out[name] = {**_sweep_from_mlflow(overrides, result["run_id"]),
                      "wall_seconds": time.perf_counter() - start,
                      "peak_rss_gb": result["peak_rss_gb"]}
-    config = _config(base)
-    out["pruner"] = {k: v for k, v in config.sweep.model_dump().items()
+    out["pruner"] = {k: v for k, v in _config(base).sweep.model_dump().items()
                      if k.startswith("pruner")}
     m, n = out["pruned"], out["none"]
     out["steps_ratio"] = m["optimizer_steps"] / n["optimizer_steps"]
@@ -253,6 +270,7 @@ def replay_pruning(overrides: list[str], unpruned: dict[str, Any]) -> dict[str, 
 
     from sweepflow import tracking
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per replayed setting
     config = _config(overrides)
     client = tracking.MlflowClient(tracking.tracking_uri(config))
     curves = {}
