@@ -34,7 +34,9 @@ def length_histogram(tokens: TokenizedData, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for split in dd:
         axes[0].hist(dd[split].to_pandas()[TEXT].str.len(), bins=50, alpha=0.5, label=split)
-        axes[1].hist(tok[split].with_format("numpy")["length"], bins=50, alpha=0.5, label=split)
+        # One numpy batch: ds["length"] alone is a lazy column read row by row (1.4 s).
+        lengths = tok[split].select_columns(["length"]).with_format("numpy")[:]["length"]
+        axes[1].hist(lengths, bins=50, alpha=0.5, label=split)
     axes[0].set_title("text length (characters)")
     axes[1].set_title(f"tokens (truncated at {tokens.max_length})")
     for ax in axes:
