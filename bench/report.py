@@ -102,6 +102,8 @@ def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
                  ("sweepflow extra time", f"{o['extra_seconds']:+.1f} s"),
                  ("new store: MLflow + Optuna schemas (once per store, not timed)",
                   f"{o.get('store_init_seconds', float('nan')):.1f} s"),
+                 ("TF-IDF baseline fit (once per data, cached like the tokens; not timed)",
+                  f"{o.get('baseline_fit_seconds', float('nan')):.1f} s"),
                  ("Prefect server (started once for the bench)",
                   f"{o['prefect_startup_seconds']:.1f} s to start, not timed")]
     if p := results.get("pruning"):

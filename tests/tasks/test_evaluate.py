@@ -19,3 +19,20 @@ def test_baseline_learns_tiny_data_and_confusion_png(tmp_path):
     assert scores(y[240:], pred).accuracy > 0.8
     path = confusion_png(y[240:], pred, ["negative", "neutral", "positive"], tmp_path / "c.png")
     assert path.stat().st_size > 1000
+
+
+def test_baseline_is_cached_per_data_and_seed(tiny_config):
+    from sweepflow.paths import cache_dir
+    from tasks.evaluate import cached_baseline
+    from tasks.ingest import ingest, load_ingested
+
+    data = ingest(tiny_config)
+    dd = load_ingested(data)
+    first = cached_baseline(dd, data, seed=0)
+    files = list(cache_dir("baseline").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npy"  # no temp file left
+    stamp = files[0].stat().st_mtime_ns
+    assert (cached_baseline(dd, data, seed=0) == first).all()
+    assert files[0].stat().st_mtime_ns == stamp  # read, not fitted and written again
+    cached_baseline(dd, data, seed=1)
+    assert len(list(cache_dir("baseline").iterdir())) == 2  # another seed, another entry
