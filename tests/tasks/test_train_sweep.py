@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -9,7 +10,15 @@ import pytest
 
 from sweepflow.config import ConfigError, load_config
 from tasks.ingest import ingest
-from tasks.sweep import create_study, grid_space, make_pruner, make_sampler, run_trial, suggest
+from tasks.sweep import (
+    create_study,
+    grid_space,
+    make_pruner,
+    make_sampler,
+    run_trial,
+    suggest,
+    trial_steps,
+)
 from tasks.tokenize import tokenize
 from tasks.train import fit, resolve_precision
 
@@ -78,8 +87,9 @@ def test_run_trial_reports_and_continues_study(tiny_config):
     assert len(study.trials[0].intermediate_values) >= 1  # reported at each validation
 
 
-def _prune(overrides: list[str], warmup: float) -> tuple[list[Any], dict[int, float]]:
-    """A good trial, then a hopeless one (learning rate ~0) against it: where is it pruned?"""
+def _prune(overrides: list[str], warmup: float) -> tuple[Any, dict[int, float]]:
+    """A trial against a study whose one complete trial reported 0.0 at every step: any real
+    -val/loss is below it, so a median pruner prunes the trial at the first report it may."""
     config = load_config(overrides=[*overrides, "sweep.pruner=percentile",
                                     "sweep.pruner_percentile=50", "sweep.pruner_startup_trials=1",
                                     "sweep.pruner_signal=loss", f"sweep.pruner_warmup={warmup}",
@@ -88,24 +98,28 @@ def _prune(overrides: list[str], warmup: float) -> tuple[list[Any], dict[int, fl
     tokens = tokenize(config, ingest(config))
     ref = create_study(config)
     study = optuna.load_study(study_name=ref.name, storage=ref.storage)
-    study.enqueue_trial({"learning_rate": 3e-2, "weight_decay": 0.0, "warmup_ratio": 0.0})
-    study.enqueue_trial({"learning_rate": 1e-12, "weight_decay": 0.0, "warmup_ratio": 0.0})
-    results = [run_trial(config, tokens, ref, None) for _ in range(2)]
-    trials = optuna.load_study(study_name=ref.name, storage=ref.storage).trials
-    hopeless = trials[1]
-    return results, hopeless.intermediate_values
+    study.add_trial(optuna.trial.create_trial(
+        value=0.0, intermediate_values=dict.fromkeys(range(1000), 0.0)))
+    result = run_trial(config, tokens, ref, None)
+    return result, optuna.load_study(study_name=ref.name, storage=ref.storage
+                                     ).trials[1].intermediate_values
 
 
-def test_loss_signal_prunes_a_hopeless_trial_after_the_warmup(tiny_overrides):
-    (good, bad), reported = _prune(tiny_overrides, 0.0)
-    assert (good.state, bad.state) == ("complete", "pruned") and bad.steps < 0.7 * good.steps
+def test_loss_signal_prunes_after_the_warmup_and_never_at_the_end(tiny_overrides):
+    trial, reported = _prune(tiny_overrides, 0.0)
+    assert trial.state == "pruned" and trial.steps == min(reported)  # at the first report
     assert all(v < 0 for v in reported.values())  # -val/loss: the study maximizes
-    assert max(reported) == bad.steps  # pruned at its last report
-    (good, bad), reported = _prune(tiny_overrides, 0.7)
-    assert (good.state, bad.state) == ("complete", "pruned")
-    assert 0.7 * good.steps <= bad.steps < good.steps  # held off for 70 % of the trial
-    (good, bad), reported = _prune(tiny_overrides, 0.95)  # only the last validation is left:
-    assert (good.state, bad.state) == ("complete", "complete")  # pruning it would save nothing
+    trial, reported = _prune(tiny_overrides, 0.7)
+    total = trial_steps(load_config(overrides=tiny_overrides).train, trial_rows(tiny_overrides))
+    assert trial.state == "pruned" and len(reported) > 1  # reported, not pruned, before 70 %
+    assert trial.steps == min(s for s in reported if s >= math.ceil(0.7 * total)) < total
+    trial, reported = _prune(tiny_overrides, 0.95)  # only the last validation is left:
+    assert trial.state == "complete" and trial.steps == max(reported)  # pruning saves nothing
+
+
+def trial_rows(overrides: list[str]) -> int:
+    config = load_config(overrides=overrides)
+    return ingest(config).sizes["train"]
 
 
 def test_a_study_keeps_its_pruning_signal(tiny_config):
