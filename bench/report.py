@@ -107,11 +107,10 @@ def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
                  ("Prefect server (started once for the bench)",
                   f"{o['prefect_startup_seconds']:.1f} s to start, not timed")]
     if p := results.get("pruning"):
-        pruner = p.get("pruner", {})
-        rows.append(("default pruner", f"{pruner.get('pruner', '?')}, signal "
-                     f"{pruner.get('pruner_signal', '?')}, warm-up "
-                     f"{pruner.get('pruner_warmup', '?')}, factor "
-                     f"{pruner.get('pruner_reduction_factor', '?')}"))
+        pruner = p["pruner"]
+        rows.append(("default pruner", f"{pruner['pruner']}, signal {pruner['pruner_signal']}, "
+                     f"warm-up {pruner['pruner_warmup']}, "
+                     f"factor {pruner['pruner_reduction_factor']}"))
         for seed, pair in p["seeds"].items():
             for k in ("pruned", "none"):
                 s = pair[k]

@@ -227,12 +227,14 @@ def pruning(ctx: Context) -> dict[str, Any]:
     """The same sweep (same seed, sampler, data) with the default pruner and without, for
     each seed of `prune_seeds`: with TPE, pruning changes which trials are proposed next, so
     one pair of sweeps is a sample of one. Targets use the pooled steps and the worst seed."""
-    s = ctx.sizes
+    from sweepflow.config import load_config
+
     out: dict[str, Any] = {"seeds": {}}
-    for seed in s.prune_seeds:
+    for seed in ctx.sizes.prune_seeds:
         out["seeds"][str(seed)] = _pruning_pair(ctx, seed)
     pairs = list(out["seeds"].values())
-    out["pruner"] = pairs[0]["pruner"]
+    out["pruner"] = {k: v for k, v in load_config().sweep.model_dump().items()
+                     if k.startswith("pruner")}  # the pairs override no pruner setting
     out["steps_ratio"] = (sum(p["pruned"]["optimizer_steps"] for p in pairs)
                           / sum(p["none"]["optimizer_steps"] for p in pairs))
     out["wall_ratio"] = (sum(p["pruned"]["wall_seconds"] for p in pairs)
@@ -256,20 +258,12 @@ def _pruning_pair(ctx: Context, seed: int) -> dict[str, Any]:
         out[name] = {**_sweep_from_mlflow(overrides, result["run_id"]),
                      "wall_seconds": time.perf_counter() - start,
                      "peak_rss_gb": result["peak_rss_gb"]}
-    out["pruner"] = {k: v for k, v in _config(base).sweep.model_dump().items()
-                     if k.startswith("pruner")}
     m, n = out["pruned"], out["none"]
     out["steps_ratio"] = m["optimizer_steps"] / n["optimizer_steps"]
     out["wall_ratio"] = m["wall_seconds"] / n["wall_seconds"]
     out["best_delta_points"] = 100 * (m["best_value"] - n["best_value"])
     out["replay"] = replay_pruning(base, n)
     return out
-
-
-def _config(overrides: list[str]) -> Any:
-    from sweepflow.config import load_config
-
-    return load_config(overrides=overrides)
 
 
 # The pruner settings the replay tries, each with both signals (sweep.metric, -val/loss).
@@ -285,9 +279,10 @@ def replay_pruning(overrides: list[str], unpruned: dict[str, Any]) -> dict[str, 
     import optuna
 
     from sweepflow import tracking
+    from sweepflow.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per replayed setting
-    config = _config(overrides)
+    config = load_config(overrides=overrides)
     client = tracking.MlflowClient(tracking.tracking_uri(config))
     curves = {}
     for number, run_id in unpruned["run_by_trial"].items():

@@ -82,9 +82,9 @@ def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:
     return grid
 
 
-def make_pruner(cfg: SweepConfig, trial_steps: int | None = None) -> optuna.pruners.BasePruner:
-    """The configured pruner. `trial_steps` (optimizer steps of one full trial) turns the
-    warm-up share into steps: successive halving's first rung and hyperband's resources."""
+def make_pruner(cfg: SweepConfig, steps: int | None = None) -> optuna.pruners.BasePruner:
+    """The configured pruner. `steps` (optimizer steps of one full trial) turns the warm-up
+    share into steps: successive halving's first rung and hyperband's resources."""
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.pruner_warmup_steps
@@ -94,22 +94,37 @@ def make_pruner(cfg: SweepConfig, trial_steps: int | None = None) -> optuna.prun
             cfg.pruner_percentile, n_startup_trials=cfg.startup_trials,
             n_warmup_steps=cfg.pruner_warmup_steps,
         )
-    first_rung = max(1, cfg.pruner_warmup_steps,
-                     math.ceil(cfg.pruner_warmup * (trial_steps or 0)))
+    first_rung = max(1, warmup_steps(cfg, steps or 0))
     if cfg.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=first_rung, reduction_factor=cfg.pruner_reduction_factor)
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=first_rung, max_resource=trial_steps or "auto",
+            min_resource=first_rung, max_resource=steps or "auto",
             reduction_factor=cfg.pruner_reduction_factor)
     return optuna.pruners.NopPruner()
+
+
+def warmup_steps(cfg: SweepConfig, steps: int) -> int:
+    """Optimizer steps before a trial of `steps` may be pruned: the later of the two settings."""
+    return max(cfg.pruner_warmup_steps, math.ceil(cfg.pruner_warmup * steps))
 
 
 def trial_steps(train: TrainConfig, train_rows: int) -> int:
     """Optimizer steps of a trial that runs to the end (as Lightning counts them)."""
     steps = math.ceil(train_rows / train.batch_size) * train.max_epochs
     return min(steps, train.max_steps) if train.max_steps > 0 else steps
+
+
+SIGNAL_ATTR = "pruning_signal"  # study user attribute: what its trials report to the pruner
+
+
+def pruning_signal(cfg: SweepConfig) -> str:
+    """What each validation reports to the pruner (the study's intermediate values): the
+    metric, or val/loss, negated ("-val/loss") when the study maximizes."""
+    if cfg.pruner_signal == "metric":
+        return cfg.metric
+    return "-val/loss" if cfg.direction == "maximize" else "val/loss"
 
 
 def study_name(config: SweepflowConfig) -> str:
@@ -135,16 +150,6 @@ def create_study(config: SweepflowConfig, name: str | None = None) -> StudyRef:
             "signal, or start a new study (sweep.study_name=... or sweep.continue_study=false).")
     study.set_user_attr(SIGNAL_ATTR, signal)
     return ref
-
-
-SIGNAL_ATTR = "pruning_signal"
-
-
-def pruning_signal(cfg: SweepConfig) -> str:
-    """What each validation reports to the pruner (the study's intermediate values)."""
-    if cfg.pruner_signal == "metric":
-        return cfg.metric
-    return "-val/loss" if cfg.direction == "maximize" else "val/loss"
 
 
 def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None
@@ -184,17 +189,16 @@ class StepPruning(PyTorchLightningPruningCallback):
     (the steps are spent; pruning then would only throw the finished trial away)."""
 
     def __init__(self, trial: optuna.Trial, cfg: SweepConfig) -> None:
-        monitor = "val/loss" if cfg.pruner_signal == "loss" else cfg.metric
-        super().__init__(trial, monitor)
-        self.sign = -1.0 if monitor == "val/loss" and cfg.direction == "maximize" else 1.0
-        self.warmup_steps, self.warmup_share = cfg.pruner_warmup_steps, cfg.pruner_warmup
+        signal = pruning_signal(cfg)
+        super().__init__(trial, signal.removeprefix("-"))
+        self.sign = -1.0 if signal.startswith("-") else 1.0
+        self.cfg = cfg
         self.hold_until = cfg.pruner_warmup_steps
         self.pruned_at: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        share = math.ceil(self.warmup_share * trainer.estimated_stepping_batches)
-        self.hold_until = max(self.warmup_steps, share)
+        self.hold_until = warmup_steps(self.cfg, trainer.estimated_stepping_batches)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         score = trainer.callback_metrics.get(self.monitor)
@@ -205,7 +209,7 @@ class StepPruning(PyTorchLightningPruningCallback):
         if step < self.hold_until or step >= trainer.estimated_stepping_batches:
             return  # still warming up, or the trial is done: pruning would only discard it
         if self._trial.should_prune():
-            self.pruned_at = trainer.global_step
+            self.pruned_at = step
             trainer.should_stop = True
 
 

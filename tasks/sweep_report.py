@@ -21,6 +21,7 @@ from pydantic import BaseModel  # noqa: E402
 from sweepflow import tracking  # noqa: E402
 from sweepflow.config import SweepflowConfig  # noqa: E402
 from sweepflow.paths import best_model_dir  # noqa: E402
+from tasks.sweep import SIGNAL_ATTR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
                 warnings.simplefilter("ignore")
                 fig = getattr(optuna.visualization, fn)(study)
                 ax = getattr(optuna.visualization.matplotlib, fn)(study)
-                if name == "intermediate_values" and "pruning_signal" in study.user_attrs:
-                    fig.update_layout(yaxis_title=study.user_attrs["pruning_signal"])
-                    ax.set_ylabel(study.user_attrs["pruning_signal"])
+                if name == "intermediate_values" and SIGNAL_ATTR in study.user_attrs:
+                    fig.update_layout(yaxis_title=study.user_attrs[SIGNAL_ATTR])
+                    ax.set_ylabel(study.user_attrs[SIGNAL_ATTR])
                 fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
                 ax.figure.set_size_inches(8, 5)
                 ax.figure.tight_layout()

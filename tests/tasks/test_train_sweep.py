@@ -59,7 +59,7 @@ def test_pruners_scale_with_the_sweep_and_the_trial(tiny_overrides):
     assert sweep("sweep.pruner_startup_trials=1").startup_trials == 1
     median = make_pruner(sweep("sweep.n_trials=12", "sweep.pruner=median"))
     assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 4
-    halving = make_pruner(sweep(), trial_steps=50)  # the default: first rung at 25 % of a trial
+    halving = make_pruner(sweep(), steps=50)  # the default: first rung at 25 % of a trial
     assert isinstance(halving, optuna.pruners.SuccessiveHalvingPruner)
     assert (halving._min_resource, halving._reduction_factor) == (13, 3)
     pct = make_pruner(sweep("sweep.pruner=percentile", "sweep.pruner_percentile=70"))
