@@ -18,7 +18,6 @@ import datasets
 import pandas as pd
 from prefect import get_run_logger, task
 from pydantic import BaseModel
-from sklearn.model_selection import train_test_split
 
 from sweepflow.caching import content_cache_key
 from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
@@ -263,6 +262,8 @@ def carve(df: pd.DataFrame, fraction: float, seed: int, what: str
     """Stratified split of `fraction` rows off `df` (`what` names it in errors)."""
     if len(df) < 2:
         raise DataError(f"{what}: only {len(df)} row(s) left, too few to split")
+    from sklearn.model_selection import train_test_split  # 0.4 s import; cached runs skip it
+
     rest, part = train_test_split(
         df, test_size=fraction, random_state=seed, stratify=_stratify(df)
     )
@@ -273,6 +274,8 @@ def cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     """Stratified sample of at most n rows."""
     if n is None or len(df) <= n:
         return df
+    from sklearn.model_selection import train_test_split
+
     kept, _ = train_test_split(df, train_size=n, random_state=seed, stratify=_stratify(df))
     return kept.reset_index(drop=True)
 
