@@ -48,6 +48,11 @@ def test_pipeline_end_to_end(tiny_config):
     assert len(parent.inputs.dataset_inputs) == 3, contexts
     top = {a.path for a in client.list_artifacts(summary.run_id)}
     assert {"config.yaml", "data_profile.json", "evaluation", "sweep"} <= top
+    evaluation = {a.path for a in client.list_artifacts(summary.run_id, "evaluation")}
+    assert evaluation == {"evaluation/classification_report.json",
+                          "evaluation/confusion_matrix.png"}
+    assert {"negative", "neutral", "positive", "accuracy", "macro avg"} <= set(
+        summary.evaluation.report)
 
     children = runs[runs["tags.mlflow.parentRunId"] == summary.run_id]
     assert len(children) == 2
@@ -70,6 +75,17 @@ def test_pipeline_end_to_end(tiny_config):
     states = asyncio.run(_task_states(str(state.state_details.flow_run_id)))
     assert states["ingest"] == "Cached" and states["tokenize"] == "Cached"
     assert len(optuna.load_study(study_name="tiny", storage=study_storage()).trials) == 4
+
+
+def test_flow_runs_end_without_waiting_on_the_heartbeat_thread():
+    """Installed wherever the flows are imported; heartbeats themselves stay on."""
+    from prefect import flow_engine
+    from prefect.settings import get_current_settings
+
+    from sweepflow.prefect_engine import MARK
+
+    assert getattr(flow_engine._send_heartbeats, MARK, False)
+    assert get_current_settings().flows.heartbeat_frequency is not None
 
 
 def test_bad_input_fails_before_training_and_leaves_nothing_running(tiny_overrides, tmp_path):

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from tasks.evaluate import baseline_predictions, confusion_png, scores
+from tasks.evaluate import baseline_predictions, class_report, confusion_png, scores
 from tests.conftest import make_frame
 
 
@@ -10,6 +11,23 @@ def test_scores_are_macro_averaged():
     s = scores(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]))
     assert s.accuracy == 0.75
     assert 0 < s.f1_macro < 1 and 0 < s.precision_macro <= 1
+
+
+def test_class_report_matches_scikit_learn_layout_and_values():
+    from sklearn.metrics import classification_report
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, 200)
+    y_pred = np.where(rng.random(200) < 0.7, y_true, rng.integers(0, 3, 200))
+    names = ["negative", "neutral", "positive"]
+    ours = class_report(y_true, y_pred, names)
+    theirs = classification_report(y_true, y_pred, labels=range(3), target_names=names,
+                                   output_dict=True, zero_division=0)
+    assert ours.keys() == theirs.keys()
+    assert ours["accuracy"] == pytest.approx(theirs["accuracy"])
+    for key in (*names, "macro avg", "weighted avg"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert scores(y_true, y_pred, 3).f1_macro == pytest.approx(theirs["macro avg"]["f1-score"])
 
 
 def test_baseline_learns_tiny_data_and_confusion_png(tmp_path):
