@@ -41,10 +41,10 @@ class Sizes:
 # The overhead section runs the default experiment's data and schedule (8,000 tweets, one
 # epoch, 3 validations, the 7,447-tweet test split) as one trial: a fixed cost of ~10 s
 # is measured against the training a user actually runs, not against a toy.
-FULL = Sizes(rounds=3, overhead_rounds=2, train=1024, eval=128, warmup=3,
+FULL = Sizes(rounds=3, overhead_rounds=3, train=1024, eval=128, warmup=3,
              overhead_train=8000, overhead_eval=1000, overhead_extra=(),
              prune_trials=12, prune_train=800, prune_eval=500, prune_epochs=2,
-             prune_val_checks=4, prune_seeds=(42, 7))
+             prune_val_checks=4, prune_seeds=(42, 7, 13))
 QUICK = Sizes(rounds=1, overhead_rounds=1, train=256, eval=128, warmup=2,
               overhead_train=200, overhead_eval=100, overhead_extra=("data.test_fraction=0.03",),
               prune_trials=4, prune_train=160, prune_eval=100, prune_epochs=1,
