@@ -100,6 +100,10 @@ def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
                   f"{b['fit_seconds']:.1f} / {b['test_seconds']:.1f} / "
                   f"{b['save_seconds']:.1f} s"),
                  ("sweepflow extra time", f"{o['extra_seconds']:+.1f} s"),
+                 ("all rounds, sweepflow / bare (s); ratio of medians",
+                  f"{' '.join(f'{w:.1f}' for w in o['walls']['sweepflow'])} / "
+                  f"{' '.join(f'{w:.1f}' for w in o['walls']['bare'])}; "
+                  f"{o.get('median_ratio', float('nan')):.2f}x"),
                  ("new store: MLflow + Optuna schemas (once per store, not timed)",
                   f"{o.get('store_init_seconds', float('nan')):.1f} s"),
                  ("TF-IDF baseline fit (once per data, cached like the tokens; not timed)",

@@ -133,7 +133,10 @@ def overhead(ctx: Context) -> dict[str, Any]:
     return {"overrides": overrides, "walls": walls, "best": best,
             "bare": phases["bare"][walls["bare"].index(best["bare"])],
             "sweepflow": phases["sweepflow"][walls["sweepflow"].index(best["sweepflow"])],
+            "phases_by_round": phases,  # where each round's time went, to locate the spread
             "ratio": best["sweepflow"] / best["bare"],
+            "median_ratio": (statistics.median(walls["sweepflow"])
+                             / statistics.median(walls["bare"])),
             "extra_seconds": best["sweepflow"] - best["bare"],
             "store_init_seconds": store_init, "baseline_fit_seconds": baseline_fit,
             "prefect_api": ctx.prefect.api_url if ctx.prefect else None,
