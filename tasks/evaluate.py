@@ -20,12 +20,7 @@ from prefect import get_run_logger, task  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from rich.progress import track  # noqa: E402
 from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
-from torchmetrics.functional.classification import (  # noqa: E402
-    multiclass_accuracy,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
+from torchmetrics.functional.classification import multiclass_stat_scores  # noqa: E402
 from transformers import AutoModelForSequenceClassification, pipeline  # noqa: E402
 
 from sweepflow import tracking  # noqa: E402
@@ -56,42 +51,49 @@ class EvalResult(BaseModel):
     report: dict[str, Any]
 
 
-# torchmetrics, already loaded by Lightning: scikit-learn's metrics cost 0.4 s to import, and
-# a run on cached data and a cached baseline needs nothing else from scikit-learn.
-PER_CLASS = {"precision": multiclass_precision, "recall": multiclass_recall,
-             "f1-score": multiclass_f1_score}
-
-
-def _tensors(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None
-             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+# Counts from torchmetrics (loaded by Lightning anyway: scikit-learn's metrics cost 0.4 s to
+# import, and a run on cached data and a cached baseline needs nothing else from it), ratios
+# in float64 as scikit-learn computes them: scores stored in the registry stay comparable.
+def class_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
+                 ) -> dict[str, np.ndarray]:
+    """Per class: precision, recall, F1 (0 where undefined, like zero_division=0), support
+    and whether the class occurs at all (in the labels or the predictions)."""
     pred, true = torch.as_tensor(np.asarray(y_pred)), torch.as_tensor(np.asarray(y_true))
-    return pred, true, num_classes or int(max(true.max(), pred.max())) + 1
+    tp, fp, _, fn, support = multiclass_stat_scores(pred, true, num_classes, average=None
+                                                    ).double().numpy().T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"precision": np.nan_to_num(tp / (tp + fp)),
+                "recall": np.nan_to_num(tp / (tp + fn)),
+                "f1-score": np.nan_to_num(2 * tp / (2 * tp + fp + fn)),
+                "support": support, "present": (tp + fp + fn) > 0}
+
+
+RATIOS = ("precision", "recall", "f1-score")
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> Scores:
-    """Accuracy and macro precision / recall / F1 (classes never seen nor predicted are left
-    out of the macro mean, as scikit-learn does)."""
-    pred, true, n = _tensors(y_true, y_pred, num_classes)
-    macro = {k: float(fn(pred, true, n, average="macro")) for k, fn in PER_CLASS.items()}
-    return Scores(accuracy=float(multiclass_accuracy(pred, true, n, average="micro")),
+    """Accuracy and macro precision / recall / F1; classes that occur in neither the labels nor
+    the predictions are left out of the macro mean, as scikit-learn does."""
+    n = num_classes or int(max(np.max(y_true), np.max(y_pred))) + 1
+    c = class_counts(y_true, y_pred, n)
+    macro = {k: float(c[k][c["present"]].mean()) for k in RATIOS}
+    return Scores(accuracy=float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
                   precision_macro=macro["precision"], recall_macro=macro["recall"],
                   f1_macro=macro["f1-score"])
 
 
 def class_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support, then accuracy and the macro and weighted
-    means: the layout of scikit-learn's `classification_report(output_dict=True)`."""
-    pred, true, n = _tensors(y_true, y_pred, len(names))
-    per = {k: fn(pred, true, n, average=None) for k, fn in PER_CLASS.items()}
-    support = torch.bincount(true, minlength=n)
+    means over all classes: scikit-learn's `classification_report(output_dict=True)`."""
+    c = class_counts(y_true, y_pred, len(names))
     report: dict[str, Any] = {
-        name: {**{k: float(v[i]) for k, v in per.items()}, "support": int(support[i])}
+        name: {**{k: float(c[k][i]) for k in RATIOS}, "support": int(c["support"][i])}
         for i, name in enumerate(names)}
-    report["accuracy"] = float(multiclass_accuracy(pred, true, n, average="micro"))
-    for average in ("macro", "weighted"):
-        report[f"{average} avg"] = {
-            **{k: float(fn(pred, true, n, average=average)) for k, fn in PER_CLASS.items()},
-            "support": len(true)}
+    report["accuracy"] = float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+    total = float(c["support"].sum())
+    report["macro avg"] = {**{k: float(c[k].mean()) for k in RATIOS}, "support": int(total)}
+    report["weighted avg"] = {**{k: float((c[k] * c["support"]).sum() / total) for k in RATIOS},
+                              "support": int(total)}
     return report
 
 
@@ -153,8 +155,7 @@ def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
 
 def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, names: list[str], path: Path) -> Path:
     matrix = MulticlassConfusionMatrix(num_classes=len(names))
-    pred, true, _ = _tensors(y_true, y_pred, len(names))
-    matrix.update(pred, true)
+    matrix.update(torch.as_tensor(np.asarray(y_pred)), torch.as_tensor(np.asarray(y_true)))
     fig, ax = plt.subplots(figsize=(5, 4.5))
     matrix.plot(ax=ax, labels=names)
     ax.set_title("test confusion matrix")

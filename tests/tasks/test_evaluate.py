@@ -7,10 +7,16 @@ from tasks.evaluate import baseline_predictions, class_report, confusion_png, sc
 from tests.conftest import make_frame
 
 
-def test_scores_are_macro_averaged():
-    s = scores(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]))
-    assert s.accuracy == 0.75
-    assert 0 < s.f1_macro < 1 and 0 < s.precision_macro <= 1
+def test_scores_are_macro_averaged_like_scikit_learn():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true, y_pred = np.array([0, 0, 1, 2, 0]), np.array([0, 1, 1, 2, 3])
+    s = scores(y_true, y_pred, 5)  # class 4 occurs nowhere: left out of the mean
+    assert s.accuracy == 0.6
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="macro",
+                                                 zero_division=0)
+    assert (s.precision_macro, s.recall_macro, s.f1_macro) == pytest.approx((p, r, f),
+                                                                             rel=1e-12)
 
 
 def test_class_report_matches_scikit_learn_layout_and_values():
@@ -26,8 +32,9 @@ def test_class_report_matches_scikit_learn_layout_and_values():
     assert ours.keys() == theirs.keys()
     assert ours["accuracy"] == pytest.approx(theirs["accuracy"])
     for key in (*names, "macro avg", "weighted avg"):
-        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
-    assert scores(y_true, y_pred, 3).f1_macro == pytest.approx(theirs["macro avg"]["f1-score"])
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key  # float64, not float32
+    assert scores(y_true, y_pred, 3).f1_macro == pytest.approx(theirs["macro avg"]["f1-score"],
+                                                               rel=1e-12)
 
 
 def test_baseline_learns_tiny_data_and_confusion_png(tmp_path):
