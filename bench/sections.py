@@ -276,9 +276,10 @@ REPLAY_PERCENTILE = ((50.0, 4, 0.0), (65.0, 2, 0.25), (65.0, 4, 0.25))  # (kept,
 
 def replay_pruning(overrides: list[str], unpruned: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Replay the unpruned sweep's learning curves (val/loss and sweep.metric at every
-    validation, from MLflow) through optuna's own pruners for other settings: steps ratio and
-    best-value change in points. An approximation: in a real pruned sweep the sampler would
-    then propose other trials."""
+    validation, from MLflow) through the pruners sweepflow builds (`make_pruner`) for other
+    settings, holding each trial as `StepPruning` does: steps ratio and best-value change in
+    points. An approximation: in a real pruned sweep the sampler would then propose other
+    trials."""
     import optuna
 
     from sweepflow import tracking
@@ -295,37 +296,42 @@ def replay_pruning(overrides: list[str], unpruned: dict[str, Any]) -> dict[str, 
                                "steps": unpruned["steps_by_trial"][number]}
     full = max(c["steps"] for c in curves.values())
     best = max(max(c["metric"].values()) for c in curves.values())
-    pruners = {f"halving first={share:.2f} factor={factor}":
-               lambda share=share, factor=factor: optuna.pruners.SuccessiveHalvingPruner(
-                   min_resource=max(1, round(share * full)), reduction_factor=factor)
-               for share, factor in REPLAY_HALVING}
-    pruners |= {f"percentile p={p:.0f} startup={startup} warmup={warm:.2f}":
-                lambda p=p, startup=startup, warm=warm: optuna.pruners.PercentilePruner(
-                    p, n_startup_trials=startup, n_warmup_steps=int(warm * full))
-                for p, startup, warm in REPLAY_PERCENTILE}
+    settings = {f"halving first={share:.2f} factor={factor}":
+                {"pruner": "halving", "pruner_warmup": share, "pruner_reduction_factor": factor}
+                for share, factor in REPLAY_HALVING}
+    settings |= {f"percentile p={p:.0f} startup={startup} warmup={warm:.2f}":
+                 {"pruner": "percentile", "pruner_percentile": p,
+                  "pruner_startup_trials": startup, "pruner_warmup": warm}
+                 for p, startup, warm in REPLAY_PERCENTILE}
     out = {}
     for signal in ("loss", "metric"):
-        for name, make in pruners.items():
-            spent, kept = _replay(curves, signal, make())
+        for name, update in settings.items():
+            sweep = config.sweep.model_copy(update={**update, "pruner_warmup_steps": 0})
+            spent, kept = _replay(curves, signal, sweep, full)
             out[f"{name} signal={signal}"] = {
                 "steps_ratio": spent / sum(c["steps"] for c in curves.values()),
                 "best_delta_points": 100 * (kept - best)}
     return out
 
 
-def _replay(curves: dict[int, dict[str, Any]], signal: str, pruner: Any) -> tuple[int, float]:
-    """Feed recorded trials, report by report, to `pruner` in an in-memory study: the
-    optimizer steps they would have used and the best value of those left to complete."""
+def _replay(curves: dict[int, dict[str, Any]], signal: str, sweep: Any, full: int
+            ) -> tuple[int, float]:
+    """Feed recorded trials, report by report, to the pruner of `sweep` in an in-memory
+    study: the optimizer steps they would have used and the best value of those left to
+    complete. As in StepPruning: no pruning before the warm-up nor at a trial's end."""
     import optuna
 
-    study = optuna.create_study(direction="maximize", pruner=pruner)
+    from tasks.sweep import make_pruner, warmup_steps
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(sweep, full))
     spent, kept = 0, float("-inf")
     for _, curve in sorted(curves.items()):
         live = study.ask()
         final = max(curve["metric"].values())
+        hold = warmup_steps(sweep, curve["steps"])
         for step, value in sorted(curve[signal].items()):
             live.report(value, step)
-            if step < curve["steps"] and live.should_prune():  # as StepPruning: not at the end
+            if hold <= step < curve["steps"] and live.should_prune():
                 study.tell(live, state=optuna.trial.TrialState.PRUNED)
                 spent += step
                 break
