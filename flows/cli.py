@@ -63,6 +63,9 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     except DataError as err:
         console.print(f"[red]data error:[/red] {err}")
         raise typer.Exit(1) from None
+    except ConfigError as err:  # found once the store is read (e.g. the study's pruning signal)
+        console.print(f"[red]config error:[/red] {err}")
+        raise typer.Exit(2) from None
     print_summary(summary, console)
 
 

@@ -88,6 +88,18 @@ def test_flow_runs_end_without_waiting_on_the_heartbeat_thread():
     assert get_current_settings().flows.heartbeat_frequency is not None
 
 
+def test_run_refuses_a_second_pruning_signal_with_a_config_error(tiny_overrides):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.sweep import create_study
+
+    create_study(load_config(overrides=[*tiny_overrides, "sweep.pruner_signal=loss"]))
+    result = CliRunner().invoke(app, ["run", *tiny_overrides])
+    assert result.exit_code == 2, result.output
+    assert "config error" in result.output and "sweep.pruner_signal" in result.output
+
+
 def test_bad_input_fails_before_training_and_leaves_nothing_running(tiny_overrides, tmp_path):
     config = load_config(overrides=[*tiny_overrides, f"data.path={tmp_path / 'nope.csv'}"])
     with pytest.raises(DataError, match="nope.csv"):
