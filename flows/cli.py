@@ -6,22 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,sweepflow")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The temporary server's telemetry heartbeat fails offline ("database is locked" tracebacks).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-for _noise in (".*LeafSpec.*", ".*smaller than the logging interval.*",
-               ".*does not have many workers.*", ".*Inferred schema contains integer.*"):
-    warnings.filterwarnings("ignore", message=_noise)
+import typer
+from rich.console import Console
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from sweepflow.config import ConfigError, SweepflowConfig, load_config  # noqa: E402
+from sweepflow import console as sweepflow_console
+from sweepflow.config import ConfigError, SweepflowConfig, load_config
 
 app = typer.Typer(help="Fine-tune transformer text classifiers in Optuna sweeps, "
                        "run as Prefect flows, tracked in MLflow.", no_args_is_help=True)
@@ -31,6 +23,15 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experime
                                                 "overlays conf/base.yaml.")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. "
                                                         "sweep.n_trials=2")]
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the libraries' full logs (Prefect, Lightning, MLflow, "
+                                "transformers) and warnings.")] = False) -> None:
+    """Fine-tune transformer text classifiers in Optuna sweeps, run as Prefect flows,
+    tracked in MLflow."""
+    sweepflow_console.configure(verbose)
 
 
 def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig:
@@ -57,11 +58,15 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     from flows.pipeline import pipeline_flow
     from tasks.ingest import DataError
     from tasks.summary import print_summary
+    from tasks.sweep_report import NoCompleteTrial
 
     try:
         summary = pipeline_flow(cfg)
     except DataError as err:
-        console.print(f"[red]data error:[/red] {err}")
+        console.print(f"[red]data error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except NoCompleteTrial as err:
+        console.print(f"[red]sweep error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
     except ConfigError as err:  # found once the store is read (e.g. the study's pruning signal)
         console.print(f"[red]config error:[/red] {err}")
@@ -108,8 +113,9 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
     # experiment; --artifacts-destination only keeps uploads through the UI out of the cwd.
     # The server's job runner serves GenAI features only; off, it saves seven processes.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    artifacts = tracking.artifact_location(cfg) or (tracking.store_dir() / "artifacts").as_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--artifacts-destination", tracking.artifact_location(cfg),
+           "--artifacts-destination", artifacts,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     os.execv(sys.executable, cmd)
 

@@ -1,5 +1,5 @@
 """The pipeline: ingest -> tokenize -> sweep (subflow) -> evaluate -> register, in one MLflow
-parent run."""
+parent run. Without a config (a deployment run with no parameters) it loads conf/base.yaml."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 
 from flows.sweep import sweep_flow
 from sweepflow import tracking
-from sweepflow.config import SweepflowConfig
+from sweepflow.config import SweepflowConfig, load_config
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.lineage import log_lineage_task, run_tags
@@ -19,7 +19,8 @@ from tasks.tokenize import tokenize_task
 
 
 @flow(name="pipeline")
-def pipeline_flow(config: SweepflowConfig) -> PipelineSummary:
+def pipeline_flow(config: SweepflowConfig | None = None) -> PipelineSummary:
+    config = config or load_config()
     tokens = tokenize_task(config, ingest_task(config))
     study = create_study_task(config)
     tags = run_tags(config, study.name, flow_run.get_id())

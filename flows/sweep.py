@@ -5,12 +5,9 @@ from __future__ import annotations
 from prefect import flow
 
 from sweepflow.config import SweepflowConfig
-from sweepflow.prefect_engine import end_flow_runs_without_waiting
 from tasks.sweep import StudyRef, create_study_task, run_trial_task
 from tasks.sweep_report import SweepResult, summarize_sweep_task
 from tasks.tokenize import TokenizedData
-
-end_flow_runs_without_waiting()  # flow runs end up to 1 s sooner (see sweepflow/prefect_engine.py)
 
 
 @flow(name="sweep")
@@ -22,4 +19,4 @@ def sweep_flow(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef |
             config, tokens, study, parent_run_id)
         for i in range(config.sweep.n_trials)
     ]
-    return summarize_sweep_task(config, study, trials, parent_run_id)
+    return summarize_sweep_task(config, study, tokens, trials, parent_run_id)

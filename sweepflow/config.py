@@ -1,7 +1,8 @@
 """Typed experiment config: YAML layers composed with OmegaConf, validated with pydantic.
 
 Order: conf/base.yaml -> --config FILE -> conf/local.yaml (if present) -> key=value overrides.
-Every model forbids extra keys, so a typo fails at load time with the dotted key named.
+Every model forbids extra keys, so a typo fails at load time with the dotted key named. The
+defaults live in conf/base.yaml only: these models declare types and limits, no values.
 """
 
 from __future__ import annotations
@@ -29,35 +30,35 @@ class _Model(BaseModel):
 
 
 class CleanConfig(_Model):
-    fix_unicode: bool = True
-    drop_empty: bool = True
-    drop_duplicates: bool = True
-    min_chars: int | None = Field(None, ge=0)
-    max_chars: int | None = Field(None, ge=1)
-    confidence_column: str | None = None
-    min_confidence: float | None = None
+    fix_unicode: bool
+    drop_empty: bool
+    drop_duplicates: bool
+    min_chars: int | None = Field(ge=0)
+    max_chars: int | None = Field(ge=1)
+    confidence_column: str | None
+    min_confidence: float | None
 
 
 class SplitNames(_Model):
-    train: str = "train"
-    validation: str = "validation"
-    test: str = "test"
+    train: str
+    validation: str
+    test: str
 
 
 class DataConfig(_Model):
-    path: str | dict[str, str] = BUNDLED
-    name: str | None = None
-    revision: str | None = None
-    encoding: str | None = None
-    splits: SplitNames = SplitNames()
-    text_column: str = "text"
-    label_column: str = "label"
-    labels: list[str | int] | dict[str | int, str] | None = None
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    max_train_samples: int | None = Field(None, ge=2)
-    max_eval_samples: int | None = Field(None, ge=2)
-    clean: CleanConfig = CleanConfig()
+    path: str | dict[str, str]
+    name: str | None
+    revision: str | None
+    encoding: str | None
+    splits: SplitNames
+    text_column: str
+    label_column: str
+    labels: list[str | int] | dict[str | int, str] | None
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    max_train_samples: int | None = Field(ge=2)
+    max_eval_samples: int | None = Field(ge=2)
+    clean: CleanConfig
 
     @model_validator(mode="after")
     def _check_path(self) -> DataConfig:
@@ -74,34 +75,34 @@ class DataConfig(_Model):
 
 
 class ModelConfig(_Model):
-    name_or_path: str = BUNDLED
+    name_or_path: str
 
 
 class TokenizeConfig(_Model):
-    max_length: int = Field(64, ge=8, le=8192)
+    max_length: int = Field(ge=8, le=8192)
 
 
 class TrainConfig(_Model):
-    max_epochs: int = Field(2, ge=1)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
-    precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
-    learning_rate: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    val_checks_per_epoch: int = Field(2, ge=1)
-    early_stopping_patience: int = Field(3, ge=1)
-    group_by_length: bool = True
-    fast_dropout: bool = True
-    num_threads: int | None = Field(None, ge=1)
-    max_steps: int = -1
+    max_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"]
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    val_checks_per_epoch: int = Field(ge=1)
+    early_stopping_patience: int = Field(ge=1)
+    group_by_length: bool
+    fast_dropout: bool
+    num_threads: int | None = Field(ge=1)
+    max_steps: int
 
 
 class FloatParam(_Model):
     type: Literal["float"]
     low: float
     high: float
-    log: bool = False
+    log: bool = False  # a search-space entry's own defaults, not the experiment's
     step: float | None = None
 
 
@@ -123,20 +124,20 @@ TRAIN_KEYS = set(TrainConfig.model_fields)
 
 
 class SweepConfig(_Model):
-    n_trials: int = Field(4, ge=1)
-    study_name: str | None = None
-    continue_study: bool = True
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    pruner: Literal["halving", "median", "percentile", "hyperband", "none"] = "halving"
-    pruner_startup_trials: int | None = Field(None, ge=0)  # None: max(2, min(5, n_trials // 3))
-    pruner_warmup_steps: int = Field(0, ge=0)  # optimizer steps before a trial can be pruned
-    pruner_warmup: float = Field(0.25, ge=0, lt=1)  # the same as a share of each trial's steps
-    pruner_signal: Literal["metric", "loss"] = "metric"  # what trials report to the pruner
-    pruner_percentile: float = Field(65.0, gt=0, lt=100)  # percentile pruner: top % kept
-    pruner_reduction_factor: int = Field(3, ge=2)  # halving/hyperband: 1 in this many goes on
-    metric: Literal["val/f1_macro", "val/accuracy", "val/loss"] = "val/f1_macro"
-    direction: Literal["maximize", "minimize"] = "maximize"
-    space: dict[str, Param] = Field(default_factory=dict)
+    n_trials: int = Field(ge=1)
+    study_name: str | None
+    continue_study: bool
+    sampler: Literal["tpe", "random", "grid"]
+    pruner: Literal["halving", "median", "percentile", "hyperband", "none"]
+    pruner_startup_trials: int | None = Field(ge=0)  # None: max(2, min(5, n_trials // 3))
+    pruner_warmup_steps: int = Field(ge=0)  # optimizer steps before a trial can be pruned
+    pruner_warmup: float = Field(ge=0, lt=1)  # the same as a share of each trial's steps
+    pruner_signal: Literal["metric", "loss"]  # what trials report to the pruner
+    pruner_percentile: float = Field(gt=0, lt=100)  # percentile pruner: top % kept
+    pruner_reduction_factor: int = Field(ge=2)  # halving/hyperband: 1 in this many goes on
+    metric: Literal["val/f1_macro", "val/accuracy", "val/loss"]
+    direction: Literal["maximize", "minimize"]
+    space: dict[str, Param]
 
     @property
     def startup_trials(self) -> int:
@@ -158,17 +159,17 @@ class SweepConfig(_Model):
 
 
 class TrackingConfig(_Model):
-    uri: str | None = None
-    experiment: str = "sweepflow"
-    artifact_location: str | None = None
+    uri: str | None
+    experiment: str
+    artifact_location: str | None
 
 
 class ScheduleConfig(_Model):
     """For `sweepflow serve`: a cron string or an interval in seconds (not both)."""
 
-    cron: str | None = None
-    interval: float | None = Field(None, gt=0)
-    timezone: str = "UTC"
+    cron: str | None
+    interval: float | None = Field(gt=0)
+    timezone: str
 
     @model_validator(mode="after")
     def _one(self) -> ScheduleConfig:
@@ -181,22 +182,22 @@ class RegistryConfig(_Model):
     """Model registry: every new version is `challenger`; it becomes `champion` only if it
     beats the champion on `metric` over the same test-data digest (or there is none)."""
 
-    enabled: bool = True
-    model_name: str | None = None  # null = tracking.experiment
+    enabled: bool
+    model_name: str | None  # null = tracking.experiment
     metric: Literal["test/f1_macro", "test/accuracy", "test/precision_macro",
-                    "test/recall_macro"] = "test/f1_macro"
+                    "test/recall_macro"]
 
 
 class SweepflowConfig(_Model):
-    seed: int = 42
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    tokenize: TokenizeConfig = TokenizeConfig()
-    train: TrainConfig = TrainConfig()
-    sweep: SweepConfig = SweepConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    registry: RegistryConfig = RegistryConfig()
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    tokenize: TokenizeConfig
+    train: TrainConfig
+    sweep: SweepConfig
+    tracking: TrackingConfig
+    schedule: ScheduleConfig
+    registry: RegistryConfig
 
     @property
     def study_name(self) -> str:

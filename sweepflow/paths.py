@@ -23,6 +23,7 @@ def cache_dir(kind: str) -> Path:
     return path
 
 
-def best_model_dir(study: str) -> Path:
-    """The weights of a study's best trial so far (replaced atomically when beaten)."""
-    return store_dir() / "models" / study / "best"
+def models_dir(study: str, basis: str) -> Path:
+    """A study's kept models for one training basis (data, model, tokenization): one folder
+    `trial-<n>` for the best trial on that basis (a trial beaten later is removed)."""
+    return store_dir() / "models" / study / basis

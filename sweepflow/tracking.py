@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-exported
@@ -42,10 +43,16 @@ def tracking_uri(config: SweepflowConfig) -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
-def artifact_location(config: SweepflowConfig) -> str:
+def artifact_location(config: SweepflowConfig) -> str | None:
+    """Where a new experiment keeps its artifacts: the configured place, else beside the
+    store they belong to (`artifacts/` next to a SQLite file), else the server's default
+    (an MLflow server proxies them: `mlflow-artifacts:`)."""
     if config.tracking.artifact_location:
         return config.tracking.artifact_location
-    return (store_dir() / "artifacts").as_uri()
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        return (Path(urlparse(uri).path).parent / "artifacts").resolve().as_uri()
+    return None
 
 
 def setup(config: SweepflowConfig) -> str:
@@ -129,40 +136,6 @@ def active_run(config: SweepflowConfig, run_id: str) -> Iterator[None]:
     with mlflow.start_run(run_id=run_id, nested=current is not None):
         yield
     MlflowClient(tracking_uri(config)).update_run(run_id, status="RUNNING")
-
-
-class MetricBuffer:
-    """Collects metrics and sends them in one log_batch call, instead of a round trip each."""
-
-    def __init__(self, uri: str, run_id: str, max_items: int = 500) -> None:
-        self.client = MlflowClient(uri)
-        self.run_id = run_id
-        self.max_items = max_items
-        self.items: list[Metric] = []
-        self.seconds = 0.0  # time spent inside MLflow calls
-        self.calls = 0
-
-    def add(self, metrics: dict[str, float], step: int) -> None:
-        ts = int(time.time() * 1000)
-        self.items.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
-        if len(self.items) >= self.max_items:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.items:
-            return
-        start = time.perf_counter()
-        for i in range(0, len(self.items), 1000):
-            self.client.log_batch(self.run_id, metrics=self.items[i : i + 1000])
-            self.calls += 1
-        self.items = []
-        self.seconds += time.perf_counter() - start
-
-
-def artifact_dir(name: str) -> Path:
-    path = store_dir() / "tmp" / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def now_ms() -> int:

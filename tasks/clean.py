@@ -69,14 +69,51 @@ def remove_overlap(
     splits: dict[str, pd.DataFrame], report: CleanReport
 ) -> dict[str, pd.DataFrame]:
     """No text may sit in two splits: drop from train what val/test hold, and from val what test
-    holds (evaluation splits win, so scores stay honest)."""
+    holds (evaluation splits win, so scores stay honest). Counted per pair of splits as
+    `dropped_overlap_with_<split>`."""
     out = dict(splits)
     order = [s for s in ("test", "validation", "train") if s in out]
-    seen: set[str] = set()
+    kept: dict[str, set[str]] = {}
     for split in order:
         df = out[split]
-        leak = df[TEXT].isin(seen)
-        report.add(split, "dropped_overlap_with_other_splits", int(leak.sum()))
+        leak = pd.Series(False, index=df.index)
+        for other, texts in kept.items():
+            hit = df[TEXT].isin(texts) & ~leak
+            report.add(split, f"dropped_overlap_with_{other}", int(hit.sum()))
+            leak |= hit
         out[split] = df[~leak].reset_index(drop=True)
-        seen |= set(out[split][TEXT])
+        kept[split] = set(out[split][TEXT])
     return out
+
+
+STEP_TEXT = {
+    "dropped_missing_label": "without a label",
+    "dropped_empty": "empty after cleaning",
+    "dropped_too_short": "shorter than data.clean.min_chars",
+    "dropped_too_long": "longer than data.clean.max_chars",
+    "dropped_low_confidence": "below data.clean.min_confidence",
+    "dropped_duplicates": "duplicate texts",
+    "dropped_by_sample_cap": "over the sample cap (data.max_train_samples / max_eval_samples)",
+}
+
+
+def describe_cleaning(steps: dict[str, dict[str, int]]) -> list[str]:
+    """One line per cleaning step that removed or changed rows, with the count per split."""
+    lines = []
+    names = dict.fromkeys(k for counts in steps.values() for k in counts)
+    for name in names:
+        if name in ("rows_in", "rows_out"):
+            continue
+        per = {split: counts.get(name, 0) for split, counts in steps.items()}
+        total = sum(per.values())
+        if not total:
+            continue
+        where = ", ".join(f"{s} {n:,}" for s, n in per.items() if n)
+        if name.startswith("dropped_overlap_with_"):
+            other = name.removeprefix("dropped_overlap_with_")
+            lines.append(f"dropped {total:,} texts that are also in {other} ({where})")
+        elif name == "changed_by_normalisation":
+            lines.append(f"repaired or normalised {total:,} texts ({where})")
+        else:
+            lines.append(f"dropped {total:,} rows {STEP_TEXT.get(name, name)} ({where})")
+    return lines

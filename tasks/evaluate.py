@@ -3,35 +3,36 @@ regression baseline trained on the same train split; log it all and the model to
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import mlflow
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from prefect import task
+from pydantic import BaseModel
+from rich.progress import track
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    classification_report,
+    precision_recall_fscore_support,
+)
+from transformers import AutoModelForSequenceClassification, pipeline
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from prefect import get_run_logger, task  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-from rich.progress import track  # noqa: E402
-from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
-from torchmetrics.functional.classification import multiclass_stat_scores  # noqa: E402
-from transformers import AutoModelForSequenceClassification, pipeline  # noqa: E402
-
-from sweepflow import tracking  # noqa: E402
-from sweepflow.config import SweepflowConfig  # noqa: E402
-from sweepflow.hashing import code_version, hash_json  # noqa: E402
-from sweepflow.paths import cache_dir  # noqa: E402
-from tasks.clean import LABEL, TEXT  # noqa: E402
-from tasks.ingest import IngestResult, load_ingested  # noqa: E402
-from tasks.sweep_report import SweepResult  # noqa: E402
-from tasks.tokenize import TokenizedData, load_tokenizer  # noqa: E402
-from tasks.train import load_rows, make_loader, resolve_precision, set_threads  # noqa: E402
+from sweepflow import tracking
+from sweepflow.config import SweepflowConfig
+from sweepflow.hashing import code_version, hash_json
+from sweepflow.paths import cache_dir
+from tasks.clean import LABEL, TEXT
+from tasks.ingest import IngestResult, load_ingested
+from tasks.sweep_report import SweepResult
+from tasks.tokenize import TokenizedData, load_tokenizer
+from tasks.train import load_rows, make_loader, resolve_precision, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -51,50 +52,18 @@ class EvalResult(BaseModel):
     report: dict[str, Any]
 
 
-# Counts from torchmetrics (loaded by Lightning anyway: scikit-learn's metrics cost 0.4 s to
-# import, and a run on cached data and a cached baseline needs nothing else from it), ratios
-# in float64 as scikit-learn computes them: scores stored in the registry stay comparable.
-def class_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
-                 ) -> dict[str, np.ndarray]:
-    """Per class: precision, recall, F1 (0 where undefined, like zero_division=0), support
-    and whether the class occurs at all (in the labels or the predictions)."""
-    pred, true = torch.as_tensor(np.asarray(y_pred)), torch.as_tensor(np.asarray(y_true))
-    tp, fp, _, fn, support = multiclass_stat_scores(pred, true, num_classes, average=None
-                                                    ).double().numpy().T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {"precision": np.nan_to_num(tp / (tp + fp)),
-                "recall": np.nan_to_num(tp / (tp + fn)),
-                "f1-score": np.nan_to_num(2 * tp / (2 * tp + fp + fn)),
-                "support": support, "present": (tp + fp + fn) > 0}
-
-
-RATIOS = ("precision", "recall", "f1-score")
-
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> Scores:
-    """Accuracy and macro precision / recall / F1; classes that occur in neither the labels nor
-    the predictions are left out of the macro mean, as scikit-learn does."""
-    n = num_classes or int(max(np.max(y_true), np.max(y_pred))) + 1
-    c = class_counts(y_true, y_pred, n)
-    macro = {k: float(c[k][c["present"]].mean()) for k in RATIOS}
-    return Scores(accuracy=float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
-                  precision_macro=macro["precision"], recall_macro=macro["recall"],
-                  f1_macro=macro["f1-score"])
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
+    """Accuracy and macro precision / recall / F1 (scikit-learn; 0 where undefined)."""
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="macro",
+                                                 zero_division=0)
+    return Scores(accuracy=float(accuracy_score(y_true, y_pred)), precision_macro=float(p),
+                  recall_macro=float(r), f1_macro=float(f))
 
 
 def class_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, Any]:
-    """Per-class precision, recall, F1 and support, then accuracy and the macro and weighted
-    means over all classes: scikit-learn's `classification_report(output_dict=True)`."""
-    c = class_counts(y_true, y_pred, len(names))
-    report: dict[str, Any] = {
-        name: {**{k: float(c[k][i]) for k in RATIOS}, "support": int(c["support"][i])}
-        for i, name in enumerate(names)}
-    report["accuracy"] = float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
-    total = float(c["support"].sum())
-    report["macro avg"] = {**{k: float(c[k].mean()) for k in RATIOS}, "support": int(total)}
-    report["weighted avg"] = {**{k: float((c[k] * c["support"]).sum() / total) for k in RATIOS},
-                              "support": int(total)}
-    return report
+    """Per-class precision, recall, F1 and support, accuracy, macro and weighted means."""
+    return classification_report(y_true, y_pred, labels=list(range(len(names))),
+                                 target_names=names, output_dict=True, zero_division=0)
 
 
 def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
@@ -147,22 +116,24 @@ def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
         return np.load(path)
     pred = baseline_predictions(dd["train"][TEXT], np.asarray(dd["train"][LABEL]),
                                 dd["test"][TEXT], seed)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, pred)
-    os.replace(tmp, path)  # whole or absent, never half-written
+    fd, tmp = tempfile.mkstemp(suffix=".npy.tmp", dir=path.parent)  # unique per process
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, pred)
+        os.replace(tmp, path)  # whole or absent, never half-written
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return pred
 
 
-def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, names: list[str], path: Path) -> Path:
-    matrix = MulticlassConfusionMatrix(num_classes=len(names))
-    matrix.update(torch.as_tensor(np.asarray(y_pred)), torch.as_tensor(np.asarray(y_true)))
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    matrix.plot(ax=ax, labels=names)
+def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> Figure:
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(len(names))),
+                                            display_labels=names, ax=ax, colorbar=False)
     ax.set_title("test confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def pip_requirements() -> list[str]:
@@ -193,31 +164,27 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     y_model = predict_test(model_dir, tokens, config.train.eval_batch_size,
                            config.train.precision)
     y_base = cached_baseline(dd, tokens.data, config.seed)
-    report = class_report(y_true, y_model, names)
-    result_model = scores(y_true, y_model, len(names))
-    result_base = scores(y_true, y_base, len(names))
-    out = tracking.artifact_dir(f"evaluate-{parent_run_id}")
-    (out / "classification_report.json").write_text(json.dumps(report, indent=2))
-    confusion_png(y_true, y_model, names, out / "confusion_matrix.png")
+    per_class = class_report(y_true, y_model, names)
+    result_model = scores(y_true, y_model)
+    result_base = scores(y_true, y_base)
     client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client.log_dict(parent_run_id, per_class, "evaluation/classification_report.json")
+    client.log_figure(parent_run_id, confusion_figure(y_true, y_model, names),
+                      "evaluation/confusion_matrix.png", save_kwargs={"dpi": 110})
     metrics = {f"test/{k}": v for k, v in result_model.model_dump().items()}
     metrics |= {f"test/baseline_{k}": v for k, v in result_base.model_dump().items()}
     for name in names:
-        metrics[f"test/f1_{name}"] = report[name]["f1-score"]
+        metrics[f"test/f1_{name}"] = per_class[name]["f1-score"]
     now = tracking.now_ms()
     client.log_batch(parent_run_id,
                      metrics=[tracking.Metric(k, v, now, 0) for k, v in metrics.items()])
-    client.log_artifacts(parent_run_id, str(out), "evaluation")
     with tracking.active_run(config, parent_run_id):
         model_uri = log_model(model_dir, tokens)
     return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
-                      test_digest=tokens.data.split_digests["test"], report=report)
+                      test_digest=tokens.data.split_digests["test"], report=per_class)
 
 
 @task(name="evaluate")
 def evaluate_task(config: SweepflowConfig, tokens: TokenizedData, sweep: SweepResult,
                   run_id: str) -> EvalResult:
-    result = evaluate(config, tokens, Path(sweep.model_dir), run_id)
-    get_run_logger().info("test macro-F1 %.3f (baseline %.3f)", result.model.f1_macro,
-                          result.baseline.f1_macro)
-    return result
+    return evaluate(config, tokens, Path(sweep.model_dir), run_id)

@@ -1,6 +1,7 @@
 """Ingest: read a source, clean it, map labels, split leak-free, save to disk once.
 
-Plain functions; the Prefect task in `flows`-facing `ingest_task` only adds caching.
+Plain functions; `ingest_task` is the thin Prefect wrapper. The prepared splits are kept in a
+folder per content key (sweepflow/cache.py), so an unchanged source is prepared once.
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ import hashlib
 import importlib.util
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from sweepflow.caching import content_cache_key
+from sweepflow import cache
 from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
+from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
 from sweepflow.paths import cache_dir
-from tasks.clean import LABEL, TEXT, CleanReport, clean_split, remove_overlap
+from tasks.clean import LABEL, TEXT, CleanReport, clean_split, describe_cleaning, remove_overlap
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class IngestResult(BaseModel):
     label_names: list[str]
     sizes: dict[str, int]
     split_digests: dict[str, str]
+    cleaning: dict[str, dict[str, int]] = {}  # split -> cleaning step -> rows
 
 
 @dataclass(frozen=True)
@@ -363,15 +366,15 @@ def save_splits(data: PreparedData, out_dir: Path) -> IngestResult:
         path=str(out_dir), digest=hash_json(digests)[:16], source=src.description,
         source_uri=uri or "", hub=src.hub,
         label_names=data.label_names, sizes={s: len(df) for s, df in data.splits.items()},
-        split_digests=digests,
+        split_digests=digests, cleaning=data.report.steps,
     )
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dd.save_to_disk(str(tmp / "data"))
-    (tmp / "profile.json").write_text(json.dumps(profile(data), indent=2))
-    (tmp / "result.json").write_text(result.model_dump_json(indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+
+    def build(tmp: Path) -> None:
+        dd.save_to_disk(str(tmp / "data"))
+        (tmp / "profile.json").write_text(json.dumps(profile(data), indent=2))
+        (tmp / "result.json").write_text(result.model_dump_json(indent=2))
+
+    cache.publish(out_dir, build)
     return result
 
 
@@ -402,9 +405,10 @@ def ingest_key(config: SweepflowConfig) -> str:
 
 
 def ingest(config: SweepflowConfig) -> IngestResult:
-    """Prepare the splits once per content key; an existing folder for the key is reused."""
+    """Prepare the splits once per content key; a complete folder for the key is reused."""
     out_dir = cache_dir("ingest") / ingest_key(config)
-    if (out_dir / "result.json").is_file():
+    if cache.valid(out_dir):
+        log.info("ingest cache hit: %s", out_dir)
         return IngestResult.model_validate_json((out_dir / "result.json").read_text())
     return save_splits(load_splits(config.data, config.seed), out_dir)
 
@@ -413,15 +417,20 @@ def load_ingested(result: IngestResult) -> datasets.DatasetDict:
     return datasets.load_from_disk(str(Path(result.path) / "data"))
 
 
-def _ingest_cache_key(_: Any, params: dict[str, Any]) -> str:
-    key = ingest_key(params["config"])
-    return content_cache_key("ingest", key, cache_dir("ingest") / key / "result.json")
+def describe(result: IngestResult) -> list[str]:
+    """What a user reads about their data: source, rows kept per split, labels, and every
+    row count that cleaning removed, with its reason."""
+    rows_in = sum(counts.get("rows_in", 0) for counts in result.cleaning.values())
+    sizes = " / ".join(f"{split} {n:,}" for split, n in result.sizes.items())
+    return [f"data: {result.source}: {rows_in:,} rows read; kept {sizes}; labels "
+            f"{', '.join(result.label_names)}",
+            *(f"  {line}" for line in describe_cleaning(result.cleaning))]
 
 
-@task(name="ingest", cache_key_fn=_ingest_cache_key, persist_result=True)
+@task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(config: SweepflowConfig) -> IngestResult:
-    """Cached by content: a second identical run shows state Cached."""
+    """Read, clean and split the source (or reuse the folder of the same content)."""
     result = ingest(config)
-    get_run_logger().info("ingested %s: %s, digest %s", result.source, result.sizes,
-                          result.digest)
+    for line in describe(result):
+        report.info(line)
     return result

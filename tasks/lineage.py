@@ -6,21 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import mlflow
+import mlflow.data
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+from prefect import task
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import mlflow.data  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource  # noqa: E402
-from prefect import task  # noqa: E402
-
-from sweepflow import tracking  # noqa: E402
-from sweepflow.config import SweepflowConfig  # noqa: E402
-from tasks.clean import TEXT  # noqa: E402
-from tasks.ingest import IngestResult, load_ingested  # noqa: E402
-from tasks.tokenize import TokenizedData, load_tokenized  # noqa: E402
+from sweepflow import tracking
+from sweepflow.config import SweepflowConfig
+from tasks.clean import TEXT
+from tasks.ingest import IngestResult, load_ingested
+from tasks.tokenize import TokenizedData, load_tokenized
 
 CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
 
@@ -30,11 +27,11 @@ def run_tags(config: SweepflowConfig, study: str, flow_run_id: str | None) -> di
             "optuna.study": study, "sweepflow.config_digest": config.digest()}
 
 
-def length_histogram(frames: dict[str, pd.DataFrame], tokens: TokenizedData, path: Path
-                     ) -> Path:
+def length_histogram(frames: dict[str, pd.DataFrame], tokens: TokenizedData) -> Figure:
     """Text lengths (characters, from the ingested `frames`) and token lengths per split."""
     tok = load_tokenized(tokens.path)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))  # no pyplot: no global figure state, no backend to pick
+    axes = fig.subplots(1, 2)
     for split, frame in frames.items():
         axes[0].hist(frame[TEXT].str.len(), bins=50, alpha=0.5, label=split)
         # One numpy batch: ds["length"] alone is a lazy column read row by row (1.4 s).
@@ -45,9 +42,7 @@ def length_histogram(frames: dict[str, pd.DataFrame], tokens: TokenizedData, pat
     for ax in axes:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def dataset_source(data: IngestResult, split: str) -> Any:
@@ -55,7 +50,7 @@ def dataset_source(data: IngestResult, split: str) -> Any:
     if data.hub is not None:
         return HuggingFaceDatasetSource(path=data.source_uri, config_name=data.hub.get("name"),
                                         revision=data.hub.get("revision"), split=split)
-    return data.source_uri  # MLflow resolves a local path to a file source
+    return Path(data.source_uri).as_uri()  # a file:// URI names one source type
 
 
 def log_lineage(config: SweepflowConfig, tokens: TokenizedData, run_id: str) -> None:
@@ -75,14 +70,13 @@ def log_lineage(config: SweepflowConfig, tokens: TokenizedData, run_id: str) -> 
                      "token_len_max": stats.max, "share_truncated": stats.share_truncated,
                      **{f"rows_{s}": n for s, n in data.sizes.items()}}.items()
     ])
-    out = tracking.artifact_dir(f"lineage-{run_id}")
-    (out / "config.yaml").write_text(config.to_yaml())
+    client.log_text(run_id, config.to_yaml(), "config.yaml")
     profile = json.loads((Path(data.path) / "profile.json").read_text())
     profile["tokens"] = stats.model_dump()
-    (out / "data_profile.json").write_text(json.dumps(profile, indent=2))
+    client.log_dict(run_id, profile, "data_profile.json")
     frames = {split: ds.to_pandas() for split, ds in load_ingested(data).items()}
-    length_histogram(frames, tokens, out / "length_histogram.png")
-    client.log_artifacts(run_id, str(out), "")
+    client.log_figure(run_id, length_histogram(frames, tokens), "length_histogram.png",
+                      save_kwargs={"dpi": 100})
     with tracking.active_run(config, run_id):
         for split, frame in frames.items():
             dataset = mlflow.data.from_pandas(

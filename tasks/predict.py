@@ -45,8 +45,7 @@ def read_texts(path: Path, text_column: str) -> list[str]:
 
 def load_model(config: SweepflowConfig, model_uri: str) -> Any:
     """The pyfunc model from the configured store, loaded without the Hugging Face Hub."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a logged model holds all it needs
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -1,24 +1,32 @@
 """Sweep: a persistent Optuna study, a search space from config, and one trial at a time,
-each a nested MLflow run whose best weights become the study's best model if they win."""
+each a nested MLflow run.
+
+The best model is tied to what it was trained on. Every trial records its training basis
+(data digest, base model, tokenization) as an Optuna user attribute, and the model kept for a
+basis is the one of the trial Optuna ranks best among the complete trials on that basis. So a
+study continued on other data (another file, another `max_train_samples`) starts a new best for
+that data instead of handing on a model trained on the old one.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import optuna
-from optuna_integration import PyTorchLightningPruningCallback
-from prefect import get_run_logger, task
+from lightning.pytorch.loggers import MLFlowLogger
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from sweepflow import tracking
+from sweepflow import cache, tracking
 from sweepflow.config import (
     CategoricalParam,
     ConfigError,
@@ -26,13 +34,18 @@ from sweepflow.config import (
     IntParam,
     SweepConfig,
     SweepflowConfig,
-    TrainConfig,
 )
-from sweepflow.paths import best_model_dir, store_dir
+from sweepflow.console import report
+from sweepflow.hashing import hash_json
+from sweepflow.paths import models_dir, store_dir
+from tasks.pruning import SIGNAL_ATTR, StepPruning, make_pruner, pruning_signal, trial_steps
 from tasks.tokenize import TokenizedData, load_tokenizer
-from tasks.train import BatchedMlflowLogger, fit
+from tasks.train import fit
 
 log = logging.getLogger(__name__)
+
+BASIS_ATTR = "basis"  # trial user attribute: what the trial was trained on (see basis())
+DIGEST_ATTR = "data_digest"
 
 
 class StudyRef(BaseModel):
@@ -80,51 +93,6 @@ def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:
         else:
             raise ValueError(f"sweep.space.{name}: the grid sampler needs a 'step' for floats")
     return grid
-
-
-def make_pruner(cfg: SweepConfig, steps: int | None = None) -> optuna.pruners.BasePruner:
-    """The configured pruner. `steps` (optimizer steps of one full trial) turns the warm-up
-    share into steps: successive halving's first rung and hyperband's resources."""
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.pruner_warmup_steps
-        )
-    if cfg.pruner == "percentile":
-        return optuna.pruners.PercentilePruner(
-            cfg.pruner_percentile, n_startup_trials=cfg.startup_trials,
-            n_warmup_steps=cfg.pruner_warmup_steps,
-        )
-    first_rung = max(1, warmup_steps(cfg, steps or 0))
-    if cfg.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=first_rung, reduction_factor=cfg.pruner_reduction_factor)
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=first_rung, max_resource=steps or "auto",
-            reduction_factor=cfg.pruner_reduction_factor)
-    return optuna.pruners.NopPruner()
-
-
-def warmup_steps(cfg: SweepConfig, steps: int) -> int:
-    """Optimizer steps before a trial of `steps` may be pruned: the later of the two settings."""
-    return max(cfg.pruner_warmup_steps, math.ceil(cfg.pruner_warmup * steps))
-
-
-def trial_steps(train: TrainConfig, train_rows: int) -> int:
-    """Optimizer steps of a trial that runs to the end (as Lightning counts them)."""
-    steps = math.ceil(train_rows / train.batch_size) * train.max_epochs
-    return min(steps, train.max_steps) if train.max_steps > 0 else steps
-
-
-SIGNAL_ATTR = "pruning_signal"  # study user attribute: what its trials report to the pruner
-
-
-def pruning_signal(cfg: SweepConfig) -> str:
-    """What each validation reports to the pruner (the study's intermediate values): the
-    metric, or val/loss, negated ("-val/loss") when the study maximizes."""
-    if cfg.pruner_signal == "metric":
-        return cfg.metric
-    return "-val/loss" if cfg.direction == "maximize" else "val/loss"
 
 
 def study_name(config: SweepflowConfig) -> str:
@@ -177,64 +145,62 @@ def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
     return params
 
 
-class StepPruning(PyTorchLightningPruningCallback):
-    """Optuna's Lightning pruning callback, reporting at every validation (step = optimizer
-    step, not epoch) and stopping the trainer instead of raising inside it.
-
-    `sweep.pruner_signal: loss` reports val/loss instead of sweep.metric: smooth from the
-    first validation, where macro-F1 of a barely trained model is noise. It is negated when
-    the study maximizes, so the pruner compares in the study's direction. The pruner is
-    consulted only after the warm-up: `pruner_warmup_steps`, or `pruner_warmup` as a share
-    of this trial's optimizer steps, whichever is later, and never at the last validation
-    (the steps are spent; pruning then would only throw the finished trial away)."""
-
-    def __init__(self, trial: optuna.Trial, cfg: SweepConfig) -> None:
-        signal = pruning_signal(cfg)
-        super().__init__(trial, signal.removeprefix("-"))
-        self.sign = -1.0 if signal.startswith("-") else 1.0
-        self.cfg = cfg
-        self.hold_until = cfg.pruner_warmup_steps
-        self.pruned_at: int | None = None
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        self.hold_until = warmup_steps(self.cfg, trainer.estimated_stepping_batches)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        score = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or score is None:
-            return
-        step = trainer.global_step
-        self._trial.report(self.sign * float(score), step=step)
-        if step < self.hold_until or step >= trainer.estimated_stepping_batches:
-            return  # still warming up, or the trial is done: pruning would only discard it
-        if self._trial.should_prune():
-            self.pruned_at = step
-            trainer.should_stop = True
+def basis(tokens: TokenizedData) -> str:
+    """What makes two trials' models comparable: the same splits (data digest), the same base
+    model and the same tokenization."""
+    return hash_json({"data": tokens.data.digest, "model": tokens.model_path,
+                      "max_length": tokens.max_length})[:12]
 
 
-def save_if_best(study: optuna.Study, result: TrialResult, module: Any, state: dict,
-                 tokens: TokenizedData) -> bool:
-    """Keep the study's best weights on disk (atomically); trials that lose leave no files."""
-    target = best_model_dir(study.study_name)
-    info = target / "trial.json"
-    if info.is_file():
-        current = json.loads(info.read_text())["value"]
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        if (result.value or 0) <= current if maximize else (result.value or 0) >= current:
+def best_on_basis(study: optuna.Study, key: str) -> FrozenTrial | None:
+    """Optuna's best complete trial among those trained on `key` (the first of equals)."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get(BASIS_ATTR) == key]
+    if not complete:
+        return None
+    sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+    return max(complete, key=lambda t: (sign * t.value, -t.number))
+
+
+def trial_model_dir(study: str, key: str, number: int) -> Path:
+    return models_dir(study, key) / f"trial-{number}"
+
+
+def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any,
+                 state: dict, tokens: TokenizedData) -> bool:
+    """Save a complete trial's best weights when it beats the basis' best so far. Called
+    before the study is told, so a trial that Optuna calls best always has its folder."""
+    best = best_on_basis(study, key)
+    if best is not None and trial_model_dir(study.study_name, key, best.number).exists():
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        if sign * result.value <= sign * best.value:
             return False
     module.model.load_state_dict(state)
-    tmp = target.with_name("best.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    module.model.save_pretrained(tmp)
-    load_tokenizer(tokens.model_path).save_pretrained(tmp)
-    (tmp / "trial.json").write_text(json.dumps({"number": result.number, "value": result.value,
-                                                "params": result.params,
-                                                "run_id": result.run_id,
-                                                "data_digest": tokens.data.digest}))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+
+    def build(tmp: Path) -> None:
+        module.model.save_pretrained(tmp)
+        load_tokenizer(tokens.model_path).save_pretrained(tmp)
+        (tmp / "trial.json").write_text(json.dumps({
+            "study": study.study_name, "number": result.number, "value": result.value,
+            "params": result.params, "run_id": result.run_id, "basis": key,
+            "data_digest": tokens.data.digest}))
+
+    cache.publish(trial_model_dir(study.study_name, key, result.number), build, replace=True)
     return True
+
+
+def drop_beaten_models(study: optuna.Study, key: str) -> None:
+    """Remove the folders of finished trials that are not the basis' best (the folder of a
+    trial still running, e.g. in another worker, is left alone)."""
+    folder = models_dir(study.study_name, key)
+    if not folder.is_dir():
+        return
+    best = best_on_basis(study, key)
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    for path in folder.glob("trial-*"):
+        number = int(path.name.removeprefix("trial-"))
+        if number in finished and (best is None or number != best.number):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
@@ -242,8 +208,15 @@ def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
     """Ask the study for a trial, train it in a nested MLflow run, tell the study the outcome."""
     study = load_study(ref, config, trial_steps(config.train, tokens.data.sizes["train"]))
     trial = study.ask()
-    params = suggest(trial, config.sweep)
+    key = basis(tokens)
+    trial.set_user_attr(BASIS_ATTR, key)
+    trial.set_user_attr(DIGEST_ATTR, tokens.data.digest)
     start = time.perf_counter()
+    try:
+        params = suggest(trial, config.sweep)
+    except BaseException:  # e.g. a search space Optuna rejects: never left RUNNING
+        study.tell(trial, state=TrialState.FAIL)
+        raise
     try:
         return _train_trial(config, tokens, ref, study, trial, params, parent_run_id, start)
     except TrialFailed as err:
@@ -256,22 +229,24 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                  study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
                  parent_run_id: str | None, start: float) -> TrialResult:
     train_cfg = config.train.model_copy(update=params)
-    tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number)}
+    tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number),
+            "data.digest": tokens.data.digest}
     with tracking.managed_run(config, f"trial-{trial.number}", tags, parent_run_id) as run_id:
-        client = tracking.MlflowClient(tracking.tracking_uri(config))
+        uri = tracking.tracking_uri(config)
+        client = tracking.MlflowClient(uri)
         client.log_batch(run_id, params=[tracking.Param(k, str(v)) for k, v in params.items()])
-        buffer = tracking.MetricBuffer(tracking.tracking_uri(config), run_id)
         pruning = StepPruning(trial, config.sweep)
         mode = "max" if ref.direction == "maximize" else "min"
+        logger = MLFlowLogger(tracking_uri=uri, run_id=run_id, synchronous=False)
         try:
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode, [pruning],
-                                 BatchedMlflowLogger(buffer))
+                                 logger)
         except Exception as err:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL)
             client.set_tag(run_id, "optuna.state", "failed")
             raise TrialFailed(trial.number, run_id, err) from err
         except BaseException:  # Ctrl-C: the trial must not stay RUNNING in the study either
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL)
             client.set_tag(run_id, "optuna.state", "interrupted")
             raise
         state = "pruned" if pruning.pruned_at is not None else "complete"
@@ -280,16 +255,29 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         result = TrialResult(number=trial.number, state=state, value=fitted.best_value,
                              params=params, steps=fitted.steps,
                              seconds=time.perf_counter() - start, run_id=run_id)
-        if state == "complete":
-            study.tell(trial, fitted.best_value)
-            if save_if_best(study, result, module, fitted.state, tokens):
-                client.set_tag(run_id, "optuna.best_so_far", "true")
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED if state == "pruned"
-                       else optuna.trial.TrialState.FAIL)
+        tell(study, trial, result, module, fitted.state, tokens)
         client.log_batch(run_id, tags=[tracking.RunTag("optuna.state", state),
                                        tracking.RunTag("optuna.steps", str(result.steps))])
     return result
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: Any,
+         state: dict | None, tokens: TokenizedData) -> None:
+    """Tell the study the outcome; a complete trial's model is saved first if it is the best
+    on its basis, and the models it beat are removed after."""
+    if result.state != "complete":
+        study.tell(trial, state=TrialState.PRUNED if result.state == "pruned"
+                   else TrialState.FAIL)
+        return
+    key = basis(tokens)
+    try:
+        kept = keep_if_best(study, key, result, module, state, tokens)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    study.tell(trial, result.value)
+    if kept:
+        drop_beaten_models(study, key)
 
 
 class TrialFailed(RuntimeError):
@@ -300,16 +288,26 @@ class TrialFailed(RuntimeError):
 
 @task(name="create-study")
 def create_study_task(config: SweepflowConfig) -> StudyRef:
-    ref = create_study(config)
-    get_run_logger().info("Optuna study '%s' in %s", ref.name, ref.storage)
-    return ref
+    return create_study(config)
+
+
+def outcome_line(result: TrialResult, metric: str, total_steps: int) -> str:
+    """One line per trial: number, outcome, score, steps, time, params."""
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in result.params.items())
+    if result.state == "failed":
+        return f"trial {result.number} failed after {result.seconds:.0f} s: {result.error}"
+    value = "-" if result.value is None else f"{result.value:.4f}"
+    where = (f"pruned at step {result.steps} of {total_steps}" if result.state == "pruned"
+             else f"complete, {result.steps} steps")
+    return (f"trial {result.number} {where} in {result.seconds:.0f} s: best {metric} {value}"
+            f"  [{params}]")
 
 
 @task(name="train-trial", cache_policy=NO_CACHE)
 def run_trial_task(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef,
                    parent_run_id: str | None) -> TrialResult:
     result = run_trial(config, tokens, study, parent_run_id)
-    value = "-" if result.value is None else f"{result.value:.4f}"
-    get_run_logger().info("trial %d %s: %s=%s after %d steps, params %s", result.number,
-                          result.state, study.metric, value, result.steps, result.params)
+    total = trial_steps(config.train, tokens.data.sizes["train"])
+    report.info(outcome_line(result, study.metric, total))
     return result

@@ -6,22 +6,20 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import optuna
+from optuna.trial import TrialState
+from prefect import task
+from pydantic import BaseModel
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-from prefect import get_run_logger, task  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-
-from sweepflow import tracking  # noqa: E402
-from sweepflow.config import SweepflowConfig  # noqa: E402
-from sweepflow.paths import best_model_dir  # noqa: E402
-from tasks.sweep import SIGNAL_ATTR  # noqa: E402
+from sweepflow import cache, tracking
+from sweepflow.config import SweepflowConfig
+from sweepflow.console import report
+from tasks.pruning import SIGNAL_ATTR
+from tasks.sweep import BASIS_ATTR, basis, best_on_basis, trial_model_dir
+from tasks.tokenize import TokenizedData
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +39,7 @@ class SweepResult(BaseModel):
     model_dir: str
     counts: dict[str, int]  # this run's trials by state
     study_counts: dict[str, int]  # all trials of the study by state
+    other_data_trials: int = 0  # trials of the study on another training basis
     steps: int  # optimizer steps spent by this run's trials
     wall_seconds: float
 
@@ -57,27 +56,28 @@ def _state_name(state: TrialState) -> str:
     return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(state, "failed")
 
 
-def write_plots(study: optuna.Study, out: Path) -> list[Path]:
-    """Each plot as HTML (plotly) and PNG (matplotlib backend); a plot that does not apply
-    (importances need two complete trials) is skipped."""
+def log_plots(client: tracking.MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
+    """Each plot as HTML (plotly) and PNG (matplotlib backend) under sweep/ on the run; a plot
+    that does not apply (importances need two complete trials) is skipped. Returns the names
+    of the plots written."""
     written = []
     for name, fn in PLOTS.items():
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
                 fig = getattr(optuna.visualization, fn)(study)
                 ax = getattr(optuna.visualization.matplotlib, fn)(study)
                 if name == "intermediate_values" and SIGNAL_ATTR in study.user_attrs:
                     fig.update_layout(yaxis_title=study.user_attrs[SIGNAL_ATTR])
                     ax.set_ylabel(study.user_attrs[SIGNAL_ATTR])
-                fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+                client.log_figure(run_id, fig, f"sweep/{name}.html")
                 ax.figure.set_size_inches(8, 5)
                 ax.figure.tight_layout()
-                ax.figure.savefig(out / f"{name}.png", dpi=100)
-                plt.close("all")
-            written += [out / f"{name}.html", out / f"{name}.png"]
+                client.log_figure(run_id, ax.figure, f"sweep/{name}.png")
+            written.append(name)
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             log.info("skipped %s: %s", name, err)
+        finally:
             plt.close("all")
     return written
 
@@ -88,21 +88,30 @@ def trials_table(study: optuna.Study) -> Any:
 
 
 def summarize_sweep(config: SweepflowConfig, study_name: str, storage: str,
-                    trials: list[Any], parent_run_id: str | None,
+                    tokens: TokenizedData, trials: list[Any], parent_run_id: str | None,
                     started: float | None = None) -> SweepResult:
+    """The study's best trial on this run's training basis and the folder of its model."""
     study = optuna.load_study(study_name=study_name, storage=storage)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    if not complete:
+    key = basis(tokens)
+    best = best_on_basis(study, key)
+    if best is None:
         errors = [t.error for t in trials if getattr(t, "error", None)]
-        raise NoCompleteTrial(f"study '{study_name}' has no complete trial"
+        raise NoCompleteTrial(f"study '{study_name}' has no complete trial on this data"
                               + (f"; first error: {errors[0]}" if errors else ""))
-    best = study.best_trial
+    model_dir = trial_model_dir(study_name, key, best.number)
+    problem = cache.check(model_dir) if model_dir.exists() else "it is missing"
+    if problem:
+        raise NoCompleteTrial(
+            f"the model of trial {best.number}, the best of study '{study_name}' on this data, "
+            f"cannot be used ({model_dir}: {problem}); start a fresh study with "
+            "sweep.continue_study=false or another sweep.study_name")
     wall = sum(t.seconds for t in trials) if started is None else time.time() - started
     result = SweepResult(
         study=study_name, best_number=best.number, best_value=best.value,
-        best_params=best.params, model_dir=str(best_model_dir(study_name)),
+        best_params=best.params, model_dir=str(model_dir),
         counts=count_states([t.state for t in trials]),
         study_counts=count_states([_state_name(t.state) for t in study.trials]),
+        other_data_trials=sum(t.user_attrs.get(BASIS_ATTR) != key for t in study.trials),
         steps=sum(t.steps for t in trials), wall_seconds=wall,
     )
     if parent_run_id:
@@ -125,19 +134,19 @@ def log_sweep(config: SweepflowConfig, study: optuna.Study, result: SweepResult,
                                       for k, v in metrics.items()])
     client.log_batch(run_id, tags=[tracking.RunTag("optuna.best_trial", str(result.best_number)),
                                    tracking.RunTag("optuna.best_params", str(result.best_params))])
-    out = tracking.artifact_dir(f"sweep-{run_id}")
-    trials_table(study).to_csv(out / "trials.csv", index=False)
-    written = {p.stem for p in write_plots(study, out)}
+    client.log_text(run_id, trials_table(study).to_csv(index=False), "sweep/trials.csv")
+    written = log_plots(client, run_id, study)
     skipped = [name for name in PLOTS if name not in written]
     if skipped:  # e.g. importances before two complete trials: say so on the run
         client.set_tag(run_id, "sweep.skipped_plots", ",".join(skipped))
-    client.log_artifacts(run_id, str(out), "sweep")
 
 
 @task(name="summarize-sweep")
-def summarize_sweep_task(config: SweepflowConfig, study: Any, trials: list[Any],
-                         parent_run_id: str | None) -> SweepResult:
-    result = summarize_sweep(config, study.name, study.storage, trials, parent_run_id)
-    get_run_logger().info("best trial %d: %s=%.4f %s", result.best_number, study.metric,
-                          result.best_value, result.best_params)
+def summarize_sweep_task(config: SweepflowConfig, study: Any, tokens: TokenizedData,
+                         trials: list[Any], parent_run_id: str | None) -> SweepResult:
+    result = summarize_sweep(config, study.name, study.storage, tokens, trials, parent_run_id)
+    if result.other_data_trials:
+        report.info(f"study '{result.study}' also holds {result.other_data_trials} trials "
+                    "trained on other data, model or tokenization: the best is chosen among "
+                    "the trials on this run's data only")
     return result

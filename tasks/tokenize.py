@@ -5,18 +5,18 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import shutil
 from pathlib import Path
-from typing import Any
 
 import datasets
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from sweepflow.caching import content_cache_key
+from sweepflow import cache
 from sweepflow.config import BUNDLED, SweepflowConfig
+from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
 from sweepflow.paths import cache_dir
 from tasks.clean import LABEL, TEXT
@@ -124,7 +124,7 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     """Tokenize once per key; an existing folder for the key is reused."""
     key = tokenize_key(config, data)
     out_dir = cache_dir("tokenized") / key
-    if (out_dir / "result.json").is_file():
+    if cache.valid(out_dir):
         log.info("tokenize cache hit: %s", out_dir)
         return TokenizedData.model_validate_json((out_dir / "result.json").read_text())
     log.info("tokenize cache miss: %s", key)
@@ -140,11 +140,12 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
         )
     result = TokenizedData(path=str(out_dir), key=key, data=data, model_path=model_path,
                            max_length=config.tokenize.max_length, stats=stats)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenized.save_to_disk(str(tmp / "data"))
-    (tmp / "result.json").write_text(result.model_dump_json(indent=2))
-    tmp.rename(out_dir)
+
+    def build(tmp: Path) -> None:
+        tokenized.save_to_disk(str(tmp / "data"))
+        (tmp / "result.json").write_text(result.model_dump_json(indent=2))
+
+    cache.publish(out_dir, build)
     return result
 
 
@@ -155,19 +156,11 @@ def load_tokenized(path: str) -> datasets.DatasetDict:
     return dd.with_format(columns=["input_ids", "attention_mask", LABEL, "length"])
 
 
-def _tokenize_cache_key(_: Any, params: dict[str, Any]) -> str:
-    key = tokenize_key(params["config"], params["data"])
-    return content_cache_key("tokenize", key, cache_dir("tokenized") / key / "result.json")
-
-
-@task(name="tokenize", cache_key_fn=_tokenize_cache_key, persist_result=True)
+@task(name="tokenize", cache_policy=NO_CACHE)
 def tokenize_task(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
-    """Cached by data digest, tokenizer files, settings and code version."""
-    logger = get_run_logger()
-    logger.info("tokenize cache miss (key %s): tokenizing %s", tokenize_key(config, data),
-                data.sizes)
+    """Tokenize once per data digest, tokenizer files, settings and code version."""
     result = tokenize(config, data)
     s = result.stats
-    logger.info("token lengths p50=%.0f p95=%.0f max=%d, %.1f%% truncated at %d",
-                s.p50, s.p95, s.max, 100 * s.share_truncated, result.max_length)
+    report.info(f"tokens: p50 {s.p50:.0f}, p95 {s.p95:.0f}, max {s.max}; "
+                f"{100 * s.share_truncated:.1f}% of texts truncated at {result.max_length}")
     return result

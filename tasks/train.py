@@ -14,7 +14,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import (
@@ -27,7 +26,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from sweepflow.config import TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.memory import keep_freed_memory
-from sweepflow.tracking import MetricBuffer
 from tasks.clean import LABEL
 from tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 
@@ -179,37 +177,6 @@ class BestWeights(Callback):
                           for k, v in module.model.state_dict().items()}
 
 
-class BatchedMlflowLogger(Logger):
-    """Lightning logger that buffers metrics and sends them once per validation."""
-
-    def __init__(self, buffer: MetricBuffer) -> None:
-        super().__init__()
-        self.buffer = buffer
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self.buffer.run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """Params are logged by the sweep, from the trial."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
-        self.buffer.add(metrics, step or 0)
-        if any(k.startswith("val/") for k in metrics):
-            self.buffer.flush()
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.buffer.flush()
-
-
 @dataclass(frozen=True)
 class FitResult:
     best_value: float | None
@@ -248,11 +215,7 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     train = make_loader(rows["train"], tokens, cfg.batch_size, True, cfg.group_by_length, seed)
     val = make_loader(rows["validation"], tokens, cfg.eval_batch_size, False, False, seed)
     start = time.perf_counter()
-    try:
-        trainer.fit(module, train, val)
-    finally:
-        if logger is not None:
-            logger.finalize("done")
+    trainer.fit(module, train, val)
     seconds = time.perf_counter() - start
     result = FitResult(best.best, best.best_step, trainer.global_step, seconds,
                        trainer.global_step * cfg.batch_size, best.state)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
+from pathlib import Path
 
 import mlflow
 import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.client.orchestration import get_client
 
 from flows.pipeline import pipeline_flow
 from sweepflow import tracking
@@ -23,16 +23,7 @@ def _runs(config) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[config.tracking.experiment])
 
 
-async def _task_states(flow_run_id: str) -> dict[str, str]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
-
-
-def test_pipeline_end_to_end(tiny_config):
+def test_pipeline_end_to_end(tiny_config, store):
     summary = pipeline_flow(tiny_config)
     client = MlflowClient(tracking.tracking_uri(tiny_config))
     runs = _runs(tiny_config)
@@ -70,24 +61,36 @@ def test_pipeline_end_to_end(tiny_config):
     pred = model.predict(["great love happy", "awful hate worst"])
     assert set(pred["label"]) <= {"negative", "neutral", "positive"}
 
-    # Same experiment again: ingest and tokenize come from the cache, the study continues.
-    state = pipeline_flow(tiny_config, return_state=True)
-    states = asyncio.run(_task_states(str(state.state_details.flow_run_id)))
-    assert states["ingest"] == "Cached" and states["tokenize"] == "Cached"
+    # Same experiment again: ingest and tokenize reuse their folders, the study continues.
+    cached = sorted((store / "cache").glob("*/*"))
+    assert [p.parent.name for p in cached] == ["baseline", "ingest", "tokenized"]
+    inodes = [p.stat().st_ino for p in cached]
+    pipeline_flow(tiny_config)
+    assert sorted((store / "cache").glob("*/*")) == cached
+    assert [p.stat().st_ino for p in cached] == inodes  # read back, not written again
     assert len(optuna.load_study(study_name="tiny", storage=study_storage()).trials) == 4
+    leftovers = [p for p in store.rglob("*") if p.name.endswith((".tmp", ".old", ".broken"))
+                 or p.name == "tmp"]
+    assert not leftovers  # no temporary folders after a run
 
 
-def test_flow_runs_end_without_waiting_on_the_heartbeat_thread():
-    """Installed wherever the flows are imported; heartbeats themselves stay on."""
-    from prefect import flow_engine
-    from prefect.settings import get_current_settings
-
-    from sweepflow.prefect_engine import MARK
-
-    assert getattr(flow_engine._send_heartbeats, MARK, False)
-    assert get_current_settings().flows.heartbeat_frequency is not None
-
-
+def test_a_study_continued_on_other_data_picks_its_best_on_that_data(tiny_config,
+                                                                     tiny_overrides):
+    """The model evaluated and registered is the one of the trial Optuna calls best among
+    the trials trained on this run's data, never the old data's winner."""
+    first = pipeline_flow(tiny_config)
+    fewer = load_config(overrides=[*tiny_overrides, "data.max_train_samples=60",
+                                   "sweep.n_trials=1"])
+    second = pipeline_flow(fewer)
+    study = optuna.load_study(study_name="tiny", storage=study_storage())
+    assert len(study.trials) == 3
+    new = study.trials[2]
+    assert new.user_attrs["data_digest"] != study.trials[0].user_attrs["data_digest"]
+    assert second.sweep.best_number == 2 and second.sweep.other_data_trials == 2
+    kept = json.loads((Path(second.sweep.model_dir) / "trial.json").read_text())
+    assert kept["number"] == 2 and kept["data_digest"] == new.user_attrs["data_digest"]
+    assert Path(first.sweep.model_dir).exists()  # the old data's best is kept for that data
+    assert Path(first.sweep.model_dir).parent != Path(second.sweep.model_dir).parent
 def test_run_refuses_a_second_pruning_signal_with_a_config_error(tiny_overrides):
     from typer.testing import CliRunner
 

@@ -3,6 +3,8 @@ the checks that fail before anything is served."""
 
 from __future__ import annotations
 
+import inspect
+
 import httpx
 import pytest
 import yaml
@@ -11,8 +13,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
 from flows.cli import app
-from sweepflow.config import load_config, validate_config
-from sweepflow.paths import CONF_DIR, ROOT
+from flows.pipeline import pipeline_flow
+from sweepflow.config import load_config
+from sweepflow.paths import ROOT
 from tests.flows.servers import BIN, answers, clean_env, free_port, started, tail, wait_for
 
 SERVER_TIMEOUT = 90  # seconds for `prefect server start` to answer /api/health
@@ -53,16 +56,14 @@ def test_serve_needs_a_prefect_server(tiny_overrides):
     assert f"no Prefect server answers at PREFECT_API_URL={nobody}" in _output(result)
 
 
-def test_prefect_yaml_parameters_are_base_yaml():
+def test_prefect_yaml_takes_its_defaults_from_base_yaml():
+    """The deployment embeds no config: a run without parameters loads conf/base.yaml."""
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     (deployment,) = spec["deployments"]
     assert deployment["entrypoint"] == "flows/pipeline.py:pipeline_flow"
     assert deployment["schedules"][0]["cron"]
-    ours = validate_config(deployment["parameters"]["config"]).flat()
-    base = load_config(base=CONF_DIR / "base.yaml").flat()
-    differ = {k: (ours.get(k), base.get(k)) for k in ours.keys() | base.keys()
-              if ours.get(k) != base.get(k)}
-    assert not differ, f"prefect.yaml parameters.config (left) != conf/base.yaml: {differ}"
+    assert deployment["parameters"] == {}
+    assert inspect.signature(pipeline_flow.fn).parameters["config"].default is None
 
 
 def _deployment(api: str, name: str) -> dict | None:

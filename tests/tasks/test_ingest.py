@@ -83,7 +83,7 @@ def test_overlap_between_source_splits_is_removed_from_train(tmp_path):
     write(df.iloc[:120], tmp_path / "train.csv")
     write(df.iloc[100:150], tmp_path / "test.csv")  # 20 rows also in train
     data = load_splits(cfg(tmp_path).data, seed=1)
-    assert data.report.steps["train"]["dropped_overlap_with_other_splits"] == 20
+    assert data.report.steps["train"]["dropped_overlap_with_test"] == 20
     texts = [set(d["text"]) for d in data.splits.values()]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
 

@@ -14,7 +14,19 @@ def test_tokenize_unpadded_truncated_with_stats(tiny_config):
     dd = load_tokenized(tokens.path)
     lengths = [len(ids) for ids in dd["train"]["input_ids"]]
     assert max(lengths) <= 16 and len(set(lengths)) > 1  # truncated, not padded
-    assert tokens.stats.p50 > 0 and 0 <= tokens.stats.share_truncated <= 1
+    full = [len(ids) for ids in ingest_texts_ids(tiny_config, data)]
+    assert tokens.stats.max == max(full) and tokens.stats.p50 > 0
+    assert tokens.stats.share_truncated == sum(n > 16 for n in full) / len(full)
+
+
+def ingest_texts_ids(config, data):
+    """Every split's texts, tokenized without truncation (what the stats describe)."""
+    from tasks.ingest import load_ingested
+    from tasks.tokenize import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(config.model.name_or_path))
+    texts = [t for split in load_ingested(data).values() for t in split["text"]]
+    return tokenizer(texts)["input_ids"]
 
 
 def test_cache_hits_when_unchanged_and_misses_when_changed(tiny_config, tiny_overrides,
@@ -43,3 +55,19 @@ def test_truncation_warning(tiny_overrides, caplog):
         tokens = tokenize(config, ingest(config))
     assert tokens.stats.share_truncated > 0.05
     assert "truncated" in caplog.text
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tiny_config, caplog):
+    """A truncated Arrow file fails its checksum: reported, moved aside and rebuilt."""
+    from pathlib import Path
+
+    data = ingest(tiny_config)
+    first = tokenize(tiny_config, data)
+    arrow = next(Path(first.path).rglob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="sweepflow.cache"):
+        again = tokenize(tiny_config, data)
+    assert "does not match its checksum" in caplog.text
+    assert again == first and len(load_tokenized.__wrapped__(again.path)["train"]) > 0
+    leftovers = [p.name for p in Path(first.path).parent.iterdir() if p.name.startswith(".")]
+    assert not leftovers

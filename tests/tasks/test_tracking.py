@@ -38,13 +38,13 @@ def test_env_uri_overrides_default(monkeypatch, tmp_path):
     assert tracking.tracking_uri(load_config()).endswith("x.db")
 
 
-def test_metric_buffer_batches(tmp_path):
-    config = load_config(overrides=["tracking.experiment=t"])
-    with tracking.managed_run(config, "r") as run_id:
-        buf = tracking.MetricBuffer(tracking.tracking_uri(config), run_id)
-        for step in range(50):
-            buf.add({"train/loss": 1.0 / (step + 1)}, step)
-        buf.flush()
-    client = MlflowClient(tracking.tracking_uri(config))
-    assert len(client.get_metric_history(run_id, "train/loss")) == 50
-    assert buf.calls == 1
+def test_artifacts_follow_the_tracking_store(tmp_path):
+    """A SQLite store elsewhere keeps its artifacts beside it, not in the working directory;
+    a server keeps its own default (None: the server proxies them)."""
+    other = tmp_path / "elsewhere" / "mlflow.db"
+    config = load_config(overrides=[f"tracking.uri=sqlite:///{other}"])
+    assert tracking.artifact_location(config) == (other.parent / "artifacts").as_uri()
+    served = load_config(overrides=["tracking.uri=http://127.0.0.1:5000"])
+    assert tracking.artifact_location(served) is None
+    chosen = load_config(overrides=["tracking.artifact_location=file:///srv/a"])
+    assert tracking.artifact_location(chosen) == "file:///srv/a"

@@ -10,22 +10,22 @@ import pytest
 
 from sweepflow.config import ConfigError, load_config
 from tasks.ingest import ingest
-from tasks.sweep import (
-    create_study,
-    grid_space,
-    make_pruner,
-    make_sampler,
-    run_trial,
-    suggest,
-    trial_steps,
-)
+from tasks.pruning import make_pruner, trial_steps
+from tasks.sweep import create_study, grid_space, make_sampler, run_trial, suggest
 from tasks.tokenize import tokenize
 from tasks.train import fit, resolve_precision
 
 
-def test_precision_auto_picks_supported_mode():
+def test_precision_auto_follows_the_hardware():
+    import torch
+
     assert resolve_precision("32-true") == "32-true"
-    assert resolve_precision("auto") in {"bf16-mixed", "16-mixed", "32-true"}
+    cpu_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    expected = "bf16-mixed" if cpu_bf16 and not torch.cuda.is_available() else None
+    if expected:
+        assert resolve_precision("auto") == expected
+    else:
+        assert resolve_precision("auto") in {"16-mixed", "32-true", "bf16-mixed"}
 
 
 def test_fit_is_reproducible_with_a_seed(tiny_config):

@@ -1,0 +1,65 @@
+"""The console: what a user reads, and the library noise kept off it.
+
+A run prints its data and cleaning summary, one progress bar and one outcome line per trial,
+and the final summary. Those lines go to the `sweepflow.report` logger: plain on the console,
+and to the Prefect flow run's log like every other task log. Library banners, tips, progress
+bars of loaders and warnings a user can do nothing about stay off the console unless
+`sweepflow -v`. Nothing here runs at import: the CLI entry point calls `configure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+REPORT = "sweepflow.report"
+report = logging.getLogger(REPORT)
+
+# Loggers that print banners and tips at INFO (Lightning's "GPU available", its litlogger tip,
+# MLflow's database migrations, Optuna's "A new study created", transformers' load report).
+QUIET_LEVELS = {
+    "lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING,
+    "mlflow": logging.ERROR, "optuna": logging.WARNING, "transformers": logging.ERROR,
+    "datasets": logging.ERROR, "huggingface_hub": logging.ERROR, "alembic": logging.WARNING,
+    "httpx": logging.WARNING,
+}
+# Warnings raised inside libraries about their own internals.
+QUIET_WARNING_MODULES = r"(lightning|mlflow|transformers|torch|torchmetrics|optuna|datasets|" \
+                        r"pydantic|prefect|sklearn|pandas|matplotlib)(\..*)?$"
+
+QUIET_ENV = {
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",  # flow/task run chatter: UI only
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+ENV = {
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,sweepflow",  # our logs reach the Prefect UI too
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    "TOKENIZERS_PARALLELISM": "false",
+    # The temporary server's telemetry heartbeat fails offline ("database is locked").
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # A busy 2-core machine can take longer than Prefect's 20 s to start the temporary server.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "MPLBACKEND": "Agg",
+}
+
+
+def configure(verbose: bool = False) -> None:
+    """Set up the console for one CLI command (a user's own environment settings win)."""
+    for key, value in (ENV | ({} if verbose else QUIET_ENV)).items():
+        os.environ.setdefault(key, value)
+    if verbose:
+        logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler
+        return
+    for name, level in QUIET_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filterwarnings("ignore", module=QUIET_WARNING_MODULES)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    report.addHandler(handler)
+    report.setLevel(logging.INFO)
