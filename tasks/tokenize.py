@@ -115,7 +115,8 @@ def tokenize_splits(
             "full_length": [len(ids) for ids in full["input_ids"]],
         }
 
-    out = dd.map(encode, batched=True, batch_size=1000, desc="tokenize")
+    # In memory: the result is saved once below, and no cache file lands in the ingest folder.
+    out = dd.map(encode, batched=True, batch_size=1000, desc="tokenize", keep_in_memory=True)
     full = np.concatenate([np.asarray(out[s]["full_length"]) for s in out])
     return out.remove_columns(["full_length"]), full
 
