@@ -135,7 +135,7 @@ def _details(results: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("ingest + tokenize cold / warm",
                      f"{w['cold_seconds']:.2f} s / {w['warm_seconds']:.3f} s"))
     if t := results.get("tracking"):
-        rows += [("MLflow time per step, MetricBuffer",
+        rows += [("MLflow time per step, MLFlowLogger (async)",
                   f"{1000 * t['buffered_seconds_per_step']:.2f} ms "
                   f"({100 * t['buffered_share_of_step']:.2f}% of a step)"),
                  ("MLflow time per step, log_metric each step",

@@ -393,8 +393,9 @@ def warm(ctx: Context) -> dict[str, Any]:
 # -- 5. tracking -----------------------------------------------------------------------------
 
 def tracking_cost(ctx: Context, throughput_result: dict[str, Any] | None) -> dict[str, Any]:
-    """MetricBuffer time per training step (from the sweepflow contender's fit) against one
-    MlflowClient.log_metric round trip per step to the same kind of store."""
+    """Lightning's MLFlowLogger (asynchronous) time per training step (from the sweepflow
+    contender's fit) against one MlflowClient.log_metric round trip per step to the same
+    kind of store."""
     s = ctx.sizes
     if throughput_result is None:
         prepared = prepare(s.train, s.eval)

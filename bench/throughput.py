@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,11 +40,12 @@ def run_sweepflow(overrides: list[str], clock: StepClock) -> dict[str, Any]:
     """tasks.train.fit as a trial runs it: precision auto, length grouping, dynamic padding,
     the batched MLflow logger; one validation per epoch (paused out of the timing)."""
     import lightning.pytorch as pl
+    from lightning.pytorch.loggers import MLFlowLogger
 
     from sweepflow import tracking
     from sweepflow.config import load_config
     from tasks.tokenize import TokenizedData
-    from tasks.train import BatchedMlflowLogger, fit, resolve_precision
+    from tasks.train import fit, resolve_precision
 
     config = load_config(overrides=overrides)
     prepared = prepare_from(overrides)
@@ -64,12 +66,24 @@ def run_sweepflow(overrides: list[str], clock: StepClock) -> dict[str, Any]:
         def on_validation_end(self, *args: Any) -> None:
             clock.resume()
 
+    class TimedLogger(MLFlowLogger):
+        """The product's logger (Lightning's MLFlowLogger, asynchronous), timed."""
+
+        seconds, calls = 0.0, 0
+
+        def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+            start = time.perf_counter()
+            super().log_metrics(metrics, step)
+            TimedLogger.seconds += time.perf_counter() - start
+            TimedLogger.calls += 1
+
     with tracking.managed_run(config, "bench-throughput") as run_id:
-        buffer = tracking.MetricBuffer(tracking.tracking_uri(config), run_id)
-        _, result = fit(tokens, cfg, SEED, config.sweep.metric, "max", [Clock()],
-                        BatchedMlflowLogger(buffer), progress=False)
-    return {"precision": resolve_precision(cfg.precision), "mlflow_seconds": buffer.seconds,
-            "mlflow_calls": buffer.calls, "total_steps": result.steps,
+        logger = TimedLogger(tracking_uri=tracking.tracking_uri(config), run_id=run_id,
+                             synchronous=False)
+        _, result = fit(tokens, cfg, SEED, config.sweep.metric, "max", [Clock()], logger,
+                        progress=False)
+    return {"precision": resolve_precision(cfg.precision), "mlflow_seconds": TimedLogger.seconds,
+            "mlflow_calls": TimedLogger.calls, "total_steps": result.steps,
             "fit_seconds": result.seconds}
 
 

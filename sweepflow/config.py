@@ -259,14 +259,14 @@ def _merge(layers: list[Any]) -> Any:
 def load_config(
     config_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-    base: Path | None = None,
+    conf_dir: Path = CONF_DIR,
 ) -> SweepflowConfig:
-    """Compose base -> file -> conf/local.yaml -> overrides and validate."""
-    layers = [_load_yaml(base or CONF_DIR / "base.yaml")]
+    """Compose base.yaml -> file -> local.yaml (both in `conf_dir`) -> overrides; validate."""
+    layers = [_load_yaml(conf_dir / "base.yaml")]
     if config_file:
         layers.append(_load_yaml(Path(config_file)))
-    local = CONF_DIR / "local.yaml"
-    if local.is_file() and base is None:
+    local = conf_dir / "local.yaml"
+    if local.is_file():
         layers.append(_load_yaml(local))
     for item in overrides:
         if "=" not in item:

@@ -19,9 +19,14 @@ report = logging.getLogger(REPORT)
 
 # Loggers that print banners and tips at INFO (Lightning's "GPU available", its litlogger tip,
 # MLflow's database migrations, Optuna's "A new study created", transformers' load report).
+# Lightning and Optuna set their top loggers to INFO when imported, so the levels go on the
+# loggers below them that do the talking.
 QUIET_LEVELS = {
-    "lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING,
-    "mlflow": logging.ERROR, "optuna": logging.WARNING, "transformers": logging.ERROR,
+    "lightning.pytorch.utilities.rank_zero": logging.WARNING,
+    "lightning.fabric.utilities.rank_zero": logging.WARNING,
+    "optuna.storages._rdb.storage": logging.WARNING, "optuna.study.study": logging.WARNING,
+    "optuna.storages._in_memory": logging.WARNING,
+    "mlflow": logging.ERROR, "transformers": logging.ERROR,
     "datasets": logging.ERROR, "huggingface_hub": logging.ERROR, "alembic": logging.WARNING,
     "httpx": logging.WARNING,
 }

@@ -87,13 +87,14 @@ def remove_overlap(
 
 
 STEP_TEXT = {
-    "dropped_missing_label": "without a label",
-    "dropped_empty": "empty after cleaning",
-    "dropped_too_short": "shorter than data.clean.min_chars",
-    "dropped_too_long": "longer than data.clean.max_chars",
-    "dropped_low_confidence": "below data.clean.min_confidence",
-    "dropped_duplicates": "duplicate texts",
-    "dropped_by_sample_cap": "over the sample cap (data.max_train_samples / max_eval_samples)",
+    "dropped_missing_label": "dropped {n} rows without a label",
+    "dropped_empty": "dropped {n} texts empty after cleaning",
+    "dropped_too_short": "dropped {n} texts shorter than data.clean.min_chars",
+    "dropped_too_long": "dropped {n} texts longer than data.clean.max_chars",
+    "dropped_low_confidence": "dropped {n} rows below data.clean.min_confidence",
+    "dropped_duplicates": "dropped {n} duplicate texts",
+    "dropped_by_sample_cap": "left out {n} rows over data.max_train_samples / max_eval_samples",
+    "changed_by_normalisation": "repaired or normalised {n} texts (ftfy, NFC, whitespace)",
 }
 
 
@@ -111,9 +112,8 @@ def describe_cleaning(steps: dict[str, dict[str, int]]) -> list[str]:
         where = ", ".join(f"{s} {n:,}" for s, n in per.items() if n)
         if name.startswith("dropped_overlap_with_"):
             other = name.removeprefix("dropped_overlap_with_")
-            lines.append(f"dropped {total:,} texts that are also in {other} ({where})")
-        elif name == "changed_by_normalisation":
-            lines.append(f"repaired or normalised {total:,} texts ({where})")
+            text = f"dropped {total:,} texts that are also in {other} (no leakage)"
         else:
-            lines.append(f"dropped {total:,} rows {STEP_TEXT.get(name, name)} ({where})")
+            text = STEP_TEXT.get(name, f"{name}: {{n}}").format(n=f"{total:,}")
+        lines.append(f"{text}: {where}")
     return lines

@@ -43,3 +43,28 @@ def test_bad_keys_and_values_name_the_key(override, message):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_local_yaml_overlays_the_experiment_file_and_overrides_win(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "base.yaml").write_text((CONF_DIR / "base.yaml").read_text())
+    (conf / "local.yaml").write_text("train:\n  batch_size: 4\n  max_epochs: 3\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train:\n  batch_size: 8\n  eval_batch_size: 16\n")
+    config = load_config(exp, ["train.max_epochs=5"], conf_dir=conf)
+    assert (config.train.batch_size, config.train.eval_batch_size,
+            config.train.max_epochs) == (4, 16, 5)
+
+
+def test_every_default_comes_from_base_yaml():
+    """The models declare no defaults of their own: a key missing from base.yaml is an error,
+    not a silent second default."""
+    import yaml
+
+    from sweepflow.config import validate_config
+
+    base = yaml.safe_load((CONF_DIR / "base.yaml").read_text())
+    del base["train"]["max_epochs"]
+    with pytest.raises(ConfigError, match="bad value for 'train.max_epochs': Field required"):
+        validate_config(base)

@@ -203,9 +203,13 @@ def test_non_utf8_bytes(tmp_path, store):
     with pytest.raises(DataError, match=r"latin.csv: byte 0xe9 on line 2 is not valid UTF-8"):
         ingest(cfg(path))
     _no_output_left(store)
+    # The encoding the message recommends reads the file.
+    rows = "".join(f"{'positive' if i % 2 else 'negative'},caf\xe9 great {i}\n" for i in range(12))
+    path.write_bytes(b"sentiment,text\n" + rows.encode("latin-1"))
     config = cfg(path, "data.encoding=latin-1", "data.val_fraction=0.3", "data.test_fraction=0.3")
-    texts = set(pd.read_csv(path, encoding="latin-1")["text"])
-    assert "café great" in texts and config.data.encoding == "latin-1"
+    data = load_splits(config.data, seed=1)
+    texts = set(pd.concat(data.splits.values())["text"])
+    assert "café great 1" in texts and len(texts) == 12
 
 
 def test_hub_id_offline_says_so(monkeypatch, store):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -132,3 +133,49 @@ def test_a_study_keeps_its_pruning_signal(tiny_config):
         update={"pruner_signal": "loss"})})
     with pytest.raises(ConfigError, match="sweep.pruner_signal=loss: study 'tiny'"):
         create_study(loss)
+
+
+def test_the_kept_model_is_the_best_trial_on_its_data(tiny_config):
+    """A better trial replaces the kept model, a worse one does not, and trials on other data
+    never count: the folder always belongs to Optuna's best trial on this basis."""
+    from tasks.sweep import (
+        BASIS_ATTR,
+        TrialResult,
+        basis,
+        best_on_basis,
+        drop_beaten_models,
+        keep_if_best,
+        load_study,
+        trial_model_dir,
+    )
+    from tasks.train import TextClassifier
+
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    ref = create_study(tiny_config)
+    study = load_study(ref, tiny_config)
+    key = basis(tokens)
+    module = TextClassifier(tokens.model_path, list(tokens.data.label_names), tiny_config.train)
+    state = module.model.state_dict()
+    # A trial on other data with a far better score must not shadow this data's trials.
+    study.add_trial(optuna.trial.create_trial(value=0.99, user_attrs={BASIS_ATTR: "other"}))
+
+    def finish(value: float) -> tuple[int, bool]:
+        trial = study.ask()
+        trial.set_user_attr(BASIS_ATTR, key)
+        result = TrialResult(number=trial.number, state="complete", value=value, params={},
+                             steps=1, seconds=0.0, run_id="r")
+        kept = keep_if_best(study, key, result, module, state, tokens)
+        study.tell(trial, value)
+        drop_beaten_models(study, key)
+        return trial.number, kept
+
+    first, kept = finish(0.5)
+    assert kept and trial_model_dir(ref.name, key, first).is_dir()
+    worse, kept = finish(0.4)
+    assert not kept and not trial_model_dir(ref.name, key, worse).exists()
+    better, kept = finish(0.6)
+    assert kept and best_on_basis(study, key).number == better
+    folders = sorted(p.name for p in trial_model_dir(ref.name, key, better).parent.iterdir())
+    assert folders == [f"trial-{better}"]  # the beaten model is gone
+    saved = json.loads((trial_model_dir(ref.name, key, better) / "trial.json").read_text())
+    assert (saved["number"], saved["value"]) == (better, 0.6)
