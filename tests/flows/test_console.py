@@ -1,0 +1,59 @@
+"""What a user reads: `sweepflow run` as a subprocess against the session's Prefect server.
+The default console holds the data and cleaning summary, one line per trial and the summary;
+no library banner, tip or repeated line. `-v` brings the libraries' logs back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from prefect.settings import PREFECT_API_URL
+
+from tests.conftest import make_frame
+
+NOISE = ("GPU available", "litlogger", "LOAD REPORT", "A new study created",
+         "interpreted in multiple ways", "Finished in state", "Beginning flow run",
+         "Loading weights", "Saving the dataset", "Creating initial MLflow database")
+
+
+def _run(args: list[str], store: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "SWEEPFLOW_HOME": str(store), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=600)
+
+
+def test_default_console_is_quiet_and_says_what_happened(tiny_overrides, store, tmp_path):
+    # Split files where 25 dev texts were copied into train: the run must say so.
+    df = make_frame(200)
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    df.iloc[150:].to_csv(dev, index=False)
+    pd.concat([df.iloc[:150], df.iloc[150:175]]).to_csv(train, index=False)
+    overrides = [o for o in tiny_overrides if not o.startswith("data.path")]
+    overrides.append(f"data.path={{train: '{train}', validation: '{dev}'}}")
+    result = _run(["run", *overrides], store)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "dropped 25 texts that are also in validation (no leakage): train 25" in out
+    assert "data:" in out and "tokens: p50" in out
+    trial_lines = [line for line in out.splitlines() if line.startswith("trial ")]
+    assert len(trial_lines) == 2 and all("val/f1_macro" in line for line in trial_lines)
+    assert "test split" in out and "registry:" in out  # the final summary
+    for noise in NOISE:
+        assert noise not in out, noise
+    lines = [line for line in out.splitlines() if line.strip() and "━" not in line]
+    repeated = [line for line, n in Counter(lines).items() if n > 1 and len(line) > 30]
+    assert not repeated, repeated
+
+
+def test_verbose_brings_the_libraries_logs_back(tiny_overrides, store, tmp_path):
+    result = _run(["-v", "run", *tiny_overrides, f"data.path={tmp_path / 'missing.csv'}"],
+                  store)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "Beginning flow run" in out  # Prefect's own log lines
+    assert "data file not found" in out
