@@ -161,10 +161,7 @@ def write_history(studies: list[optuna.Study], target_name: str, html: Path | No
             written.append(_atomic(html, lambda tmp: fig.write_html(
                 tmp, include_plotlyjs="cdn")))
         if png is not None:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            import matplotlib.pyplot as plt  # the CLI picks a backend (MPLBACKEND)
 
             ax = optuna.visualization.matplotlib.plot_optimization_history(
                 studies, target_name=target_name)

@@ -17,7 +17,8 @@ from tests.conftest import make_frame
 
 NOISE = ("GPU available", "litlogger", "LOAD REPORT", "A new study created",
          "interpreted in multiple ways", "Finished in state", "Beginning flow run",
-         "Loading weights", "Saving the dataset", "Creating initial MLflow database")
+         "Loading weights", "Saving the dataset", "Creating initial MLflow database",
+         "Successfully registered model", "Starting temporary server")
 
 
 def _run(args: list[str], store: Path) -> subprocess.CompletedProcess:
