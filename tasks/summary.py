@@ -42,7 +42,9 @@ def print_summary(summary: PipelineSummary, console: Console | None = None) -> N
     console.print(f"trials this run: {counts}; optimizer steps: {s.steps}; "
                   f"wall time {s.wall_seconds:.0f} s")
     console.print(f"best trial #{s.best_number}: {summary.metric} = {s.best_value:.4f}")
-    console.print(f"best params: {s.best_params}")
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in s.best_params.items())
+    console.print(f"best params: {params}")
     table = Table(title="test split")
     table.add_column("metric")
     table.add_column("model", justify="right")
