@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-exported
 from mlflow.tracking import MlflowClient
+from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import ROOT, store_dir
@@ -30,6 +31,18 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 _open_runs: dict[str, str] = {}  # run id -> tracking uri
 _lock = threading.Lock()
+
+
+@contextmanager
+def no_mlflow_prints() -> Iterator[None]:
+    """Keep MLflow's unconditional console prints (registration notices) off the console
+    unless the user asked for verbose logs; its errors still raise."""
+    before = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = logging.getLogger("mlflow").getEffectiveLevel() < logging.ERROR
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = before
 
 
 def tracking_uri(config: SweepflowConfig) -> str:

@@ -106,7 +106,8 @@ def register(config: SweepflowConfig, model_uri: str, scores: Scores, test_diges
     tracking.setup(config)  # mlflow.register_model uses the global tracking/registry URI
     client = tracking.MlflowClient(tracking.tracking_uri(config))
     champion = current_champion(client, name, metric)
-    version = int(mlflow.register_model(model_uri, name, tags=tags).version)
+    with tracking.no_mlflow_prints():  # register_model prints "Successfully registered ..."
+        version = int(mlflow.register_model(model_uri, name, tags=tags).version)
     verdict = decide(score, test_digest, champion, metric)
     client.set_registered_model_alias(name, CHALLENGER, str(version))
     if verdict.decision == "promoted":
