@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from sweepflow import cache, tracking
+from sweepflow import cache, interrupts, owner, tracking
 from sweepflow.config import (
     CategoricalParam,
     ConfigError,
@@ -209,10 +209,12 @@ def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
     study = load_study(ref, config, trial_steps(config.train, tokens.data.sizes["train"]))
     trial = study.ask()
     key = basis(tokens)
-    trial.set_user_attr(BASIS_ATTR, key)
-    trial.set_user_attr(DIGEST_ATTR, tokens.data.digest)
     start = time.perf_counter()
     try:
+        trial.set_user_attr(owner.OWNER_ATTR, owner.me().attr())  # reaped if this dies
+        interrupts.doing(f"trial {trial.number} of study {ref.name}")
+        trial.set_user_attr(BASIS_ATTR, key)
+        trial.set_user_attr(DIGEST_ATTR, tokens.data.digest)
         params = suggest(trial, config.sweep)
     except BaseException:  # e.g. a search space Optuna rejects: never left RUNNING
         study.tell(trial, state=TrialState.FAIL)
