@@ -158,6 +158,7 @@ class SweepConfig(_Model):
     pruner_reduction_factor: int = Field(ge=2)  # halving/hyperband: 1 in this many goes on
     metric: Literal["val/f1_macro", "val/accuracy", "val/loss"]
     direction: Literal["maximize", "minimize"]
+    fail_single_class: bool  # a trial whose best weights predict one class ends FAIL
     space: dict[str, Param]
 
     @property
