@@ -1,8 +1,8 @@
-"""Divergence is not success: a Lightning callback that stops a trial whose loss is not
-finite or has exploded (validation loss over 10 x chance level, ln(classes): a model that
-is confidently wrong), and remembers how many classes each validation predicted, so a trial whose best
-weights predict a single class ends FAIL instead of COMPLETE (and is never kept, evaluated
-or registered)."""
+"""Divergence is not success: a Lightning callback stops a trial whose loss is not finite
+or has exploded (validation loss over 10 x chance level, ln(classes): a model confidently
+wrong), and remembers how many classes each validation predicted, so a trial whose best
+weights predict a single class ends FAIL instead of COMPLETE (never kept, evaluated or
+registered)."""
 
 from __future__ import annotations
 

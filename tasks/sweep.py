@@ -38,7 +38,7 @@ from sweepflow.config import (
 from sweepflow.console import report
 from sweepflow.hashing import hash_json
 from sweepflow.paths import models_dir, store_dir
-from tasks.guards import REASON_TAG, DivergenceGuard, Diverged
+from tasks.guards import REASON_TAG, Diverged, DivergenceGuard
 from tasks.pruning import SIGNAL_ATTR, StepPruning, make_pruner, pruning_signal, trial_steps
 from tasks.tokenize import TokenizedData, load_tokenizer
 from tasks.train import fit
