@@ -214,6 +214,10 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
     from tasks.sweep import study_storage
 
     cfg = _config(config, overrides)
+    try:
+        _open_store(cfg)
+    except UserError as err:
+        _fail(err.kind, err, 2)
     name, uri = experiment or cfg.tracking.experiment, tracking.tracking_uri(cfg)
     client = tracking.MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
