@@ -171,16 +171,20 @@ Texts = Annotated[list[str] | None, typer.Argument(
 @app.command()
 def predict(args: Texts = None, config: ConfigOpt = None,
             model: Annotated[str | None, typer.Option(
-                help="MLflow model URI [default: models:/<registry.model_name or "
+                help="MLflow model URI or folder [default: models:/<registry.model_name or "
                      "tracking.experiment>@champion].")] = None,
             file: Annotated[Path | None, typer.Option(
                 "--file", "-f", help="More texts: one per line, or the data.text_column of "
-                                     "a .csv / .jsonl file.")] = None) -> None:
+                                     "a .csv / .jsonl file; '-' reads stdin.")] = None,
+            trust_model: Annotated[bool, typer.Option(
+                "--trust-model", help="Load a model even if its files can run code when "
+                                      "loaded (pickles, other MLflow flavors). Only for "
+                                      "models whose source you trust.")] = False) -> None:
     """Label texts with a registered model: one JSON line per text (text, label,
-    probability)."""
+    probability). A lone '-' among the texts reads more texts from stdin."""
     import json
 
-    from tasks.predict import PredictError, load_model, read_texts
+    from tasks.predict import PredictError, check_texts, load_model, read_texts
     from tasks.predict import predict as label_texts
     from tasks.register import champion_uri
 
@@ -188,14 +192,22 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     cfg = _config(config, overrides)
     errors = Console(stderr=True)
     try:
+        if "-" in texts:
+            texts = [t for t in texts if t != "-"] + read_texts(Path("-"), "")
         texts += read_texts(file, cfg.data.text_column) if file else []
         if not texts:
-            raise PredictError("no text: give TEXT arguments or --file FILE")
-        loaded = load_model(cfg, model or champion_uri(cfg))
+            raise PredictError("no text: give TEXT arguments, --file FILE or - (stdin)")
+        check_texts(texts)
+        _open_store(cfg, study=False)
+        predictions = label_texts(load_model(cfg, model or champion_uri(cfg), trust_model),
+                                  texts)
     except PredictError as err:
-        errors.print(f"[red]predict error:[/red] {err}", soft_wrap=True)
+        errors.print(f"[red]predict error:[/red] {err}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None
-    for prediction in label_texts(loaded, texts):
+    except UserError as err:
+        errors.print(f"[red]{err.kind}:[/red] {err}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    for prediction in predictions:
         typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
 
 
