@@ -59,6 +59,7 @@ class DataConfig(_Model):
     test_fraction: float = Field(gt=0, lt=1)
     max_train_samples: int | None = Field(ge=2)
     max_eval_samples: int | None = Field(ge=2)
+    allowed_dirs: list[str] = Field(min_length=1)  # see tasks/datasafety.py
     clean: CleanConfig
 
     @model_validator(mode="after")
