@@ -3,6 +3,7 @@ so each finds the same tracking store."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
         console.print(line, soft_wrap=True, highlight=False)
 
 
-def _fail(kind: str, err: BaseException, code: int) -> NoReturn:
+def _fail(kind: str, err: BaseException | str, code: int) -> NoReturn:
     """A user error: one line (the traceback only with -v), then exit `code`."""
     if sweepflow_console.is_verbose():
         Console(stderr=True).print_exception(show_locals=False)
@@ -83,6 +84,9 @@ def _user_error(err: Exception) -> None:
         _fail("data error", err, 1)
     if isinstance(err, NoCompleteTrial):
         _fail("sweep error", err, 1)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        _fail("disk full", f"{err.strerror}: {err.filename or 'writing the store'}; the "
+              "trial was marked FAIL and its model folder was not written", 1)
 
 
 @app.command()
