@@ -128,11 +128,11 @@ def managed_run(
         _open_runs[run_id] = uri
     try:
         yield run_id
-    except (KeyboardInterrupt, SystemExit) as err:
-        _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
-        raise
-    except BaseException as err:
+    except Exception as err:
         _close(uri, run_id, "FAILED", f"{type(err).__name__}: {err}")
+        raise
+    except BaseException as err:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit
+        _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
         raise
     else:
         _close(uri, run_id, "FINISHED")
