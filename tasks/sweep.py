@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import time
 from datetime import datetime
@@ -179,7 +181,14 @@ def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any
     module.model.load_state_dict(state)
 
     def build(tmp: Path) -> None:
-        module.model.save_pretrained(tmp)
+        try:
+            module.model.save_pretrained(tmp)
+        except Exception as err:  # safetensors reports a full disk as SafetensorError
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)
+                          ) from err
         load_tokenizer(tokens.model_path).save_pretrained(tmp)
         (tmp / "trial.json").write_text(json.dumps({
             "study": study.study_name, "number": result.number, "value": result.value,
