@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-
 from mlflow.tracking import MlflowClient
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
+from sweepflow import owner
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import ROOT, store_dir
 
@@ -118,7 +119,7 @@ def managed_run(
     """Create a run and always close it: FINISHED, FAILED on error, KILLED on interrupt."""
     experiment_id = setup(config)
     uri = tracking_uri(config)
-    all_tags = dict(tags or {})
+    all_tags = {**owner.me().tags(), **(tags or {})}  # a later command can reap it
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = MlflowClient(uri).create_run(experiment_id, run_name=run_name, tags=all_tags)

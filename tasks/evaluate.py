@@ -50,6 +50,7 @@ class EvalResult(BaseModel):
     model_uri: str
     test_digest: str
     report: dict[str, Any]
+    classes_predicted: int | None = None  # distinct labels predicted on test (guards)
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
@@ -181,7 +182,8 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     with tracking.active_run(config, parent_run_id):
         model_uri = log_model(model_dir, tokens)
     return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
-                      test_digest=tokens.data.split_digests["test"], report=per_class)
+                      test_digest=tokens.data.split_digests["test"], report=per_class,
+                      classes_predicted=len(np.unique(y_model)))
 
 
 @task(name="evaluate")
