@@ -59,9 +59,14 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     from tasks.ingest import DataError
     from tasks.summary import print_summary
     from tasks.sweep_report import NoCompleteTrial
+    from tasks.team import TeamError, local_workers
 
     try:
-        summary = pipeline_flow(cfg)
+        with local_workers(cfg):  # sweep.workers > 1: a Prefect worker here for the sweep
+            summary = pipeline_flow(cfg)
+    except TeamError as err:
+        console.print(f"[red]team error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
     except DataError as err:
         console.print(f"[red]data error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -191,7 +196,7 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
     console.print(cmp.comparison_table([cmp.sweep_row(r) for r in runs]))
     if html or png:
         try:
-            written = cmp.write_comparison(client, runs, study_storage(), html, png)
+            written = cmp.write_comparison(client, runs, study_storage(cfg), html, png)
         except ValueError as err:
             console.print(f"[red]no figure:[/red] {err}")
             raise typer.Exit(1) from None
