@@ -125,6 +125,35 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
     os.execv(sys.executable, cmd)
 
 
+@app.command()
+def stack(home: Annotated[Path, typer.Option(help="State and logs of the servers.")] = Path(
+              "mlruns/team-stack"),
+          host: Annotated[str, typer.Option(help="Address the servers bind to.")] = "127.0.0.1",
+          mlflow_port: Annotated[int, typer.Option()] = 5000,
+          prefect_port: Annotated[int, typer.Option()] = 4200,
+          prefix: Annotated[str, typer.Option(help="Database name prefix.")] = "sweepflow"
+          ) -> None:
+    """Start a local team stack: PostgreSQL databases for Optuna, MLflow and Prefect, an
+    MLflow server (proxied artifacts) and a Prefect server on them; Ctrl-C stops it."""
+    from sweepflow.stack import StackError, pg_server_url, started_stack
+
+    _sigterm_as_interrupt()
+    try:
+        with started_stack(home.resolve(), prefix, host, mlflow_port, prefect_port) as st:
+            console.print(f"Team stack up on PostgreSQL {pg_server_url()} (logs in {st.logs}). "
+                          "In every shell that runs sweeps or workers:", soft_wrap=True)
+            console.print("\n".join(st.exports()), soft_wrap=True, highlight=False)
+            console.print("Then: sweepflow run " + " ".join(st.overrides()) + "\nMore workers "
+                          "(any machine reaching these servers): prefect worker start --pool "
+                          "sweepflow\nCtrl-C stops the stack.", soft_wrap=True, highlight=False)
+            signal.pause()
+    except StackError as err:
+        console.print(f"[red]stack error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("team stack stopped")
+
+
 def _split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     """(overrides, texts): an argument is a key=value override when its key is a config
     section or a dotted key under one (data.…, tracking.…, registry.…); the rest are texts."""

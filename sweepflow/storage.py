@@ -123,4 +123,6 @@ def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
 def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's own reaping: RUNNING trials whose heartbeat is older than the grace period
     become FAIL, and the retry callback queues each again with the same params."""
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
