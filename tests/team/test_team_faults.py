@@ -172,9 +172,9 @@ def test_two_sweeps_at_once_share_one_study(team_overrides, team_env, team_stack
             started(worker, logs[2], team_env):
         assert a.wait(400) == 0, tail(logs[0], 80)
         assert b.wait(400) == 0, tail(logs[1], 80)
-    storage = _opt(overrides, "sweep.storage")
-    assert optuna.get_all_study_names(optuna.storages.RDBStorage(
-        storage, engine_kwargs={"poolclass": NullPool})) == [_opt(overrides, "tracking.experiment")]
+    storage = optuna.storages.RDBStorage(_opt(overrides, "sweep.storage"),
+                                         engine_kwargs={"poolclass": NullPool})
+    assert optuna.get_all_study_names(storage) == [_opt(overrides, "tracking.experiment")]
     trials = _study(overrides).get_trials()
     assert len(trials) == finished_count(trials) == 2  # both sweeps agreed on one target
     assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
