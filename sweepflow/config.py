@@ -161,6 +161,15 @@ class SweepConfig(_Model):
     direction: Literal["maximize", "minimize"]
     fail_single_class: bool  # a trial whose best weights predict one class ends FAIL
     space: dict[str, Param]
+    # Team mode (docs/team-mode.md): a shared study, trial workers placed by Prefect.
+    storage: str | None  # Optuna storage URL; None = SQLite in the store
+    workers: int = Field(ge=1)  # trial workers of a sweep (flow runs on sweep.work_pool)
+    workers_per_host: int | None = Field(ge=1)  # None = min(workers, cores)
+    work_pool: str = Field(min_length=1)
+    start_worker: bool  # `sweepflow run` starts `prefect worker start` on this machine
+    heartbeat_interval: int = Field(ge=1)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(ge=2)  # seconds without heartbeat before a trial is stale
+    max_retry: int = Field(ge=0)  # re-runs of a stale trial with the same params
 
     @property
     def startup_trials(self) -> int:
@@ -178,6 +187,16 @@ class SweepConfig(_Model):
                     f"sweep.space.{name} is not a train.* setting ({sorted(TRAIN_KEYS)})")
         if (self.metric == "val/loss") != (self.direction == "minimize"):
             raise ValueError(f"sweep.direction={self.direction} does not fit {self.metric}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"sweep.grace_period={self.grace_period} must be longer than "
+                             f"sweep.heartbeat_interval={self.heartbeat_interval}")
+        if self.storage and not self.storage.startswith(("postgresql", "sqlite:", "mysql")):
+            raise ValueError(f"sweep.storage={self.storage!r} is not an Optuna RDB URL "
+                             "(postgresql://user@host:5432/db)")
+        if self.workers > 1 and not (self.storage or "").startswith(("postgresql", "mysql")):
+            raise ValueError(f"sweep.workers={self.workers} needs a shared study: set "
+                             "sweep.storage=postgresql://user@host:5432/db (Optuna's SQLite "
+                             "storage is not for parallel workers)")
         return self
 
 
@@ -205,6 +224,12 @@ class TrackingConfig(_Model):
     uri: str | None
     experiment: str
     artifact_location: str | None
+
+
+class StoreConfig(_Model):
+    """Where the tokenized data and the kept models live: a folder every worker reaches."""
+
+    shared_dir: str | None  # None = the local store (SWEEPFLOW_HOME or mlruns/)
 
 
 class ScheduleConfig(_Model):
@@ -239,6 +264,7 @@ class SweepflowConfig(_Model):
     train: TrainConfig
     sweep: SweepConfig
     tracking: TrackingConfig
+    store: StoreConfig
     schedule: ScheduleConfig
     registry: RegistryConfig
 

@@ -147,8 +147,8 @@ def active_run(config: SweepflowConfig, run_id: str) -> Iterator[None]:
     if current is not None and current.info.run_id == run_id:
         yield
         return
-    with mlflow.start_run(run_id=run_id, nested=current is not None):
-        yield
+    with no_mlflow_prints(), mlflow.start_run(run_id=run_id, nested=current is not None):
+        yield  # a server URI: no "View run at" prints on the quiet console
     MlflowClient(tracking_uri(config)).update_run(run_id, status="RUNNING")
 
 
