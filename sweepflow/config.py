@@ -179,13 +179,15 @@ class ScheduleConfig(_Model):
 
 
 class RegistryConfig(_Model):
-    """Model registry: every new version is `challenger`; it becomes `champion` only if it
-    beats the champion on `metric` over the same test-data digest (or there is none)."""
+    """Model registry: every new version is `challenger`; whether it becomes `champion`
+    follows `promotion` (see tasks/register.py), always over the same test-data digest."""
 
     enabled: bool
     model_name: str | None  # null = tracking.experiment
     metric: Literal["test/f1_macro", "test/accuracy", "test/precision_macro",
                     "test/recall_macro"]
+    promotion: Literal["significant", "better", "manual"]
+    alpha: float = Field(gt=0, lt=1)
 
 
 class SweepflowConfig(_Model):

@@ -69,6 +69,9 @@ def sweep_row(run: Run) -> SweepRow:
              for s in ("complete", "pruned", "failed")}
     registry = (f"v{tags['registry.version']} {tags.get('registry.decision', '')}"
                 if "registry.version" in tags else None)
+    if registry and "registry.p_value" in tags:
+        registry += (f"\nMcNemar p={float(tags['registry.p_value']):.3g} vs "
+                     f"v{tags.get('registry.vs_version', '?')}")
     best_trial = m.get("sweep/best_trial")
     return SweepRow(
         run_id=run.info.run_id, name=run.info.run_name, study=tags.get("optuna.study"),
