@@ -190,6 +190,16 @@ class RegistryConfig(_Model):
     alpha: float = Field(gt=0, lt=1)
 
 
+class CompressConfig(_Model):
+    """The int8 twin of the evaluated model (tasks/compress.py)."""
+
+    enabled: bool
+    max_f1_drop: float = Field(ge=0, le=1)
+    max_text_chars: int = Field(ge=1)
+    latency_texts: int = Field(ge=1)
+    throughput_batches: int = Field(ge=1)
+
+
 class SweepflowConfig(_Model):
     seed: int
     data: DataConfig
@@ -200,6 +210,7 @@ class SweepflowConfig(_Model):
     tracking: TrackingConfig
     schedule: ScheduleConfig
     registry: RegistryConfig
+    compress: CompressConfig
 
     @property
     def study_name(self) -> str:
