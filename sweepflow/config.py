@@ -247,13 +247,25 @@ class ScheduleConfig(_Model):
 
 
 class RegistryConfig(_Model):
-    """Model registry: every new version is `challenger`; it becomes `champion` only if it
-    beats the champion on `metric` over the same test-data digest (or there is none)."""
+    """Model registry: every new version is `challenger`; whether it becomes `champion`
+    follows `promotion` (see tasks/register.py), always over the same test-data digest."""
 
     enabled: bool
     model_name: str | None  # null = tracking.experiment
     metric: Literal["test/f1_macro", "test/accuracy", "test/precision_macro",
                     "test/recall_macro"]
+    promotion: Literal["significant", "better", "manual"]
+    alpha: float = Field(gt=0, lt=1)
+
+
+class CompressConfig(_Model):
+    """The int8 twin of the evaluated model (tasks/compress.py)."""
+
+    enabled: bool
+    max_f1_drop: float = Field(ge=0, le=1)
+    max_text_chars: int = Field(ge=1)
+    latency_texts: int = Field(ge=1)
+    throughput_batches: int = Field(ge=1)
 
 
 class SweepflowConfig(_Model):
@@ -267,6 +279,7 @@ class SweepflowConfig(_Model):
     store: StoreConfig
     schedule: ScheduleConfig
     registry: RegistryConfig
+    compress: CompressConfig
 
     @property
     def study_name(self) -> str:
