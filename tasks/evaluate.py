@@ -203,7 +203,7 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
         model_uri = log_model(model_dir, tokens)
     return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
                       test_digest=tokens.data.split_digests["test"], report=per_class,
-                      classes_predicted=len(np.unique(y_model)))
+                      classes_predicted=len(np.unique(y_model)),
                       predictions=predictions)
 
 
