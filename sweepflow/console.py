@@ -59,6 +59,15 @@ ENV = {
 _verbose: list[bool] = []
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged (a test runner or a terminal
+    multiplexer may swap it after the CLI configured the console)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stdout)
+        super().emit(record)
+
+
 def is_verbose() -> bool:
     """Whether the CLI was started with -v (tracebacks of user errors are shown)."""
     return bool(_verbose and _verbose[0])
@@ -75,7 +84,8 @@ def configure(verbose: bool = False) -> None:
     for name, level in QUIET_LEVELS.items():
         logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", module=QUIET_WARNING_MODULES)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    report.addHandler(handler)
+    if not any(isinstance(h, _StdoutHandler) for h in report.handlers):  # once per process
+        handler = _StdoutHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        report.addHandler(handler)
     report.setLevel(logging.INFO)
