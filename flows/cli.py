@@ -41,8 +41,7 @@ def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
-        console.print(f"[red]config error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _fail("config error", err, 2)
 
 
 def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
