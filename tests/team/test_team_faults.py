@@ -34,7 +34,8 @@ pytestmark = pytest.mark.postgres
 
 
 def _opt(overrides: list[str], key: str) -> str:
-    return next(o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}="))
+    """The value of `key` as the CLI sees it: the last override wins."""
+    return [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")][-1]
 
 
 def _study(overrides: list[str]) -> optuna.Study | None:
