@@ -108,6 +108,7 @@ def test_sigkill_one_worker_the_other_finishes(team_overrides, team_env, team_st
     assert run_of[victim.number].data.metrics  # what it logged before dying is kept
     assert {run_of[t.number].info.status for t in trials if t.number != victim.number} == {
         "FINISHED"}
+    print(f"PostgreSQL connection peaks: {watch.peak}")  # shown with -rP
     # Connections: per process at most pool_size + max_overflow on the study's database
     # (parent + 2 workers), and the servers' own pools.
     assert 0 < watch.peak[optuna_db] <= 3 * CONNECTIONS_PER_PROCESS, watch.peak
