@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from sweepflow import cache, storage, tracking
+from sweepflow import cache, interrupts, owner, storage, tracking
 from sweepflow.config import (
     CategoricalParam,
     ConfigError,
@@ -38,6 +38,7 @@ from sweepflow.config import (
 from sweepflow.console import report
 from sweepflow.hashing import hash_json
 from sweepflow.paths import models_dir
+from tasks.guards import REASON_TAG, Diverged, DivergenceGuard
 from tasks.pruning import SIGNAL_ATTR, StepPruning, make_pruner, pruning_signal, trial_steps
 from tasks.tokenize import TokenizedData, load_tokenizer
 from tasks.train import fit
@@ -224,10 +225,12 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                study: optuna.Study, trial: optuna.Trial, parent_run_id: str | None,
                tags: dict[str, str]) -> TrialResult:
     key = basis(tokens)
-    trial.set_user_attr(BASIS_ATTR, key)
-    trial.set_user_attr(DIGEST_ATTR, tokens.data.digest)
     start = time.perf_counter()
     try:
+        trial.set_user_attr(owner.OWNER_ATTR, owner.me().attr())  # reaped if this dies
+        interrupts.doing(f"trial {trial.number} of study {ref.name}")
+        trial.set_user_attr(BASIS_ATTR, key)
+        trial.set_user_attr(DIGEST_ATTR, tokens.data.digest)
         params = suggest(trial, config.sweep)
     except BaseException:  # e.g. a search space Optuna rejects: never left RUNNING
         study.tell(trial, state=TrialState.FAIL)
@@ -252,15 +255,21 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         uri = tracking.tracking_uri(config)
         client = tracking.MlflowClient(uri)
         client.log_batch(run_id, params=[tracking.Param(k, str(v)) for k, v in params.items()])
-        pruning = StepPruning(trial, config.sweep)
+        pruning, guard = StepPruning(trial, config.sweep), DivergenceGuard()
         mode = "max" if ref.direction == "maximize" else "min"
         logger = MLFlowLogger(tracking_uri=uri, run_id=run_id, synchronous=False)
         try:
-            module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode, [pruning],
-                                 logger)
+            module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
+                                 [pruning, guard], logger)
+            degenerate = guard.single_class_reason(fitted.best_step)
+            if degenerate and config.sweep.fail_single_class:
+                raise Diverged(degenerate)
         except Exception as err:
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
             study.tell(trial, state=TrialState.FAIL)
-            client.set_tag(run_id, "optuna.state", "failed")
+            client.log_batch(run_id, tags=[
+                tracking.RunTag("optuna.state", "failed"),
+                tracking.RunTag(REASON_TAG, f"{type(err).__name__}: {err}"[:4000])])
             raise TrialFailed(trial.number, run_id, err) from err
         except BaseException:  # Ctrl-C: the trial must not stay RUNNING in the study either
             study.tell(trial, state=TrialState.FAIL)
