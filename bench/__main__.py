@@ -1,8 +1,8 @@
 """`make bench` / `python -m bench [--quick] [--only NAME[,NAME]] [--keep]`.
 
-Sections: throughput, overhead, pruning, warm, tracking. Everything runs in a temporary
-SWEEPFLOW_HOME (and PREFECT_HOME) with the Hugging Face Hub offline; results are printed and
-written to bench/results.json.
+Sections: throughput, overhead, pruning, warm, tracking, team (needs PostgreSQL). Everything
+runs in a temporary SWEEPFLOW_HOME (and PREFECT_HOME) with the Hugging Face Hub offline;
+results are printed and written to bench/results.json.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.common import OFFLINE_ENV, ROOT, apply_env, bench_env, write_json
 
-SECTIONS = ("throughput", "overhead", "pruning", "warm", "tracking")
+SECTIONS = ("throughput", "overhead", "pruning", "warm", "tracking", "team")
 NEEDS_PREFECT = {"overhead", "pruning"}
 
 os.environ.update(OFFLINE_ENV)  # before transformers or datasets are imported
@@ -69,6 +69,10 @@ def run_sections(args: argparse.Namespace, ctx: Any, console: Any) -> dict[str, 
         start = time.perf_counter()
         if name == "tracking":
             results[name] = sections.tracking_cost(ctx, results.get("throughput"))
+        elif name == "team":  # its own stack: PostgreSQL, MLflow and Prefect servers
+            from bench.team import team
+
+            results[name] = team(ctx)
         else:
             results[name] = getattr(sections, name)(ctx)
         results[name]["section_seconds"] = time.perf_counter() - start
