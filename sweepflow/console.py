@@ -35,7 +35,9 @@ QUIET_WARNING_MODULES = r"(lightning|mlflow|transformers|torch|torchmetrics|optu
                         r"pydantic|prefect|sklearn|pandas|matplotlib)(\..*)?$"
 
 QUIET_ENV = {
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",  # flow/task run chatter: UI only
+    # Flow/task run chatter, and the tracebacks Prefect logs for a failed task before the
+    # CLI prints its one-line error: UI only.
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
     "MLFLOW_LOGGING_LEVEL": "ERROR",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -58,8 +60,26 @@ ENV = {
 }
 
 
+_verbose: list[bool] = []
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged (a test runner or a terminal
+    multiplexer may swap it after the CLI configured the console)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stdout)
+        super().emit(record)
+
+
+def is_verbose() -> bool:
+    """Whether the CLI was started with -v (tracebacks of user errors are shown)."""
+    return bool(_verbose and _verbose[0])
+
+
 def configure(verbose: bool = False) -> None:
     """Set up the console for one CLI command (a user's own environment settings win)."""
+    _verbose[:] = [verbose]
     for key, value in (ENV | ({} if verbose else QUIET_ENV)).items():
         os.environ.setdefault(key, value)
     if verbose:
@@ -68,7 +88,8 @@ def configure(verbose: bool = False) -> None:
     for name, level in QUIET_LEVELS.items():
         logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", module=QUIET_WARNING_MODULES)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    report.addHandler(handler)
+    if not any(isinstance(h, _StdoutHandler) for h in report.handlers):  # once per process
+        handler = _StdoutHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        report.addHandler(handler)
     report.setLevel(logging.INFO)

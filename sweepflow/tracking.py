@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-
 from mlflow.tracking import MlflowClient
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
+from sweepflow import cost, owner
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import ROOT, store_dir
 
@@ -90,6 +91,24 @@ def git_sha() -> str:
         return "unknown"
 
 
+def log_cost(uri: str, run_id: str, meter: cost.Meter) -> None:
+    """The run's cost/* metrics, and for a parent its trials' totals (best effort: a cost
+    that cannot be logged never keeps a run from closing)."""
+    try:
+        client = MlflowClient(uri)
+        metrics = meter.stop().metrics()
+        run = client.get_run(run_id)
+        if PARENT_TAG not in run.data.tags:
+            children = client.search_runs([run.info.experiment_id],
+                                          f"tags.`{PARENT_TAG}` = '{run_id}'",
+                                          max_results=10_000)
+            metrics |= cost.totals([c.data.metrics for c in children])
+        now = now_ms()
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    except Exception as err:  # noqa: BLE001 - the run must still be closed
+        log.warning("run %s: cost not logged: %s", run_id, err)
+
+
 def _close(uri: str, run_id: str, status: str, error: str | None = None) -> None:
     client = MlflowClient(uri)
     if error:
@@ -118,22 +137,26 @@ def managed_run(
     """Create a run and always close it: FINISHED, FAILED on error, KILLED on interrupt."""
     experiment_id = setup(config)
     uri = tracking_uri(config)
-    all_tags = dict(tags or {})
+    all_tags = {**owner.me().tags(), **(tags or {})}  # a later command can reap it
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = MlflowClient(uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
     run_id = run.info.run_id
     with _lock:
         _open_runs[run_id] = uri
+    meter = cost.Meter()
     try:
         yield run_id
     except (KeyboardInterrupt, SystemExit) as err:
+        log_cost(uri, run_id, meter)
         _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
         raise
     except BaseException as err:
+        log_cost(uri, run_id, meter)
         _close(uri, run_id, "FAILED", f"{type(err).__name__}: {err}")
         raise
     else:
+        log_cost(uri, run_id, meter)
         _close(uri, run_id, "FINISHED")
 
 
@@ -146,8 +169,8 @@ def active_run(config: SweepflowConfig, run_id: str) -> Iterator[None]:
     if current is not None and current.info.run_id == run_id:
         yield
         return
-    with mlflow.start_run(run_id=run_id, nested=current is not None):
-        yield
+    with no_mlflow_prints(), mlflow.start_run(run_id=run_id, nested=current is not None):
+        yield  # a server URI: no "View run at" prints on the quiet console
     MlflowClient(tracking_uri(config)).update_run(run_id, status="RUNNING")
 
 
