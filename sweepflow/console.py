@@ -53,6 +53,10 @@ ENV = {
     # A busy 2-core machine can take longer than Prefect's 20 s to start the temporary server.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "MPLBACKEND": "Agg",
+    # OpenMP threads sleep at a barrier instead of spinning: on a busy machine spinning threads
+    # fight the other load for the cores; a step was 5x slower at load 8 on 2 cores
+    # (docs/performance.md). Read when torch loads, which the CLI does after this.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
