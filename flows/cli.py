@@ -159,10 +159,11 @@ def predict(args: Texts = None, config: ConfigOpt = None,
         if not texts:
             raise PredictError("no text: give TEXT arguments or --file FILE")
         loaded = load_model(cfg, model or champion_uri(cfg))
+        predictions = label_texts(loaded, texts)
     except PredictError as err:
         errors.print(f"[red]predict error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
-    for prediction in label_texts(loaded, texts):
+    for prediction in predictions:
         typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
 
 

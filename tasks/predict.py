@@ -61,8 +61,13 @@ def load_model(config: SweepflowConfig, model_uri: str) -> Any:
 
 def predict(model: Any, texts: list[str]) -> list[Prediction]:
     """The top label of each text and its probability."""
+    from mlflow.exceptions import MlflowException
+
     if not texts:
         return []
-    frame = model.predict(texts)
+    try:
+        frame = model.predict(texts)
+    except MlflowException as err:  # e.g. the text-classifier model refusing an empty text
+        raise PredictError(f"the model refused the input: {err.message}") from None
     return [Prediction(text=t, label=str(label), probability=float(score))
             for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]
