@@ -3,17 +3,20 @@ so each finds the same tracking store."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from sweepflow import console as sweepflow_console
+from sweepflow import interrupts, tempserver
 from sweepflow.config import ConfigError, SweepflowConfig, load_config
+from sweepflow.usererrors import UserError
 
 app = typer.Typer(help="Fine-tune transformer text classifiers in Optuna sweeps, "
                        "run as Prefect flows, tracked in MLflow.", no_args_is_help=True)
@@ -42,35 +45,75 @@ def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig
         raise typer.Exit(2) from None
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM unwinds like Ctrl-C, so open MLflow runs are closed as KILLED."""
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
+    """Before any work: the stores are readable, and what a dead process left RUNNING on
+    them is closed (one line says so)."""
+    from sweepflow import reaper, stores, tracking
+    from tasks.sweep import study_storage
 
-    signal.signal(signal.SIGTERM, handler)
+    uri = tracking.tracking_uri(cfg)
+    storage = study_storage() if study else None
+    stores.check(uri, storage)
+    line = reaper.reap(uri, storage)
+    if line:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def _fail(kind: str, err: BaseException | str, code: int) -> NoReturn:
+    """A user error: one line (the traceback only with -v), then exit `code`."""
+    if sweepflow_console.is_verbose():
+        Console(stderr=True).print_exception(show_locals=False)
+    console.print(f"[red]{kind}:[/red] {err}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code) from None
+
+
+def _interrupted() -> NoReturn:
+    console.print(interrupts.line(), soft_wrap=True, highlight=False)
+    raise typer.Exit(interrupts.exit_code()) from None
+
+
+def _user_error(err: Exception) -> None:
+    """Exit with one line if `err` is a user error; return otherwise."""
+    from tasks.ingest import DataError
+    from tasks.sweep_report import NoCompleteTrial
+    from tasks.team import TeamError
+
+    if isinstance(err, ConfigError):  # also found once the store is read (pruning signal)
+        _fail("config error", err, 2)
+    if isinstance(err, UserError):
+        _fail(err.kind, err, 2)
+    if isinstance(err, TeamError):
+        _fail("team error", err, 2)
+    if isinstance(err, DataError):
+        _fail("data error", err, 1)
+    if isinstance(err, NoCompleteTrial):
+        _fail("sweep error", err, 1)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        _fail("disk full", f"{err.strerror}: {err.filename or 'writing the store'}; the "
+              "trial was marked FAIL and its model folder was not written", 1)
 
 
 @app.command()
 def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     """Run the pipeline: ingest -> tokenize -> sweep -> evaluate."""
     cfg = _config(config, overrides)
-    _sigterm_as_interrupt()
-    from flows.pipeline import pipeline_flow
-    from tasks.ingest import DataError
-    from tasks.summary import print_summary
-    from tasks.sweep_report import NoCompleteTrial
-
+    interrupts.install()
     try:
-        summary = pipeline_flow(cfg)
-    except DataError as err:
-        console.print(f"[red]data error:[/red] {err}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    except NoCompleteTrial as err:
-        console.print(f"[red]sweep error:[/red] {err}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    except ConfigError as err:  # found once the store is read (e.g. the study's pruning signal)
-        console.print(f"[red]config error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _open_store(cfg)
+        tempserver.start()
+        from flows.pipeline import pipeline_flow
+        from tasks.summary import print_summary
+        from tasks.team import local_workers
+
+        with local_workers(cfg):  # sweep.workers > 1: Prefect workers here for the sweep
+            summary = pipeline_flow(cfg)
+    except (KeyboardInterrupt, SystemExit):
+        if interrupts.received():
+            _interrupted()
+        raise
+    except Exception as err:  # noqa: BLE001 - sorted into user errors and the rest
+        _user_error(err)
+        raise
     print_summary(summary, console)
 
 
@@ -120,6 +163,35 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
     os.execv(sys.executable, cmd)
 
 
+@app.command()
+def stack(home: Annotated[Path, typer.Option(help="State and logs of the servers.")] = Path(
+              "mlruns/team-stack"),
+          host: Annotated[str, typer.Option(help="Address the servers bind to.")] = "127.0.0.1",
+          mlflow_port: Annotated[int, typer.Option()] = 5000,
+          prefect_port: Annotated[int, typer.Option()] = 4200,
+          prefix: Annotated[str, typer.Option(help="Database name prefix.")] = "sweepflow"
+          ) -> None:
+    """Start a local team stack: PostgreSQL databases for Optuna, MLflow and Prefect, an
+    MLflow server (proxied artifacts) and a Prefect server on them; Ctrl-C stops it."""
+    from sweepflow.stack import StackError, pg_server_url, started_stack
+
+    interrupts.install()
+    try:
+        with started_stack(home.resolve(), prefix, host, mlflow_port, prefect_port) as st:
+            console.print(f"Team stack up on PostgreSQL {pg_server_url()} (logs in {st.logs}). "
+                          "In every shell that runs sweeps or workers:", soft_wrap=True)
+            console.print("\n".join(st.exports()), soft_wrap=True, highlight=False)
+            console.print("Then: sweepflow run " + " ".join(st.overrides()) + "\nMore workers "
+                          "(any machine reaching these servers): prefect worker start --pool "
+                          "sweepflow\nCtrl-C stops the stack.", soft_wrap=True, highlight=False)
+            signal.pause()
+    except StackError as err:
+        console.print(f"[red]stack error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("team stack stopped")
+
+
 def _split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     """(overrides, texts): an argument is a key=value override when its key is a config
     section or a dotted key under one (data.…, tracking.…, registry.…); the rest are texts."""
@@ -138,16 +210,20 @@ Texts = Annotated[list[str] | None, typer.Argument(
 @app.command()
 def predict(args: Texts = None, config: ConfigOpt = None,
             model: Annotated[str | None, typer.Option(
-                help="MLflow model URI [default: models:/<registry.model_name or "
+                help="MLflow model URI or folder [default: models:/<registry.model_name or "
                      "tracking.experiment>@champion].")] = None,
             file: Annotated[Path | None, typer.Option(
                 "--file", "-f", help="More texts: one per line, or the data.text_column of "
-                                     "a .csv / .jsonl file.")] = None) -> None:
+                                     "a .csv / .jsonl file; '-' reads stdin.")] = None,
+            trust_model: Annotated[bool, typer.Option(
+                "--trust-model", help="Load a model even if its files can run code when "
+                                      "loaded (pickles, other MLflow flavors). Only for "
+                                      "models whose source you trust.")] = False) -> None:
     """Label texts with a registered model: one JSON line per text (text, label,
-    probability)."""
+    probability). A lone '-' among the texts reads more texts from stdin."""
     import json
 
-    from tasks.predict import PredictError, load_model, read_texts
+    from tasks.predict import PredictError, check_texts, load_model, read_texts
     from tasks.predict import predict as label_texts
     from tasks.register import champion_uri
 
@@ -155,14 +231,21 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     cfg = _config(config, overrides)
     errors = Console(stderr=True)
     try:
+        if "-" in texts:
+            texts = [t for t in texts if t != "-"] + read_texts(Path("-"), "")
         texts += read_texts(file, cfg.data.text_column) if file else []
         if not texts:
-            raise PredictError("no text: give TEXT arguments or --file FILE")
-        loaded = load_model(cfg, model or champion_uri(cfg))
-        predictions = label_texts(loaded, texts)
+            raise PredictError("no text: give TEXT arguments, --file FILE or - (stdin)")
+        check_texts(texts)
+        _open_store(cfg, study=False)
+        predictions = label_texts(load_model(cfg, model or champion_uri(cfg), trust_model),
+                                  texts)
     except PredictError as err:
-        errors.print(f"[red]predict error:[/red] {err}", soft_wrap=True)
+        errors.print(f"[red]predict error:[/red] {err}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None
+    except UserError as err:
+        errors.print(f"[red]{err.kind}:[/red] {err}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
     for prediction in predictions:
         typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
 
@@ -183,10 +266,14 @@ def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
     cfg = _config(config, overrides)
     uri = model or champion_uri(cfg)
     try:
+        _open_store(cfg, study=False)
         served = served_model(cfg, uri)
     except ServeError as err:
         Console(stderr=True).print(f"[red]serve error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
+    except UserError as err:
+        Console(stderr=True).print(f"[red]{err.kind}:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
     console.print(f"Serving [bold]{uri}[/bold] on http://{host}:{port}/invocations "
                   "(MLflow scoring server); Ctrl-C stops", soft_wrap=True)
     os.execve(sys.executable, serve_command(served, host, port), serve_env(cfg))
@@ -207,6 +294,10 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
     from tasks.sweep import study_storage
 
     cfg = _config(config, overrides)
+    try:
+        _open_store(cfg)
+    except UserError as err:
+        _fail(err.kind, err, 2)
     name, uri = experiment or cfg.tracking.experiment, tracking.tracking_uri(cfg)
     client = tracking.MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
@@ -217,7 +308,7 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
     console.print(cmp.comparison_table([cmp.sweep_row(r) for r in runs]))
     if html or png:
         try:
-            written = cmp.write_comparison(client, runs, study_storage(), html, png)
+            written = cmp.write_comparison(client, runs, study_storage(cfg), html, png)
         except ValueError as err:
             console.print(f"[red]no figure:[/red] {err}")
             raise typer.Exit(1) from None

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.sweep import sweep_flow
-from sweepflow import tracking
+from sweepflow import paths, tracking
 from sweepflow.config import SweepflowConfig, load_config
 from tasks.compress import compress_task
 from tasks.evaluate import evaluate_task
@@ -23,6 +23,7 @@ from tasks.tokenize import tokenize_task
 @flow(name="pipeline")
 def pipeline_flow(config: SweepflowConfig | None = None) -> PipelineSummary:
     config = config or load_config()
+    paths.use_shared_dir(config.store.shared_dir)
     tokens = tokenize_task(config, ingest_task(config))
     study = create_study_task(config)
     tags = run_tags(config, study.name, flow_run.get_id())

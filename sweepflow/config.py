@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -58,6 +59,7 @@ class DataConfig(_Model):
     test_fraction: float = Field(gt=0, lt=1)
     max_train_samples: int | None = Field(ge=2)
     max_eval_samples: int | None = Field(ge=2)
+    allowed_dirs: list[str] = Field(min_length=1)  # see tasks/datasafety.py
     clean: CleanConfig
 
     @model_validator(mode="after")
@@ -103,7 +105,12 @@ class FloatParam(_Model):
     low: float
     high: float
     log: bool = False  # a search-space entry's own defaults, not the experiment's
-    step: float | None = None
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step is not None)
+        return self
 
 
 class IntParam(_Model):
@@ -111,7 +118,22 @@ class IntParam(_Model):
     low: int
     high: int
     log: bool = False
-    step: int = 1
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, self.step != 1)
+        return self
+
+
+def _check_range(low: float, high: float, log: bool, stepped: bool) -> None:
+    """What Optuna's suggest_* would reject inside a trial, rejected at load instead."""
+    if low > high:
+        raise ValueError(f"low={low} is above high={high}")
+    if log and low <= 0:
+        raise ValueError(f"log=true needs low > 0 (got low={low})")
+    if log and stepped:
+        raise ValueError("log=true and a step cannot be combined")
 
 
 class CategoricalParam(_Model):
@@ -137,7 +159,17 @@ class SweepConfig(_Model):
     pruner_reduction_factor: int = Field(ge=2)  # halving/hyperband: 1 in this many goes on
     metric: Literal["val/f1_macro", "val/accuracy", "val/loss"]
     direction: Literal["maximize", "minimize"]
+    fail_single_class: bool  # a trial whose best weights predict one class ends FAIL
     space: dict[str, Param]
+    # Team mode (docs/team-mode.md): a shared study, trial workers placed by Prefect.
+    storage: str | None  # Optuna storage URL; None = SQLite in the store
+    workers: int = Field(ge=1)  # trial workers of a sweep (flow runs on sweep.work_pool)
+    workers_per_host: int | None = Field(ge=1)  # None = min(workers, cores)
+    work_pool: str = Field(min_length=1)
+    start_worker: bool  # `sweepflow run` starts `prefect worker start` on this machine
+    heartbeat_interval: int = Field(ge=1)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(ge=2)  # seconds without heartbeat before a trial is stale
+    max_retry: int = Field(ge=0)  # re-runs of a stale trial with the same params
 
     @property
     def startup_trials(self) -> int:
@@ -155,13 +187,49 @@ class SweepConfig(_Model):
                     f"sweep.space.{name} is not a train.* setting ({sorted(TRAIN_KEYS)})")
         if (self.metric == "val/loss") != (self.direction == "minimize"):
             raise ValueError(f"sweep.direction={self.direction} does not fit {self.metric}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"sweep.grace_period={self.grace_period} must be longer than "
+                             f"sweep.heartbeat_interval={self.heartbeat_interval}")
+        if self.storage and not self.storage.startswith(("postgresql", "sqlite:", "mysql")):
+            raise ValueError(f"sweep.storage={self.storage!r} is not an Optuna RDB URL "
+                             "(postgresql://user@host:5432/db)")
+        if self.workers > 1 and not (self.storage or "").startswith(("postgresql", "mysql")):
+            raise ValueError(f"sweep.workers={self.workers} needs a shared study: set "
+                             "sweep.storage=postgresql://user@host:5432/db (Optuna's SQLite "
+                             "storage is not for parallel workers)")
         return self
+
+
+def _space_values(param: FloatParam | IntParam | CategoricalParam) -> list[tuple[str, Any]]:
+    if isinstance(param, CategoricalParam):
+        return [(f"choices[{i}]", v) for i, v in enumerate(param.choices)]
+    return [("low", param.low), ("high", param.high)]
+
+
+def check_space_against_train(train: TrainConfig, space: dict[str, Any]) -> None:
+    """Every value a trial could draw must pass train.*'s own limits (batch size >= 1,
+    learning rate > 0...): caught at load, not inside a trial."""
+    base = train.model_dump()
+    for name, param in space.items():
+        for where, value in _space_values(param):
+            try:
+                TrainConfig.model_validate({**base, name: value})
+            except ValidationError as err:
+                msg = err.errors()[0]["msg"]
+                raise ValueError(f"sweep.space.{name}.{where}={value!r} is not a valid "
+                                 f"train.{name}: {msg}") from None
 
 
 class TrackingConfig(_Model):
     uri: str | None
     experiment: str
     artifact_location: str | None
+
+
+class StoreConfig(_Model):
+    """Where the tokenized data and the kept models live: a folder every worker reaches."""
+
+    shared_dir: str | None  # None = the local store (SWEEPFLOW_HOME or mlruns/)
 
 
 class ScheduleConfig(_Model):
@@ -208,6 +276,7 @@ class SweepflowConfig(_Model):
     train: TrainConfig
     sweep: SweepConfig
     tracking: TrackingConfig
+    store: StoreConfig
     schedule: ScheduleConfig
     registry: RegistryConfig
     compress: CompressConfig
@@ -215,6 +284,11 @@ class SweepflowConfig(_Model):
     @property
     def study_name(self) -> str:
         return self.sweep.study_name or self.tracking.experiment
+
+    @model_validator(mode="after")
+    def _space_fits_train(self) -> SweepflowConfig:
+        check_space_against_train(self.train, self.sweep.space)
+        return self
 
     def flat(self) -> dict[str, str]:
         """The resolved config as dotted keys, for MLflow params."""
@@ -238,22 +312,40 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _load_yaml(path: Path) -> Any:
+    """One file as an OmegaConf node; a YAML error names the file and line (no file content),
+    and tags (`!!python/...`, `!env`) are refused: a config is plain data."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
+        text = path.read_text(encoding="utf-8")
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.TagToken):
+                raise ConfigError(f"{path}:{token.start_mark.line + 1}: YAML tags such as "
+                                  f"'{token.value[0]}{token.value[1]}' are not allowed")
         return OmegaConf.load(path)
-    except (OmegaConfBaseException, ValueError, OSError) as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f"{mark.line + 1}" if mark else "?"
+        raise ConfigError(f"{path}:{line}: not valid YAML: {err.problem or err.context}"
+                          ) from None
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {type(err).__name__}") from None
 
 
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged")))
+        loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged"))]
+        if len(loc) == 4 and loc[:2] == ["sweep", "space"]:  # the discriminator's tag
+            loc = loc[:3]
+        key = ".".join(loc)
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
+        elif not key:
+            lines.append(e["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"bad value for '{key}': {e['msg']} (got {e.get('input')!r})")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"bad value for '{key}': {msg} (got {e.get('input')!r})")
     return "; ".join(lines)
 
 

@@ -35,7 +35,9 @@ QUIET_WARNING_MODULES = r"(lightning|mlflow|transformers|torch|torchmetrics|optu
                         r"pydantic|prefect|sklearn|pandas|matplotlib)(\..*)?$"
 
 QUIET_ENV = {
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",  # flow/task run chatter: UI only
+    # Flow/task run chatter, and the tracebacks Prefect logs for a failed task before the
+    # CLI prints its one-line error: UI only.
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
     "MLFLOW_LOGGING_LEVEL": "ERROR",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -54,8 +56,17 @@ ENV = {
 }
 
 
+_verbose: list[bool] = []
+
+
+def is_verbose() -> bool:
+    """Whether the CLI was started with -v (tracebacks of user errors are shown)."""
+    return bool(_verbose and _verbose[0])
+
+
 def configure(verbose: bool = False) -> None:
     """Set up the console for one CLI command (a user's own environment settings win)."""
+    _verbose[:] = [verbose]
     for key, value in (ENV | ({} if verbose else QUIET_ENV)).items():
         os.environ.setdefault(key, value)
     if verbose:

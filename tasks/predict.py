@@ -1,19 +1,33 @@
-"""Predict: load a registered model through MLflow (default: the champion) and label texts.
+"""Predict: label texts with a registered model (default: the champion).
 
-Texts come from the command line or a file: `.csv` and `.jsonl` files are read by the
-configured `data.text_column`; any other file has one text per line (blank lines skipped).
+Texts come from the command line, a file or stdin (`-`): `.csv` and `.jsonl` files are read
+by the configured `data.text_column`; any other file (and stdin) has one text per line
+(blank lines skipped). Every text is a string: nothing is parsed or evaluated ("42" and
+"{'a': 1}" are texts). An empty text is refused; a long one is truncated by the tokenizer
+at the model's training `tokenize.max_length`.
+
+The model is downloaded, checked (sweepflow/modelsafety.py: safetensors weights, no pickle)
+and loaded with transformers directly, not through MLflow's pyfunc wrapper; it runs in
+batches of 64 sorted by length under torch.inference_mode. A safe pyfunc model that is not
+the transformers flavor (sweepflow's own models-from-code) is loaded through MLflow.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
-from sweepflow import tracking
+from sweepflow import modelsafety, tracking
 from sweepflow.config import SweepflowConfig
+
+BATCH = 64
+MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenizing (the tokenizer truncates)
 
 
 class PredictError(RuntimeError):
@@ -27,24 +41,58 @@ class Prediction(BaseModel):
     probability: float
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # a transformers model, or an MLflow pyfunc model
+    tokenizer: Any | None
+    max_length: int
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def read_texts(path: Path, text_column: str) -> list[str]:
+    """Texts of a file (or of stdin for `-`), each a string, never parsed."""
+    if str(path) == "-":
+        return _lines(sys.stdin.read())
     if not path.is_file():
         raise PredictError(f"file not found: {path}")
     if path.suffix.lower() not in (".csv", ".jsonl"):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [line for line in lines if line.strip()]
+        return _lines(path.read_text(encoding="utf-8"))
     import pandas as pd
 
-    frame = (pd.read_csv(path) if path.suffix.lower() == ".csv"
-             else pd.read_json(path, lines=True))
+    try:
+        frame = (pd.read_csv(path, dtype=str, keep_default_na=False)
+                 if path.suffix.lower() == ".csv"
+                 else pd.read_json(path, lines=True, dtype=False))
+    except (ValueError, pd.errors.ParserError) as err:
+        raise PredictError(f"cannot read {path}: {type(err).__name__}") from None
     if text_column not in frame.columns:
         raise PredictError(f"{path} has no column '{text_column}' (data.text_column); "
                            f"columns: {list(frame.columns)}")
-    return frame[text_column].astype(str).tolist()
+    return [str(t) for t in frame[text_column].tolist()]
 
 
-def load_model(config: SweepflowConfig, model_uri: str) -> Any:
-    """The pyfunc model from the configured store, loaded without the Hugging Face Hub."""
+def check_texts(texts: list[str]) -> None:
+    for i, text in enumerate(texts, 1):
+        if not str(text).strip():
+            raise PredictError(f"text {i} is empty: give a text to label")
+
+
+def _training_max_length(local: Path, default: int) -> int:
+    """tokenize.max_length of the run that logged the model (MLmodel run_id), else default."""
+    try:
+        run_id = yaml.safe_load((local / "MLmodel").read_text()).get("run_id")
+        client = tracking.MlflowClient()
+        value = client.get_run(run_id).data.params.get("tokenize.max_length") if run_id else None
+    except Exception:  # noqa: BLE001 - a model from elsewhere: its run may be unknown
+        value = None
+    return int(value) if value else default
+
+
+def load_model(config: SweepflowConfig, model_uri: str, trust: bool = False) -> LoadedModel:
+    """Download the model, check it is safe (unless `trust`), load it without the Hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a logged model holds all it needs
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -52,22 +100,65 @@ def load_model(config: SweepflowConfig, model_uri: str) -> Any:
     uri = tracking.tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as err:
-        raise PredictError(f"cannot load {model_uri} from {uri}: {err.message}. Is there a "
+        local = modelsafety.fetch_model(model_uri)
+    except (MlflowException, OSError) as err:
+        message = getattr(err, "message", str(err))
+        raise PredictError(f"cannot load {model_uri} from {uri}: {message}. Is there a "
                            "registered model with that name and alias? `sweepflow run` "
                            "registers one (registry.enabled=true).") from None
+    if not trust:
+        modelsafety.check_model(local)
+    flavors = {}
+    if (local / "MLmodel").is_file():
+        flavors = yaml.safe_load((local / "MLmodel").read_text()).get("flavors") or {}
+    if "transformers" in flavors or not flavors:
+        return _load_transformers(local, flavors.get("transformers") or {},
+                                  _training_max_length(local, config.tokenize.max_length))
+    return LoadedModel(mlflow.pyfunc.load_model(str(local)), None, 0)
 
 
-def predict(model: Any, texts: list[str]) -> list[Prediction]:
-    """The top label of each text and its probability."""
-    from mlflow.exceptions import MlflowException
+def _load_transformers(local: Path, flavor: dict, max_length: int) -> LoadedModel:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    weights = local / flavor.get("model_binary", ".")
+    tokenizer_dir = local / "components" / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_dir if tokenizer_dir.is_dir() else weights, use_fast=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        weights, use_safetensors=True, trust_remote_code=False).eval()
+    limit = getattr(model.config, "max_position_embeddings", max_length)
+    return LoadedModel(model, tokenizer, min(max_length, limit))
+
+
+def predict(loaded: LoadedModel, texts: list[str], batch_size: int = BATCH
+            ) -> list[Prediction]:
+    """The top label of each text and its probability, in the order of `texts`."""
     if not texts:
         return []
-    try:
-        frame = model.predict(texts)
-    except MlflowException as err:  # e.g. the text-classifier model refusing an empty text
-        raise PredictError(f"the model refused the input: {err.message}") from None
-    return [Prediction(text=t, label=str(label), probability=float(score))
-            for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]
+    check_texts(texts)
+    if loaded.tokenizer is None:  # a safe pyfunc model (models-from-code)
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        try:
+            frame = loaded.model.predict(pd.DataFrame({"text": texts}))
+        except MlflowException as err:  # e.g. the int8 model refusing an oversized text
+            raise PredictError(f"the model refused the input: {err.message}") from None
+        return [Prediction(text=t, label=str(label), probability=float(score))
+                for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
+    labels = loaded.model.config.id2label
+    out: list[Prediction | None] = [None] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = loaded.tokenizer([texts[i][:MAX_TEXT_CHARS] for i in idx], padding=True,
+                                     truncation=True, max_length=loaded.max_length,
+                                     return_tensors="pt")
+            probs = loaded.model(**batch).logits.softmax(-1)
+            best, ids = probs.max(-1)
+            for i, p, k in zip(idx, best.tolist(), ids.tolist(), strict=True):
+                out[i] = Prediction(text=texts[i], label=str(labels[k]), probability=p)
+    return out  # type: ignore[return-value]

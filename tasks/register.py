@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -226,12 +227,28 @@ def log_decision(client: tracking.MlflowClient, run_id: str, result: RegistryRes
                      tags=[tracking.RunTag(k, v) for k, v in tags.items()])
 
 
+def degenerate(config: SweepflowConfig, evaluation: EvalResult) -> str | None:
+    """Why a model must not be registered (a score that is not finite, a single class
+    predicted on test), or None."""
+    if not all(math.isfinite(v) for v in evaluation.model.model_dump().values()):
+        return "its test scores are not finite"
+    if config.sweep.fail_single_class and (evaluation.classes_predicted or 2) < 2:
+        return "it predicts a single class on the test split (sweep.fail_single_class)"
+    return None
+
+
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(config: SweepflowConfig, evaluation: EvalResult,
                   run_id: str) -> RegistryResult | None:
     logger = get_run_logger()
     if not config.registry.enabled:
         logger.info("model registry disabled (registry.enabled=false)")
+        return None
+    refused = degenerate(config, evaluation)
+    if refused:
+        logger.warning("model not registered: %s", refused)
+        tracking.MlflowClient(tracking.tracking_uri(config)).set_tag(
+            run_id, "registry.decision", f"refused: {refused}")
         return None
     result = register(config, evaluation.model_uri, evaluation.model, evaluation.test_digest,
                       run_id, evaluation.predictions)

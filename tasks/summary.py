@@ -31,7 +31,8 @@ def summarize(config: SweepflowConfig, sweep: SweepResult, evaluation: EvalResul
     return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
                            tracking_uri=uri, metric=config.sweep.metric, sweep=sweep,
                            evaluation=evaluation, registry=registry,
-                           ui_command=f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+                           ui_command=uri if uri.startswith(("http://", "https://")) else
+                           f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
 
 
 def print_summary(summary: PipelineSummary, console: Console | None = None) -> None:

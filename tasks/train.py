@@ -123,12 +123,13 @@ class TextClassifier(pl.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         out = self.model(**batch)
         preds = out.logits.argmax(-1)
         self.val_acc.update(preds, batch["labels"])
         self.val_f1.update(preds, batch["labels"])
         self.log("val/loss", out.loss, on_epoch=True, batch_size=len(batch["labels"]))
+        return preds  # for callbacks (tasks/guards.py counts the classes predicted)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/accuracy", self.val_acc.compute())
