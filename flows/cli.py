@@ -249,6 +249,35 @@ def predict(args: Texts = None, config: ConfigOpt = None,
         typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
 
 
+@app.command("serve-model")
+def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
+                model: Annotated[str | None, typer.Option(
+                    help="MLflow model URI [default: models:/<registry.model_name or "
+                         "tracking.experiment>@champion]; e.g. models:/NAME@champion-int8.")
+                ] = None,
+                host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+                port: Annotated[int, typer.Option(help="Port.")] = 5001) -> None:
+    """Serve a registered model over HTTP with MLflow's scoring server: POST
+    {"inputs": ["text", ...]} to /invocations; labels and probabilities come back."""
+    from tasks.register import champion_uri
+    from tasks.serving import ServeError, serve_command, serve_env, served_model
+
+    cfg = _config(config, overrides)
+    uri = model or champion_uri(cfg)
+    try:
+        _open_store(cfg, study=False)
+        served = served_model(cfg, uri)
+    except ServeError as err:
+        Console(stderr=True).print(f"[red]serve error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except UserError as err:
+        Console(stderr=True).print(f"[red]{err.kind}:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"Serving [bold]{uri}[/bold] on http://{host}:{port}/invocations "
+                  "(MLflow scoring server); Ctrl-C stops", soft_wrap=True)
+    os.execve(sys.executable, serve_command(served, host, port), serve_env(cfg))
+
+
 @app.command()
 def compare(config: ConfigOpt = None, overrides: Overrides = None,
             experiment: Annotated[str | None, typer.Option(
