@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -74,11 +75,14 @@ def _user_error(err: Exception) -> None:
     """Exit with one line if `err` is a user error; return otherwise."""
     from tasks.ingest import DataError
     from tasks.sweep_report import NoCompleteTrial
+    from tasks.team import TeamError
 
     if isinstance(err, ConfigError):  # also found once the store is read (pruning signal)
         _fail("config error", err, 2)
     if isinstance(err, UserError):
         _fail(err.kind, err, 2)
+    if isinstance(err, TeamError):
+        _fail("team error", err, 2)
     if isinstance(err, DataError):
         _fail("data error", err, 1)
     if isinstance(err, NoCompleteTrial):
@@ -98,8 +102,10 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
         tempserver.start()
         from flows.pipeline import pipeline_flow
         from tasks.summary import print_summary
+        from tasks.team import local_workers
 
-        summary = pipeline_flow(cfg)
+        with local_workers(cfg):  # sweep.workers > 1: Prefect workers here for the sweep
+            summary = pipeline_flow(cfg)
     except (KeyboardInterrupt, SystemExit):
         if interrupts.received():
             _interrupted()
@@ -154,6 +160,35 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
            "--artifacts-destination", artifacts,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     os.execv(sys.executable, cmd)
+
+
+@app.command()
+def stack(home: Annotated[Path, typer.Option(help="State and logs of the servers.")] = Path(
+              "mlruns/team-stack"),
+          host: Annotated[str, typer.Option(help="Address the servers bind to.")] = "127.0.0.1",
+          mlflow_port: Annotated[int, typer.Option()] = 5000,
+          prefect_port: Annotated[int, typer.Option()] = 4200,
+          prefix: Annotated[str, typer.Option(help="Database name prefix.")] = "sweepflow"
+          ) -> None:
+    """Start a local team stack: PostgreSQL databases for Optuna, MLflow and Prefect, an
+    MLflow server (proxied artifacts) and a Prefect server on them; Ctrl-C stops it."""
+    from sweepflow.stack import StackError, pg_server_url, started_stack
+
+    interrupts.install()
+    try:
+        with started_stack(home.resolve(), prefix, host, mlflow_port, prefect_port) as st:
+            console.print(f"Team stack up on PostgreSQL {pg_server_url()} (logs in {st.logs}). "
+                          "In every shell that runs sweeps or workers:", soft_wrap=True)
+            console.print("\n".join(st.exports()), soft_wrap=True, highlight=False)
+            console.print("Then: sweepflow run " + " ".join(st.overrides()) + "\nMore workers "
+                          "(any machine reaching these servers): prefect worker start --pool "
+                          "sweepflow\nCtrl-C stops the stack.", soft_wrap=True, highlight=False)
+            signal.pause()
+    except StackError as err:
+        console.print(f"[red]stack error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("team stack stopped")
 
 
 def _split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
@@ -214,6 +249,35 @@ def predict(args: Texts = None, config: ConfigOpt = None,
         typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
 
 
+@app.command("serve-model")
+def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
+                model: Annotated[str | None, typer.Option(
+                    help="MLflow model URI [default: models:/<registry.model_name or "
+                         "tracking.experiment>@champion]; e.g. models:/NAME@champion-int8.")
+                ] = None,
+                host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+                port: Annotated[int, typer.Option(help="Port.")] = 5001) -> None:
+    """Serve a registered model over HTTP with MLflow's scoring server: POST
+    {"inputs": ["text", ...]} to /invocations; labels and probabilities come back."""
+    from tasks.register import champion_uri
+    from tasks.serving import ServeError, serve_command, serve_env, served_model
+
+    cfg = _config(config, overrides)
+    uri = model or champion_uri(cfg)
+    try:
+        _open_store(cfg, study=False)
+        served = served_model(cfg, uri)
+    except ServeError as err:
+        Console(stderr=True).print(f"[red]serve error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except UserError as err:
+        Console(stderr=True).print(f"[red]{err.kind}:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"Serving [bold]{uri}[/bold] on http://{host}:{port}/invocations "
+                  "(MLflow scoring server); Ctrl-C stops", soft_wrap=True)
+    os.execve(sys.executable, serve_command(served, host, port), serve_env(cfg))
+
+
 @app.command()
 def compare(config: ConfigOpt = None, overrides: Overrides = None,
             experiment: Annotated[str | None, typer.Option(
@@ -243,7 +307,7 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
     console.print(cmp.comparison_table([cmp.sweep_row(r) for r in runs]))
     if html or png:
         try:
-            written = cmp.write_comparison(client, runs, study_storage(), html, png)
+            written = cmp.write_comparison(client, runs, study_storage(cfg), html, png)
         except ValueError as err:
             console.print(f"[red]no figure:[/red] {err}")
             raise typer.Exit(1) from None

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from prefect import flow
 
+from sweepflow import paths
 from sweepflow.config import SweepflowConfig
 from tasks.sweep import StudyRef, create_study_task, run_trial_task
 from tasks.sweep_report import SweepResult, summarize_sweep_task
+from tasks.team import run_team_task
 from tasks.tokenize import TokenizedData
 
 
 @flow(name="sweep")
 def sweep_flow(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef | None = None,
                parent_run_id: str | None = None) -> SweepResult:
+    paths.use_shared_dir(config.store.shared_dir)
     study = study or create_study_task(config)
-    trials = [
-        run_trial_task.with_options(task_run_name=f"trial-{i + 1}-of-{config.sweep.n_trials}")(
-            config, tokens, study, parent_run_id)
-        for i in range(config.sweep.n_trials)
-    ]
+    if config.sweep.workers > 1:  # team mode: trial workers placed by Prefect
+        trials = run_team_task(config, tokens, study, parent_run_id)
+    else:
+        trials = [run_trial_task.with_options(
+            task_run_name=f"trial-{i + 1}-of-{config.sweep.n_trials}")(
+                config, tokens, study, parent_run_id) for i in range(config.sweep.n_trials)]
     return summarize_sweep_task(config, study, tokens, trials, parent_run_id)

@@ -84,6 +84,9 @@ class TokenizeConfig(_Model):
     max_length: int = Field(ge=8, le=8192)
 
 
+Batching = Literal["shuffle", "bucketed", "grouped"]
+
+
 class TrainConfig(_Model):
     max_epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -94,7 +97,7 @@ class TrainConfig(_Model):
     warmup_ratio: float = Field(ge=0, lt=1)
     val_checks_per_epoch: int = Field(ge=1)
     early_stopping_patience: int = Field(ge=1)
-    group_by_length: bool
+    batching: Batching
     fast_dropout: bool
     num_threads: int | None = Field(ge=1)
     max_steps: int
@@ -161,6 +164,15 @@ class SweepConfig(_Model):
     direction: Literal["maximize", "minimize"]
     fail_single_class: bool  # a trial whose best weights predict one class ends FAIL
     space: dict[str, Param]
+    # Team mode (docs/team-mode.md): a shared study, trial workers placed by Prefect.
+    storage: str | None  # Optuna storage URL; None = SQLite in the store
+    workers: int = Field(ge=1)  # trial workers of a sweep (flow runs on sweep.work_pool)
+    workers_per_host: int | None = Field(ge=1)  # None = min(workers, cores)
+    work_pool: str = Field(min_length=1)
+    start_worker: bool  # `sweepflow run` starts `prefect worker start` on this machine
+    heartbeat_interval: int = Field(ge=1)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(ge=2)  # seconds without heartbeat before a trial is stale
+    max_retry: int = Field(ge=0)  # re-runs of a stale trial with the same params
 
     @property
     def startup_trials(self) -> int:
@@ -178,6 +190,16 @@ class SweepConfig(_Model):
                     f"sweep.space.{name} is not a train.* setting ({sorted(TRAIN_KEYS)})")
         if (self.metric == "val/loss") != (self.direction == "minimize"):
             raise ValueError(f"sweep.direction={self.direction} does not fit {self.metric}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"sweep.grace_period={self.grace_period} must be longer than "
+                             f"sweep.heartbeat_interval={self.heartbeat_interval}")
+        if self.storage and not self.storage.startswith(("postgresql", "sqlite:", "mysql")):
+            raise ValueError(f"sweep.storage={self.storage!r} is not an Optuna RDB URL "
+                             "(postgresql://user@host:5432/db)")
+        if self.workers > 1 and not (self.storage or "").startswith(("postgresql", "mysql")):
+            raise ValueError(f"sweep.workers={self.workers} needs a shared study: set "
+                             "sweep.storage=postgresql://user@host:5432/db (Optuna's SQLite "
+                             "storage is not for parallel workers)")
         return self
 
 
@@ -207,6 +229,12 @@ class TrackingConfig(_Model):
     artifact_location: str | None
 
 
+class StoreConfig(_Model):
+    """Where the tokenized data and the kept models live: a folder every worker reaches."""
+
+    shared_dir: str | None  # None = the local store (SWEEPFLOW_HOME or mlruns/)
+
+
 class ScheduleConfig(_Model):
     """For `sweepflow serve`: a cron string or an interval in seconds (not both)."""
 
@@ -222,13 +250,25 @@ class ScheduleConfig(_Model):
 
 
 class RegistryConfig(_Model):
-    """Model registry: every new version is `challenger`; it becomes `champion` only if it
-    beats the champion on `metric` over the same test-data digest (or there is none)."""
+    """Model registry: every new version is `challenger`; whether it becomes `champion`
+    follows `promotion` (see tasks/register.py), always over the same test-data digest."""
 
     enabled: bool
     model_name: str | None  # null = tracking.experiment
     metric: Literal["test/f1_macro", "test/accuracy", "test/precision_macro",
                     "test/recall_macro"]
+    promotion: Literal["significant", "better", "manual"]
+    alpha: float = Field(gt=0, lt=1)
+
+
+class CompressConfig(_Model):
+    """The int8 twin of the evaluated model (tasks/compress.py)."""
+
+    enabled: bool
+    max_f1_drop: float = Field(ge=0, le=1)
+    max_text_chars: int = Field(ge=1)
+    latency_texts: int = Field(ge=1)
+    throughput_batches: int = Field(ge=1)
 
 
 class SweepflowConfig(_Model):
@@ -239,8 +279,10 @@ class SweepflowConfig(_Model):
     train: TrainConfig
     sweep: SweepConfig
     tracking: TrackingConfig
+    store: StoreConfig
     schedule: ScheduleConfig
     registry: RegistryConfig
+    compress: CompressConfig
 
     @property
     def study_name(self) -> str:

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-
 from mlflow.tracking import MlflowClient
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
-from sweepflow import owner
+from sweepflow import cost, owner
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import ROOT, store_dir
 
@@ -91,6 +91,24 @@ def git_sha() -> str:
         return "unknown"
 
 
+def log_cost(uri: str, run_id: str, meter: cost.Meter) -> None:
+    """The run's cost/* metrics, and for a parent its trials' totals (best effort: a cost
+    that cannot be logged never keeps a run from closing)."""
+    try:
+        client = MlflowClient(uri)
+        metrics = meter.stop().metrics()
+        run = client.get_run(run_id)
+        if PARENT_TAG not in run.data.tags:
+            children = client.search_runs([run.info.experiment_id],
+                                          f"tags.`{PARENT_TAG}` = '{run_id}'",
+                                          max_results=10_000)
+            metrics |= cost.totals([c.data.metrics for c in children])
+        now = now_ms()
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    except Exception as err:  # noqa: BLE001 - the run must still be closed
+        log.warning("run %s: cost not logged: %s", run_id, err)
+
+
 def _close(uri: str, run_id: str, status: str, error: str | None = None) -> None:
     client = MlflowClient(uri)
     if error:
@@ -126,15 +144,19 @@ def managed_run(
     run_id = run.info.run_id
     with _lock:
         _open_runs[run_id] = uri
+    meter = cost.Meter()
     try:
         yield run_id
     except Exception as err:
+        log_cost(uri, run_id, meter)
         _close(uri, run_id, "FAILED", f"{type(err).__name__}: {err}")
         raise
     except BaseException as err:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit
+        log_cost(uri, run_id, meter)
         _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
         raise
     else:
+        log_cost(uri, run_id, meter)
         _close(uri, run_id, "FINISHED")
 
 
@@ -147,8 +169,8 @@ def active_run(config: SweepflowConfig, run_id: str) -> Iterator[None]:
     if current is not None and current.info.run_id == run_id:
         yield
         return
-    with mlflow.start_run(run_id=run_id, nested=current is not None):
-        yield
+    with no_mlflow_prints(), mlflow.start_run(run_id=run_id, nested=current is not None):
+        yield  # a server URI: no "View run at" prints on the quiet console
     MlflowClient(tracking_uri(config)).update_run(run_id, status="RUNNING")
 
 

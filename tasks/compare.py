@@ -46,6 +46,7 @@ class SweepRow(BaseModel):
     best_params: str | None
     wall_seconds: float | None
     digest: str | None
+    cost: dict[str, float] = {}  # the run's cost/* metrics (sweepflow/cost.py)
 
 
 def last_sweeps(client: tracking.MlflowClient, experiment_id: str, n: int) -> list[Run]:
@@ -69,6 +70,9 @@ def sweep_row(run: Run) -> SweepRow:
              for s in ("complete", "pruned", "failed")}
     registry = (f"v{tags['registry.version']} {tags.get('registry.decision', '')}"
                 if "registry.version" in tags else None)
+    if registry and "registry.p_value" in tags:
+        registry += (f"\nMcNemar p={float(tags['registry.p_value']):.3g} vs "
+                     f"v{tags.get('registry.vs_version', '?')}")
     best_trial = m.get("sweep/best_trial")
     return SweepRow(
         run_id=run.info.run_id, name=run.info.run_name, study=tags.get("optuna.study"),
@@ -79,6 +83,7 @@ def sweep_row(run: Run) -> SweepRow:
         test_f1=m.get("test/f1_macro"), baseline_f1=m.get("test/baseline_f1_macro"),
         registry=registry, best_params=format_params(tags.get("optuna.best_params")),
         wall_seconds=m.get("sweep/wall_seconds"), digest=tags.get("data.digest"),
+        cost={k.removeprefix("cost/"): v for k, v in m.items() if k.startswith("cost/")},
     )
 
 
@@ -96,6 +101,14 @@ def format_params(raw: str | None) -> str | None:
 
 def _num(value: float | None, fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _pair(cost: dict[str, float], cpu: str, wall: str) -> str:
+    """CPU and wall seconds, and their ratio: the cores used on average."""
+    if cpu not in cost or wall not in cost:
+        return "-"
+    cores = cost[cpu] / cost[wall] if cost[wall] > 0 else 0.0
+    return f"{cost[cpu]:.0f} s / {cost[wall]:.0f} s ({cores:.1f} cores)"
 
 
 def comparison_table(rows: list[SweepRow]) -> Table:
@@ -116,6 +129,13 @@ def comparison_table(rows: list[SweepRow]) -> Table:
         "registry": lambda r: r.registry or "-",
         "best params": lambda r: r.best_params or "-",
         "wall time": lambda r: "-" if r.wall_seconds is None else f"{r.wall_seconds:.0f} s",
+        "cost: CPU / wall (whole run)": lambda r: _pair(r.cost, "cpu_seconds",
+                                                        "wall_seconds"),
+        "cost: CPU / wall (trials)": lambda r: _pair(r.cost, "trials_cpu_seconds",
+                                                     "trials_wall_seconds"),
+        "peak memory (run / trials)": lambda r: " / ".join(
+            "-" if k not in r.cost else f"{r.cost[k]:.0f} MB"
+            for k in ("peak_rss_mb", "trials_peak_rss_mb")),
         "data digest": lambda r: r.digest or "-",
     }
     for label, cell in fields.items():

@@ -44,6 +44,21 @@ class Scores(BaseModel):
     f1_macro: float
 
 
+PREDICTIONS_ARTIFACT = "evaluation/test_predictions.json"
+
+
+class TestPredictions(BaseModel):
+    """The model's label for every test row (row = position in the test split whose digest
+    is `test_digest`), kept so a later model can be compared with it row by row."""
+
+    __test__ = False  # not a pytest class
+    test_digest: str
+    label_names: list[str]
+    row: list[int]
+    true: list[int]
+    pred: list[int]
+
+
 class EvalResult(BaseModel):
     model: Scores
     baseline: Scores
@@ -51,6 +66,7 @@ class EvalResult(BaseModel):
     test_digest: str
     report: dict[str, Any]
     classes_predicted: int | None = None  # distinct labels predicted on test (guards)
+    predictions: TestPredictions | None = None
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
@@ -74,7 +90,7 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     rows = load_rows(tokens.path)["test"]
-    loader = make_loader(rows, tokens, batch_size, train=False, group_by_length=False, seed=0)
+    loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
     order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
     mode = resolve_precision(precision)
@@ -170,6 +186,10 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     result_base = scores(y_true, y_base)
     client = tracking.MlflowClient(tracking.tracking_uri(config))
     client.log_dict(parent_run_id, per_class, "evaluation/classification_report.json")
+    predictions = TestPredictions(
+        test_digest=tokens.data.split_digests["test"], label_names=names,
+        row=list(range(len(y_true))), true=y_true.tolist(), pred=y_model.tolist())
+    client.log_dict(parent_run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
     client.log_figure(parent_run_id, confusion_figure(y_true, y_model, names),
                       "evaluation/confusion_matrix.png", save_kwargs={"dpi": 110})
     metrics = {f"test/{k}": v for k, v in result_model.model_dump().items()}
@@ -183,7 +203,8 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
         model_uri = log_model(model_dir, tokens)
     return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
                       test_digest=tokens.data.split_digests["test"], report=per_class,
-                      classes_predicted=len(np.unique(y_model)))
+                      classes_predicted=len(np.unique(y_model)),
+                      predictions=predictions)
 
 
 @task(name="evaluate")

@@ -31,7 +31,8 @@ def summarize(config: SweepflowConfig, sweep: SweepResult, evaluation: EvalResul
     return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
                            tracking_uri=uri, metric=config.sweep.metric, sweep=sweep,
                            evaluation=evaluation, registry=registry,
-                           ui_command=f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+                           ui_command=uri if uri.startswith(("http://", "https://")) else
+                           f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
 
 
 def print_summary(summary: PipelineSummary, console: Console | None = None) -> None:
@@ -61,6 +62,7 @@ def print_summary(summary: PipelineSummary, console: Console | None = None) -> N
 
 def print_registry(r: RegistryResult, console: Console) -> None:
     color = {"promoted": "green", "kept_champion": "yellow"}.get(r.decision, "red")
+    champion = ("no champion yet" if r.champion_version is None else
+                f"champion is v{r.champion_version} (models:/{r.model_name}@champion)")
     console.print(f"registry: {r.model_name} v{r.version} ({r.metric} {r.score:.4f}) "
-                  f"[{color}]{r.decision}[/{color}]: {r.reason}; "
-                  f"champion is v{r.champion_version} (models:/{r.model_name}@champion)")
+                  f"[{color}]{r.decision}[/{color}]: {r.reason}; {champion}")

@@ -28,7 +28,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from sweepflow import cache, interrupts, owner, tracking
+from sweepflow import cache, interrupts, owner, storage, tracking
 from sweepflow.config import (
     CategoricalParam,
     ConfigError,
@@ -39,7 +39,7 @@ from sweepflow.config import (
 )
 from sweepflow.console import report
 from sweepflow.hashing import hash_json
-from sweepflow.paths import models_dir, store_dir
+from sweepflow.paths import models_dir
 from tasks.guards import REASON_TAG, Diverged, DivergenceGuard
 from tasks.pruning import SIGNAL_ATTR, StepPruning, make_pruner, pruning_signal, trial_steps
 from tasks.tokenize import TokenizedData, load_tokenizer
@@ -69,10 +69,9 @@ class TrialResult(BaseModel):
     error: str | None = None
 
 
-def study_storage() -> str:
-    path = store_dir() / "optuna.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+def study_storage(config: SweepflowConfig | None = None) -> str:
+    """The study's storage URL: sweep.storage, else SQLite in the store (sweepflow/storage.py)."""
+    return storage.storage_url(config.sweep if config is not None else None)
 
 
 def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -106,10 +105,12 @@ def study_name(config: SweepflowConfig) -> str:
 
 def create_study(config: SweepflowConfig, name: str | None = None) -> StudyRef:
     """Create the study, or load it when it exists: a re-run continues it."""
-    ref = StudyRef(name=name or study_name(config), storage=study_storage(),
+    ref = StudyRef(name=name or study_name(config), storage=study_storage(config),
                    direction=config.sweep.direction, metric=config.sweep.metric)
-    study = optuna.create_study(study_name=ref.name, storage=ref.storage,
-                                direction=ref.direction, load_if_exists=True)
+    shared = storage.open_storage(ref.storage, config.sweep)
+    with storage.study_lock(shared, ref.name):  # two sweeps started at once: one study
+        study = optuna.create_study(study_name=ref.name, storage=shared,
+                                    direction=ref.direction, load_if_exists=True)
     signal = pruning_signal(config.sweep)
     # Studies from before pruner_signal existed reported sweep.metric.
     reported = study.user_attrs.get(SIGNAL_ATTR, config.sweep.metric if study.trials else None)
@@ -128,9 +129,9 @@ def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None
     """Load the study with a sampler seeded by (seed, trials so far): every trial is asked
     from a fresh process-independent state, and a re-run with the same seed repeats.
     `steps`: a full trial's optimizer steps, for the pruner's warm-up share."""
-    storage = optuna.storages.get_storage(ref.storage)
-    n = len(storage.get_all_trials(storage.get_study_id_from_name(ref.name), deepcopy=False))
-    return optuna.load_study(study_name=ref.name, storage=storage,
+    opened = optuna.storages.get_storage(storage.open_storage(ref.storage, config.sweep))
+    n = len(opened.get_all_trials(opened.get_study_id_from_name(ref.name), deepcopy=False))
+    return optuna.load_study(study_name=ref.name, storage=opened,
                              sampler=make_sampler(config.sweep, config.seed + n),
                              pruner=make_pruner(config.sweep, steps))
 
@@ -217,7 +218,21 @@ def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
               parent_run_id: str | None) -> TrialResult:
     """Ask the study for a trial, train it in a nested MLflow run, tell the study the outcome."""
     study = load_study(ref, config, trial_steps(config.train, tokens.data.sizes["train"]))
-    trial = study.ask()
+    return run_asked(config, tokens, ref, study, study.ask(), parent_run_id)
+
+
+def run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
+              study: optuna.Study, trial: optuna.Trial, parent_run_id: str | None,
+              tags: dict[str, str] | None = None) -> TrialResult:
+    """Train an asked trial (its heartbeat recorded while it runs, on a shared storage)."""
+    shared = storage.open_storage(ref.storage, config.sweep)
+    with storage.heartbeat(shared, ref.name, trial.number):
+        return _run_asked(config, tokens, ref, study, trial, parent_run_id, tags or {})
+
+
+def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
+               study: optuna.Study, trial: optuna.Trial, parent_run_id: str | None,
+               tags: dict[str, str]) -> TrialResult:
     key = basis(tokens)
     start = time.perf_counter()
     try:
@@ -230,7 +245,8 @@ def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         study.tell(trial, state=TrialState.FAIL)
         raise
     try:
-        return _train_trial(config, tokens, ref, study, trial, params, parent_run_id, start)
+        return _train_trial(config, tokens, ref, study, trial, params, parent_run_id, start,
+                            tags)
     except TrialFailed as err:
         return TrialResult(number=trial.number, state="failed", value=None, params=params,
                            steps=0, seconds=time.perf_counter() - start, run_id=err.run_id,
@@ -239,10 +255,11 @@ def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
 
 def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                  study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
-                 parent_run_id: str | None, start: float) -> TrialResult:
+                 parent_run_id: str | None, start: float, extra_tags: dict[str, str]
+                 ) -> TrialResult:
     train_cfg = config.train.model_copy(update=params)
     tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number),
-            "data.digest": tokens.data.digest}
+            "data.digest": tokens.data.digest, **extra_tags}
     with tracking.managed_run(config, f"trial-{trial.number}", tags, parent_run_id) as run_id:
         uri = tracking.tracking_uri(config)
         client = tracking.MlflowClient(uri)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sweepflow import cache, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
+from sweepflow.storage import open_storage
 from tasks.pruning import SIGNAL_ATTR
 from tasks.sweep import BASIS_ATTR, basis, best_on_basis, trial_model_dir
 from tasks.tokenize import TokenizedData
@@ -91,7 +92,8 @@ def summarize_sweep(config: SweepflowConfig, study_name: str, storage: str,
                     tokens: TokenizedData, trials: list[Any], parent_run_id: str | None,
                     started: float | None = None) -> SweepResult:
     """The study's best trial on this run's training basis and the folder of its model."""
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name,
+                              storage=open_storage(storage, config.sweep))
     key = basis(tokens)
     best = best_on_basis(study, key)
     if best is None:

@@ -81,7 +81,7 @@ def tiny_overrides(tiny_csv: Path, tiny_model_dir: Path) -> list[str]:
         "data.max_eval_samples=null", f"model.name_or_path={tiny_model_dir}",
         "tokenize.max_length=16", "train.max_epochs=2", "train.batch_size=16",
         "train.val_checks_per_epoch=1", "sweep.n_trials=2", "tracking.experiment=tiny",
-        "train.precision=32-true",
+        "train.precision=32-true", "compress.enabled=false",
         # The tiny model still predicts one class after 14 steps: the degenerate-model guard
         # (tests/faults/test_divergence.py turns it back on) would fail every trial.
         "sweep.fail_single_class=false",

@@ -5,11 +5,13 @@ The registered models are empty logged models: the registry logic never loads th
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from sweepflow import tracking
-from tasks.evaluate import Scores
+from sweepflow.config import load_config
+from tasks.evaluate import PREDICTIONS_ARTIFACT, Scores, TestPredictions, scores
 from tasks.register import CHALLENGER, CHAMPION, Champion, decide, register
 
 
@@ -17,12 +19,17 @@ def _scores(f1: float) -> Scores:
     return Scores(accuracy=f1, precision_macro=f1, recall_macro=f1, f1_macro=f1)
 
 
-def _register(config, f1: float, digest: str):
-    """A parent run with an (empty) logged model, registered like the pipeline does."""
+def _register(config, f1: float, digest: str, predictions: TestPredictions | None = None):
+    """A parent run with an (empty) logged model, registered like the pipeline does (with
+    the test predictions evaluate stores, when given)."""
     with tracking.managed_run(config, "sweep-tiny") as run_id:
         with tracking.active_run(config, run_id):
             model = mlflow.initialize_logged_model(name="model")
-        result = register(config, f"models:/{model.model_id}", _scores(f1), digest, run_id)
+        if predictions is not None:
+            MlflowClient(tracking.tracking_uri(config)).log_dict(
+                run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
+        result = register(config, f"models:/{model.model_id}", _scores(f1), digest, run_id,
+                          predictions)
     return result, MlflowClient(tracking.tracking_uri(config)).get_run(run_id)
 
 
@@ -31,7 +38,14 @@ def _aliases(config) -> dict[str, int]:
     return dict(client.get_registered_model("tiny").aliases)
 
 
-def test_champion_challenger_promotion(tiny_config):
+@pytest.fixture
+def better_config(tiny_overrides):
+    return load_config(overrides=[*tiny_overrides, "registry.promotion=better"])
+
+
+def test_champion_challenger_promotion(better_config):
+    """registry.promotion=better: any higher score on the same test data wins."""
+    tiny_config = better_config
     first, run = _register(tiny_config, 0.6, "aaa")
     assert (first.version, first.decision, first.reason) == (1, "promoted", "no champion yet")
     assert _aliases(tiny_config) == {CHAMPION: 1, CHALLENGER: 1}
@@ -64,4 +78,62 @@ def test_champion_challenger_promotion(tiny_config):
     (0.9, Champion(version=1, score=None, digest="d"), "not_comparable"),
 ])
 def test_decide(score, champion, decision):
-    assert decide(score, "d", champion, "test/f1_macro").decision == decision
+    assert decide(score, "d", champion, "test/f1_macro", "better").decision == decision
+
+
+def _predictions(y: np.ndarray, accuracy: float, seed: int) -> TestPredictions:
+    right = np.random.default_rng(seed).random(len(y)) < accuracy
+    pred = np.where(right, y, (y + 1) % 3)
+    return TestPredictions(test_digest="ddd", label_names=["a", "b", "c"],
+                           row=list(range(len(y))), true=y.tolist(), pred=pred.tolist())
+
+
+def _f1(p: TestPredictions) -> float:
+    return scores(np.asarray(p.true), np.asarray(p.pred)).f1_macro
+
+
+def test_significant_promotion_on_the_same_test_rows(tiny_config):
+    """registry.promotion=significant (the default): identical predictions are never
+    promoted, a marginally better model is not, a clearly better one is; the p-value, the
+    interval and the reason are on the parent run and on the model version."""
+    y = np.random.default_rng(0).integers(0, 3, 900)
+    base = _predictions(y, 0.7, 1)
+    first, _ = _register(tiny_config, _f1(base), "ddd", base)
+    assert (first.decision, first.comparison) == ("promoted", None)
+
+    same, run = _register(tiny_config, _f1(base), "ddd", base.model_copy())
+    assert same.decision == "kept_champion" and same.comparison.p_value == 1.0
+    assert "not significantly better than champion v1 at alpha=0.05" in same.reason
+    assert run.data.metrics["registry/p_value"] == 1.0
+
+    marginal = base.model_copy(update={"pred": list(base.pred)})
+    for i in np.flatnonzero(np.asarray(base.pred) != y)[:3]:
+        marginal.pred[i] = int(y[i])
+    result, run = _register(tiny_config, _f1(marginal), "ddd", marginal)
+    assert result.decision == "kept_champion" and result.comparison.f1_diff > 0
+    assert result.comparison.p_value == pytest.approx(0.25)
+    assert run.data.tags["registry.p_value"] == "0.25"
+    assert _aliases(tiny_config) == {CHAMPION: 1, CHALLENGER: 3}
+
+    better = _predictions(y, 0.85, 2)
+    result, run = _register(tiny_config, _f1(better), "ddd", better)
+    assert result.decision == "promoted" and result.comparison.p_value < 1e-6
+    assert _aliases(tiny_config) == {CHAMPION: 4, CHALLENGER: 4}
+    m = run.data.metrics
+    assert 0 < m["registry/f1_diff_ci_low"] < m["registry/f1_diff"] < m["registry/f1_diff_ci_high"]
+    mv = MlflowClient(tracking.tracking_uri(tiny_config)).get_model_version("tiny", "4")
+    assert mv.tags["registry.decision"] == "promoted"
+    assert mv.tags["registry.reason"].startswith("significantly better than champion v1")
+    assert float(mv.tags["registry.p_value"]) == pytest.approx(result.comparison.p_value)
+    assert mv.tags["registry.vs_version"] == "1" and mv.tags["registry.f1_diff_ci"]
+
+    unknown, _ = _register(tiny_config, 0.99, "ddd")  # no stored predictions to test with
+    assert unknown.decision == "not_comparable" and "no test predictions of both" in unknown.reason
+
+
+def test_manual_promotion_never_moves_the_champion(tiny_overrides):
+    config = load_config(overrides=[*tiny_overrides, "registry.promotion=manual"])
+    result, run = _register(config, 0.9, "aaa")
+    assert (result.decision, result.champion_version) == ("manual", None)
+    assert _aliases(config) == {CHALLENGER: 1}
+    assert run.data.tags["registry.promotion"] == "manual"

@@ -1,0 +1,106 @@
+"""A text classifier exported to ONNX and run by ONNX Runtime: texts in, label
+probabilities out. The compress step measures it; the MLflow model (sweepflow/pyfunc_model.py)
+serves it. No pickle: the model is an .onnx file, the tokenizer its saved files, the labels
+and limits a JSON file (`classifier.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SPEC_FILE = "classifier.json"
+
+
+class InputError(ValueError):
+    """A text the model refuses (empty, or longer than its limit); the message says which."""
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    labels: list[str]
+    max_length: int  # tokens per text (longer texts are truncated, like in training)
+    max_chars: int  # longer texts are refused
+
+    def save(self, folder: Path) -> Path:
+        path = folder / SPEC_FILE
+        path.write_text(json.dumps(self.__dict__))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ClassifierSpec:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def check_texts(texts: list[str], max_chars: int) -> None:
+    """Empty, blank or oversized texts are refused by position rather than guessed at."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"text {i} is not a string ({type(text).__name__})")
+        if not text.strip():
+            raise InputError(f"text {i} is empty")
+        if len(text) > max_chars:
+            raise InputError(f"text {i} has {len(text):,} characters, over the limit of "
+                             f"{max_chars:,}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class OnnxClassifier:
+    def __init__(self, onnx_path: Path, tokenizer_dir: Path, spec: ClassifierSpec,
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(str(onnx_path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
+        self.spec = spec
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """(n, labels) softmax probabilities of one batch of texts, checked first."""
+        check_texts(texts, self.spec.max_chars)
+        enc = self.tokenizer(texts, truncation=True, max_length=self.spec.max_length,
+                             padding=True, return_tensors="np")
+        feed = {name: enc[name].astype(np.int64) for name in self.inputs}
+        return softmax(self.session.run(None, feed)[0])
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Label indices, batched by length so little padding is computed."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            out[idx] = self.probabilities([texts[i] for i in idx]).argmax(-1)
+        return out
+
+
+class TorchClassifier:
+    """The same interface over a full-precision transformers folder (safetensors only)."""
+
+    def __init__(self, model_dir: Path, tokenizer_dir: Path, spec: ClassifierSpec) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), use_safetensors=True).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
+        self.spec = spec
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        check_texts(texts, self.spec.max_chars)
+        enc = self.tokenizer(texts, truncation=True, max_length=self.spec.max_length,
+                             padding=True, return_tensors="pt")
+        with self.torch.inference_mode():
+            return softmax(self.model(**enc).logits.float().numpy())

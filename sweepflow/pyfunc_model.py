@@ -1,0 +1,70 @@
+"""The MLflow model of a text classifier, logged as *models from code*: MLflow stores this
+file, not a pickle, and runs it to load the model. Artifacts: `onnx` (an .onnx file, run by
+ONNX Runtime) or `transformers` (a saved transformers folder with safetensors weights),
+`tokenizer` (its saved folder) and `spec` (classifier.json: labels, max_length, max_chars).
+
+predict: texts (a list, a one-column DataFrame, or one string) in; one row per text out with
+`label`, `score` (its probability) and `probabilities` (every label's). An empty or oversized
+text raises MlflowException INVALID_PARAMETER_VALUE: the scoring server answers 400.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from sweepflow.onnx_classifier import (
+    ClassifierSpec,
+    InputError,
+    OnnxClassifier,
+    TorchClassifier,
+)
+
+
+def as_texts(model_input: Any) -> list[str]:
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, pd.DataFrame):
+        if model_input.shape[1] != 1:
+            raise InputError(f"expected one column of texts, got {list(model_input.columns)}")
+        model_input = model_input.iloc[:, 0]
+    if isinstance(model_input, pd.Series | np.ndarray):
+        model_input = model_input.tolist()
+    if not isinstance(model_input, list):
+        raise InputError(f"expected a list of texts, got {type(model_input).__name__}")
+    return model_input
+
+
+class TextClassifierModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        art = context.artifacts
+        spec = ClassifierSpec.load(Path(art["spec"]))
+        if "onnx" in art:
+            self.classifier = OnnxClassifier(Path(art["onnx"]), Path(art["tokenizer"]), spec)
+        else:
+            self.classifier = TorchClassifier(Path(art["transformers"]), Path(art["tokenizer"]),
+                                              spec)
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would
+        # read them as the input schema; the signature comes from the input example
+        try:
+            texts = as_texts(model_input)
+            probs = self.classifier.probabilities(texts) if texts else np.zeros((0, 0))
+        except InputError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        labels = self.classifier.spec.labels
+        best = probs.argmax(-1) if len(texts) else np.zeros(0, dtype=int)
+        return pd.DataFrame({
+            "label": [labels[i] for i in best],
+            "score": [float(p[i]) for p, i in zip(probs, best, strict=True)],
+            "probabilities": [dict(zip(labels, map(float, p), strict=True)) for p in probs],
+        })
+
+
+mlflow.models.set_model(TextClassifierModel())

@@ -1,0 +1,147 @@
+"""The Optuna storage of a sweep.
+
+By default a SQLite file in the local store (one process, one trial at a time). With
+`sweep.storage: postgresql://…` the study lives in PostgreSQL, shared by every worker on every
+machine: an RDBStorage with a small connection pool (`pool_pre_ping` drops connections the
+server closed), a heartbeat per running trial, and Optuna's retry callback, so a trial whose
+worker died is failed once its heartbeat is `grace_period` old and re-queued with the same
+params. One storage object (one pool) per process and URL.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from sweepflow.config import SweepConfig
+from sweepflow.paths import store_dir
+
+log = logging.getLogger(__name__)
+
+# Per process: at most pool_size + max_overflow connections to the study's database.
+POOL = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True, "pool_recycle": 1800,
+        "pool_timeout": 60}
+CONNECTIONS_PER_PROCESS = POOL["pool_size"] + POOL["max_overflow"]
+
+
+def storage_url(sweep: SweepConfig | None = None) -> str:
+    """`sweep.storage`, else the SQLite file in the local store."""
+    if sweep is not None and sweep.storage:
+        return sweep.storage
+    path = store_dir() / "optuna.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def is_shared(url: str) -> bool:
+    """A server database (PostgreSQL, MySQL) that many processes may share."""
+    return not url.startswith("sqlite")
+
+
+def open_storage(url: str, sweep: SweepConfig) -> str | RDBStorage:
+    """The storage to hand to Optuna: the URL itself for SQLite (as Optuna opens it by
+    default), the process' one pooled RDBStorage with heartbeats for a server database."""
+    if not is_shared(url):
+        return url
+    return _rdb(url, sweep.heartbeat_interval, sweep.grace_period, sweep.max_retry)
+
+
+@functools.lru_cache(maxsize=4)
+def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -> RDBStorage:
+    with schema_lock(url), warnings.catch_warnings():
+        # heartbeat_interval is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url, engine_kwargs=dict(POOL), heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
+
+
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates its tables: processes that open a
+    new database at the same moment would otherwise both run CREATE TABLE."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("schema")})
+            conn.commit()
+            yield  # the lock ends with the connection
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def heartbeat(storage: str | RDBStorage, study_name: str, number: int) -> Iterator[None]:
+    """Record the trial's heartbeat every `heartbeat_interval` seconds while it runs (what
+    `study.optimize` does for its own trials); nothing for SQLite."""
+    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+        yield
+        return
+    interval = storage.get_heartbeat_interval()
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study_name), number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except SQLAlchemyError as err:  # the next beat retries; pre-ping reconnects
+                log.warning("heartbeat of trial %d not recorded: %s", number, err)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"sweepflow:{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+@contextmanager
+def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
+    """Serialise "look at the study, then create or ask" across processes and machines: a
+    PostgreSQL advisory lock keyed on the study name (released by the server if the holder
+    dies). Nothing to do for SQLite, which has one process at a time."""
+    if not isinstance(storage, RDBStorage) or storage.engine.dialect.name != "postgresql":
+        yield
+        return
+    key = _lock_key(study_name)
+    with storage.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's own reaping: RUNNING trials whose heartbeat is older than the grace period
+    become FAIL, and the retry callback queues each again with the same params."""
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
