@@ -51,7 +51,7 @@ def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
     from tasks.sweep import study_storage
 
     uri = tracking.tracking_uri(cfg)
-    storage = study_storage() if study else None
+    storage = study_storage(cfg) if study else None
     stores.check(uri, storage)
     line = reaper.reap(uri, storage)
     if line:

@@ -3,7 +3,8 @@
 Every run and trial carries its owner (sweepflow/owner.py). A command that opens the store
 calls `reap`, which closes the RUNNING runs and trials whose owner was on this host and is
 gone (SIGKILL, the OOM killer, a power cut). Owners on other hosts are left alone: a shared
-store's other machines are not judged from here.
+store's other machines are not judged from here, and trials of a shared (PostgreSQL) study
+are left to Optuna's heartbeats, which fail and re-queue them (sweepflow/storage.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mlflow.entities import ViewType
 from optuna.trial import TrialState
 
 from sweepflow import owner
+from sweepflow.storage import is_shared
 from sweepflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,6 @@ def reap(tracking_uri: str, storage_url: str | None) -> str | None:
     """Close dead owners' runs and trials; the one line to print, or None."""
     found = Reaped()
     reap_runs(tracking_uri, found)
-    if storage_url:
+    if storage_url and not is_shared(storage_url):  # shared studies: Optuna's heartbeats
         reap_trials(storage_url, found)
     return found.line()
