@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import OFFLINE_ENV, ROOT, apply_env, bench_env, write_json
 
 SECTIONS = ("quality", "load", "throughput", "overhead", "pruning", "warm", "tracking",
-            "quality_long", "team")
+            "quality_long", "team", "predict")
 NEEDS_PREFECT = {"overhead", "pruning"}
 
 os.environ.update(OFFLINE_ENV)  # before transformers or datasets are imported
@@ -85,6 +85,10 @@ def run_sections(args: argparse.Namespace, ctx: Any, console: Any) -> dict[str, 
                                              "load_before": _load()}
         if name == "tracking":
             results[name] = sections.tracking_cost(ctx, results.get("throughput"))
+        elif name == "predict":  # 10,000 texts, against MLflow's transformers pyfunc
+            from bench.predict_speed import measure
+
+            results[name] = measure(500 if ctx.sizes is sections.QUICK else 10_000, 100)
         elif name == "team":  # its own stack: PostgreSQL, MLflow and Prefect servers
             from bench.team import team
 
