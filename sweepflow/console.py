@@ -68,7 +68,8 @@ class _StdoutHandler(logging.StreamHandler):
     multiplexer may swap it after the CLI configured the console)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stdout)
+        # Not setStream: it flushes the old stream, which may be closed by now.
+        self.stream = sys.stdout
         super().emit(record)
 
 
