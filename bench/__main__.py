@@ -88,7 +88,7 @@ def run_sections(args: argparse.Namespace, ctx: Any, console: Any) -> dict[str, 
         elif name == "predict":  # 10,000 texts, against MLflow's transformers pyfunc
             from bench.predict_speed import measure
 
-            results[name] = measure(500 if ctx.sizes is sections.QUICK else 10_000, 100)
+            results[name] = measure(500 if ctx.sizes is sections.QUICK else 10_000, 50)
         elif name == "team":  # its own stack: PostgreSQL, MLflow and Prefect servers
             from bench.team import team
 

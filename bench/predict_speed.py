@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ def measure(n: int, n_alt: int) -> dict[str, Any]:
         out = predict(loaded, texts)
         ours = time.perf_counter() - start
         assert len(out) == n
+        print(f"sweepflow: {n} texts in {ours:.1f} s", file=sys.stderr, flush=True)
         pyfunc = mlflow.pyfunc.load_model(uri)
         start = time.perf_counter()
         pyfunc.predict(texts[:n_alt])
