@@ -17,6 +17,7 @@ from typing import Any
 from bench.common import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs it (console.py)
 
 
 def _texts(n: int) -> list[str]:
