@@ -88,4 +88,4 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, thre
     assert [p["text"] for p in lines] == ["great love happy", "awful hate worst"]
     assert all(p["label"] in probs_labels and 0 < p["probability"] <= 1 for p in lines)
     result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, ""])
-    assert result.exit_code == 1 and "text 0 is empty" in result.stderr
+    assert result.exit_code == 1 and "text 1 is empty" in result.stderr
