@@ -1,6 +1,8 @@
 """`make bench` / `python -m bench [--quick] [--only NAME[,NAME]] [--keep]`.
 
-Sections: throughput, overhead, pruning, warm, tracking. Everything runs in a temporary
+Sections: quality (time to the same quality), quality_long (the default's quality at a longer
+budget), load (a trial beside a busy process), throughput (samples per second), overhead,
+pruning, warm, tracking, team (needs PostgreSQL). Everything runs in a temporary
 SWEEPFLOW_HOME (and PREFECT_HOME) with the Hugging Face Hub offline; results are printed and
 written to bench/results.json.
 """
@@ -20,7 +22,8 @@ from typing import Any
 
 from bench.common import OFFLINE_ENV, ROOT, apply_env, bench_env, write_json
 
-SECTIONS = ("throughput", "overhead", "pruning", "warm", "tracking")
+SECTIONS = ("quality", "load", "throughput", "overhead", "pruning", "warm", "tracking",
+            "quality_long", "team")
 NEEDS_PREFECT = {"overhead", "pruning"}
 
 os.environ.update(OFFLINE_ENV)  # before transformers or datasets are imported
@@ -32,6 +35,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument("--rounds", type=int, help="throughput/overhead rounds (best counts)")
+    parser.add_argument("--quality", default="",
+                        help="quality sizes, e.g. train=1024,eval=500,test_fraction=0.05,"
+                             "checkpoints=4,parallel=3 (see bench/sections.py Sizes)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args()
@@ -40,6 +46,15 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     return args
+
+
+def quality_sizes(text: str) -> dict[str, Any]:
+    """--quality train=1024,eval=500,... -> Sizes fields quality_train=1024, ..."""
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=", 1)
+        out[f"quality_{key.strip()}"] = float(value) if "." in value else int(value)
+    return out
 
 
 def machine() -> dict[str, Any]:
@@ -66,12 +81,18 @@ def run_sections(args: argparse.Namespace, ctx: Any, console: Any) -> dict[str, 
         if name not in args.only:
             continue
         console.rule(f"[bold]{name}")
-        start = time.perf_counter()
+        start, stamp = time.perf_counter(), {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                             "load_before": _load()}
         if name == "tracking":
             results[name] = sections.tracking_cost(ctx, results.get("throughput"))
+        elif name == "team":  # its own stack: PostgreSQL, MLflow and Prefect servers
+            from bench.team import team
+
+            results[name] = team(ctx)
         else:
             results[name] = getattr(sections, name)(ctx)
         results[name]["section_seconds"] = time.perf_counter() - start
+        results[name]["measured"] = {**stamp, "load_after": _load()}
         console.log(f"{name} done in {results[name]['section_seconds']:.0f} s")
     return results
 
@@ -93,6 +114,7 @@ def main() -> None:
     sizes = sections.QUICK if args.quick else sections.FULL
     if args.rounds:
         sizes = replace(sizes, rounds=args.rounds, overhead_rounds=args.rounds)
+    sizes = replace(sizes, **quality_sizes(args.quality))
     ctx = sections.Context(home, env, sizes, log=console.log)
     meta = {**machine(), "quick": args.quick, "sections": args.only, "store": str(home),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -110,10 +132,28 @@ def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
     meta.update(seconds=time.perf_counter() - start, load_after=_load())
     results["meta"] = meta
+    results.update(_earlier(args.out, results))
     results["targets"] = [{**t.__dict__, "met": t.met} for t in targets(results)]
     write_json(args.out, results)
     print_report(results, console)
     console.print(f"results: {args.out}" + (f"; store kept in {home}" if args.keep else ""))
+
+
+def _earlier(path: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Sections of an earlier run in `path` that this run did not measure, kept with that
+    run's meta (each section then says when it was measured)."""
+    import json
+
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = {k: v for k, v in old.items()
+            if k in SECTIONS and k not in results and isinstance(v, dict)}
+    for value in kept.values():
+        value.setdefault("measured", {k: old.get("meta", {}).get(k)
+                                      for k in ("date", "load_before", "load_after")})
+    return kept
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ no MLflow, no Optuna, no caches. The bench times it against `sweepflow run` (one
 
 It reads the splits sweepflow tokenized (same token ids), trains with the same recipe
 (AdamW fused, linear warm-up, bf16-mixed, cheap CPU dropout masks, glibc keeping freed
-memory, length-grouped dynamically padded batches, the same number of validations),
+memory, length-bucketed dynamically padded batches (tasks/batching.py), the same number of
+validations),
 predicts the test split and saves the model.
 
     python -m bench.bare_lightning --data TOKENIZED_DIR --model MODEL_DIR --out result.json
@@ -31,10 +32,10 @@ from transformers import (  # noqa: E402
     DataCollatorWithPadding,
     get_linear_schedule_with_warmup,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 
 from sweepflow.fastdropout import speed_up_dropout  # noqa: E402
 from sweepflow.memory import keep_freed_memory  # noqa: E402
+from tasks.batching import BucketedBatchSampler  # noqa: E402
 
 
 class Classifier(pl.LightningModule):
@@ -70,15 +71,14 @@ class Classifier(pl.LightningModule):
 def loaders(data: datasets.DatasetDict, collate: DataCollatorWithPadding, batch: int,
             eval_batch: int) -> tuple[DataLoader, DataLoader, DataLoader]:
     train = data["train"]
-    sampler = LengthGroupedSampler(batch, lengths=train["length"],
-                                   generator=torch.Generator().manual_seed(42))
+    sampler = BucketedBatchSampler(train["length"], batch, seed=42)
     cols = ["input_ids", "attention_mask", "label"]
     rows = {s: data[s].select_columns(cols).to_list() for s in data}
 
     def by_length(split: str) -> list[int]:
         return sorted(range(len(rows[split])), key=data[split]["length"].__getitem__)
 
-    return (DataLoader(rows["train"], batch_size=batch, sampler=sampler, collate_fn=collate),
+    return (DataLoader(rows["train"], batch_sampler=sampler, collate_fn=collate),
             DataLoader(rows["validation"], batch_size=eval_batch, sampler=by_length(
                 "validation"), collate_fn=collate),
             DataLoader(rows["test"], batch_size=eval_batch, sampler=by_length("test"),

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 LABELS = {
-    "sweepflow": ("sweepflow fit()", "bf16-mixed, length-grouped, dynamic pad"),
+    "sweepflow": ("sweepflow fit()", "precision auto (bf16 here), bucketed, dynamic pad"),
     "hf_default": ("HF Trainer, defaults", "fp32, random order, DataCollatorWithPadding"),
     "hf_tuned": ("HF Trainer, tuned", "bf16=True, group_by_length, same collator"),
     "bare_torch": ("bare PyTorch loop", "bf16 autocast, random order, dynamic pad"),
@@ -30,8 +30,62 @@ class Target:
         return self.measured >= self.goal if self.higher_is_better else self.measured <= self.goal
 
 
-def targets(results: dict[str, Any]) -> list[Target]:
+QUALITY_LABELS = {
+    "sweepflow": "sweepflow default (precision auto, bucketed, cheap dropout)",
+    "reference": "reference: sweepflow fit, fp32, shuffled, stock dropout",
+    "hf_default": "HF Trainer defaults (fp32, shuffled)",
+    "hf_tuned": "HF Trainer tuned (bf16=True, group_by_length)",
+    "sweepflow_shuffle": "sweepflow, batching=shuffle",
+    "sweepflow_grouped": "sweepflow, batching=grouped",
+    "sweepflow_fp32": "sweepflow, precision=32-true",
+}
+
+
+def quality_targets(results: dict[str, Any]) -> list[Target]:
     out = []
+    if q := results.get("quality"):
+        r = q["ratio_vs"]["reach_same"].get("hf_default", {}).get("ratio")
+        if r is not None:
+            out.append(Target("time to reference quality vs HF Trainer defaults (medians)", r,
+                              2.5, f"{r:.2f}x", ">= 2.50x", True))
+    for key, label in (("quality", "short"), ("quality_long", "long")):
+        if q := results.get(key):
+            d = q["summary"]["sweepflow"]["delta_vs_reference_points"]
+            out.append(Target(f"default - reference mean test macro-F1 ({label} budget)", d,
+                              -0.5, f"{d:+.2f} pt", ">= -0.5 pt", True))
+    if ld := results.get("load"):
+        out.append(Target("trial beside a niced busy process / alone", ld["ratio"], 1.4,
+                          f"{ld['ratio']:.2f}x", "<= 1.40x", False))
+    return out
+
+
+def quality_table(q: dict[str, Any], title: str) -> Table:
+    table = Table(title=f"{title}: {q['train_samples']} tweets x {q['epochs']} epoch(s), "
+                        f"seeds {', '.join(map(str, q['seeds']))}; reference quality = "
+                        f"mean val macro-F1 {q['reference_mean_val_f1']:.4f} (test "
+                        f"{q['reference_mean_f1']:.4f})")
+    for col in ("contender", "test macro-F1 per seed", "mean (sd)", "vs ref", "padding",
+                "train s (median)", "time to ref - 0.5 pt", "time to ref", "sweepflow is"):
+        table.add_column(col, justify="left" if col == "contender" else "right")
+    ratios = q["ratio_vs"]["reach_same"]
+    for name, s in q["summary"].items():
+        reach = [f"{x['seconds']:.0f} s ({x['checkpoint']}/{q['checkpoints']})" if x
+                 else "not reached" for x in (s["reach_same"], s["reach_strict"])]
+        r = ratios.get(name)
+        ratio = "-" if r is None else (r["note"] if r["ratio"] is None else
+                                       f"{r['ratio']:.2f}x" + (" (>=)" if r["note"] else ""))
+        table.add_row(QUALITY_LABELS.get(name, name) + (" [red]FAILED[/red]" if s["failed"]
+                                                         else ""),
+                      " / ".join(f"{f:.3f}" for f in s["test_f1"]),
+                      f"{s['mean_f1']:.4f} ({s['sd_f1']:.4f})",
+                      f"{s['delta_vs_reference_points']:+.2f} pt",
+                      f"{100 * s['padding_share']:.0f}%", f"{s['median_train_seconds']:.0f}",
+                      *reach, ratio)
+    return table
+
+
+def targets(results: dict[str, Any]) -> list[Target]:
+    out = quality_targets(results)
     if t := results.get("throughput"):
         r, tok = t["ratio_vs"], t["best"]["sweepflow"]["real_tokens_per_s"]
         out += [Target("throughput vs HF Trainer defaults", r["hf_default"], 1.3,
@@ -51,13 +105,33 @@ def targets(results: dict[str, Any]) -> list[Target]:
     if w := results.get("warm"):
         out.append(Target("warm ingest + tokenize", w["warm_seconds"], 2.0,
                           f"{w['warm_seconds']:.3f} s", "<= 2 s", False))
+    if t := results.get("team"):
+        out += [Target("team: 2 workers x 1 thread / 1 x 2 trials per hour",
+                       t["speedup_2x1_vs_1x2_servers"], 1.25,
+                       f"{t['speedup_2x1_vs_1x2_servers']:.2f}x", ">= 1.25x", True),
+                Target("team: best val score, 2x1 - 1x2",
+                       -abs(t["best_delta_points_vs_servers"]), -1.0,
+                       f"{t['best_delta_points_vs_servers']:+.2f} pt", "within 1 pt", True)]
     return out
+
+
+def team_table(t: dict[str, Any]) -> Table:
+    table = Table(title=f"Team mode: the same {len(t['param_sets'])} param sets, "
+                        f"{t['train_samples']} train / {t['eval_samples']} validation tweets")
+    for col in ("contender", "sweep s", "s/trial", "trials/hour", "steps/s", "best val"):
+        table.add_column(col, justify="left" if col == "contender" else "right")
+    for name, r in t["results"].items():
+        table.add_row(name, f"{r['sweep_seconds']:.0f}", f"{r['seconds_per_trial']:.1f}",
+                      f"{r['trials_per_hour']:.0f}", f"{r['steps_per_s']:.2f}",
+                      f"{r['best_value']:.4f}")
+    return table
 
 
 def throughput_table(t: dict[str, Any]) -> Table:
     peak = t["matmul_peak_gflops"]
-    table = Table(title=f"Training throughput: MiniLM-L6, {t['train_samples']} tweets, batch "
-                        f"{t['batch_size']}, max_length {t['max_length']} (best of rounds; "
+    table = Table(title=f"Samples per second (not time to quality): MiniLM-L6, "
+                        f"{t['train_samples']} tweets, batch {t['batch_size']}, max_length "
+                        f"{t['max_length']} (best of rounds; "
                         f"matmul peak bf16 {peak['bfloat16']:.0f} / fp32 "
                         f"{peak['float32']:.0f} GFLOP/s)")
     for col in ("contender", "setup", "samples/s", "real tok/s", "(median)", "padding",
@@ -155,12 +229,40 @@ def targets_table(items: list[Target]) -> Table:
 
 
 def print_report(results: dict[str, Any], console: Console) -> None:
+    for key, title in (("quality", "Time to the same quality"),
+                       ("quality_long", "Quality at a longer budget")):
+        if key in results:
+            console.print(quality_table(results[key], title))
+    if ld := results.get("load"):
+        console.print(f"under load: the default trial's training alone "
+                      f"{ld['median']['alone']:.0f} s, beside a niced busy process "
+                      f"{ld['median']['busy']:.0f} s: {ld['ratio']:.2f}x")
     if "throughput" in results:
         console.print(throughput_table(results["throughput"]))
     if any(k in results for k in ("overhead", "pruning", "warm", "tracking")):
         console.print(details_table(results))
+    if "team" in results:
+        console.print(team_table(results["team"]))
     console.print(targets_table(targets(results)))
     meta = results["meta"]
     console.print(f"machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}; "
                   f"load average {meta['load_before']} before, {meta['load_after']} after; "
                   f"{meta['seconds']:.0f} s in all")
+
+
+def main() -> None:
+    """`python -m bench.report [bench/results.json]`: print the tables of a results file and
+    bring its targets up to date."""
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("results.json"))
+    results = json.loads(path.read_text())
+    results["targets"] = [{**t.__dict__, "met": t.met} for t in targets(results)]
+    path.write_text(json.dumps(results, indent=2))
+    print_report(results, Console(width=160))
+
+
+if __name__ == "__main__":
+    main()

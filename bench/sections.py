@@ -36,6 +36,17 @@ class Sizes:
     prune_epochs: int
     prune_val_checks: int
     prune_seeds: tuple[int, ...]
+    # time to quality (bench/ttq.py): texts, seeds, checkpoints, contenders, long budget, load
+    quality_train: int = 4096
+    quality_eval: int = 1000  # validation rows (time to quality is read from these)
+    quality_test_fraction: float = 0.2  # the default experiment's 7,447 test tweets
+    quality_parallel: int = 1  # seeds run side by side (each seed's contenders in turn)
+    quality_seeds: tuple[int, ...] = (42, 7, 13)
+    quality_checkpoints: int = 8
+    quality_contenders: tuple[str, ...] = ("sweepflow", "reference", "hf_default", "hf_tuned")
+    long_train: int = 8000
+    long_epochs: int = 2
+    load_rounds: int = 2
 
 
 # The overhead section runs the default experiment's data and schedule (8,000 tweets, one
@@ -48,7 +59,9 @@ FULL = Sizes(rounds=3, overhead_rounds=3, train=1024, eval=128, warmup=3,
 QUICK = Sizes(rounds=1, overhead_rounds=1, train=256, eval=128, warmup=2,
               overhead_train=200, overhead_eval=100, overhead_extra=("data.test_fraction=0.03",),
               prune_trials=4, prune_train=160, prune_eval=100, prune_epochs=1,
-              prune_val_checks=2, prune_seeds=(42,))
+              prune_val_checks=2, prune_seeds=(42,), quality_train=256,
+              quality_seeds=(42, 7), quality_checkpoints=2, long_train=256, long_epochs=2,
+              load_rounds=1)
 
 
 @dataclass
@@ -97,6 +110,26 @@ def _dtypes() -> tuple[Any, ...]:
     import torch
 
     return (torch.bfloat16, torch.float32)
+
+
+# -- time to quality, under load (bench/ttq.py) ------------------------------------------------
+
+def quality(ctx: Context) -> dict[str, Any]:
+    from bench import ttq
+
+    return ttq.quality(ctx)
+
+
+def quality_long(ctx: Context) -> dict[str, Any]:
+    from bench import ttq
+
+    return ttq.quality_long(ctx)
+
+
+def load(ctx: Context) -> dict[str, Any]:
+    from bench import ttq
+
+    return ttq.load(ctx)
 
 
 # -- 2. overhead -----------------------------------------------------------------------------

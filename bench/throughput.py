@@ -37,7 +37,7 @@ def _hf_model(model_path: str, clock: StepClock) -> Any:
 
 
 def run_sweepflow(overrides: list[str], clock: StepClock) -> dict[str, Any]:
-    """tasks.train.fit as a trial runs it: precision auto, length grouping, dynamic padding,
+    """tasks.train.fit as a trial runs it: precision auto, train.batching, dynamic padding,
     the batched MLflow logger; one validation per epoch (paused out of the timing)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import MLFlowLogger

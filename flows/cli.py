@@ -41,8 +41,7 @@ def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
-        console.print(f"[red]config error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _fail("config error", err, 2)
 
 
 def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
@@ -99,6 +98,10 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     cfg = _config(config, overrides)
     interrupts.install()
     try:
+        if cfg.sweep.workers > 1:  # workers need a server they can reach, not a temporary one
+            from tasks.team import prefect_api
+
+            prefect_api()
         _open_store(cfg)
         tempserver.start()
         from flows.pipeline import pipeline_flow

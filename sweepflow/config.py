@@ -84,6 +84,9 @@ class TokenizeConfig(_Model):
     max_length: int = Field(ge=8, le=8192)
 
 
+Batching = Literal["shuffle", "bucketed", "grouped"]
+
+
 class TrainConfig(_Model):
     max_epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -94,7 +97,7 @@ class TrainConfig(_Model):
     warmup_ratio: float = Field(ge=0, lt=1)
     val_checks_per_epoch: int = Field(ge=1)
     early_stopping_patience: int = Field(ge=1)
-    group_by_length: bool
+    batching: Batching
     fast_dropout: bool
     num_threads: int | None = Field(ge=1)
     max_steps: int

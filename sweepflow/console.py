@@ -53,10 +53,23 @@ ENV = {
     # A busy 2-core machine can take longer than Prefect's 20 s to start the temporary server.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "MPLBACKEND": "Agg",
+    # OpenMP threads sleep at a barrier instead of spinning: on a busy machine spinning threads
+    # fight the other load for the cores; a step was 5x slower at load 8 on 2 cores
+    # (docs/performance.md). Read when torch loads, which the CLI does after this.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
 _verbose: list[bool] = []
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged (a test runner or a terminal
+    multiplexer may swap it after the CLI configured the console)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout  # not setStream: it flushes the old stream, maybe closed
+        super().emit(record)
 
 
 def is_verbose() -> bool:
@@ -75,7 +88,8 @@ def configure(verbose: bool = False) -> None:
     for name, level in QUIET_LEVELS.items():
         logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", module=QUIET_WARNING_MODULES)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    report.addHandler(handler)
+    if not any(isinstance(h, _StdoutHandler) for h in report.handlers):  # once per process
+        handler = _StdoutHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        report.addHandler(handler)
     report.setLevel(logging.INFO)

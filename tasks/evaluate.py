@@ -90,7 +90,7 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     rows = load_rows(tokens.path)["test"]
-    loader = make_loader(rows, tokens, batch_size, train=False, group_by_length=False, seed=0)
+    loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
     order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
     mode = resolve_precision(precision)

@@ -1,5 +1,6 @@
-"""Train: a LightningModule around AutoModelForSequenceClassification, fed by
-length-grouped, dynamically padded batches; the best weights are kept in memory."""
+"""Train: a LightningModule around AutoModelForSequenceClassification, fed by dynamically
+padded batches (bucketed by length by default: tasks/batching.py); the best weights are kept
+in memory."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from sweepflow.config import TrainConfig
+from sweepflow.config import Batching, TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.memory import keep_freed_memory
+from tasks.batching import BucketedBatchSampler
 from tasks.clean import LABEL
 from tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 
@@ -80,21 +82,25 @@ def load_rows(path: str) -> dict[str, Rows]:
 
 
 def make_loader(rows: Rows, tokens: TokenizedData, batch_size: int, train: bool,
-                group_by_length: bool, seed: int) -> DataLoader:
+                seed: int, batching: Batching = "shuffle") -> DataLoader:
+    """Train: batches drawn as `batching` says (tasks/batching.py), random per epoch from
+    `seed`; evaluation: rows sorted by length (little padding)."""
     # Multiples of 8 help GPU tensor cores; on CPU they only add padding (~10% more tokens).
     multiple = 8 if torch.cuda.is_available() else None
     collate = DataCollatorWithPadding(load_tokenizer(tokens.model_path),
                                       pad_to_multiple_of=multiple)
-    if train and group_by_length:
-        gen = torch.Generator().manual_seed(seed)
-        sampler = LengthGroupedSampler(batch_size, lengths=rows.lengths, generator=gen)
-        return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    if train:
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(rows, batch_size=batch_size, shuffle=True, generator=gen,
-                          collate_fn=collate)
-    order = sorted(range(len(rows)), key=rows.lengths.__getitem__)  # little padding at eval
-    return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=collate)
+    if not train:
+        order = sorted(range(len(rows)), key=rows.lengths.__getitem__)
+        return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=collate)
+    if batching == "bucketed":
+        sampler = BucketedBatchSampler(rows.lengths, batch_size, seed)
+        return DataLoader(rows, batch_sampler=sampler, collate_fn=collate)
+    gen = torch.Generator().manual_seed(seed)
+    if batching == "grouped":
+        grouped = LengthGroupedSampler(batch_size, lengths=rows.lengths, generator=gen)
+        return DataLoader(rows, batch_size=batch_size, sampler=grouped, collate_fn=collate)
+    return DataLoader(rows, batch_size=batch_size, shuffle=True, generator=gen,
+                      collate_fn=collate)
 
 
 class TextClassifier(pl.LightningModule):
@@ -213,8 +219,8 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     stop = EarlyStopping(monitor, mode=mode, patience=cfg.early_stopping_patience,
                          check_on_train_epoch_end=False)
     trainer = build_trainer(cfg, [best, stop, *callbacks], logger, progress)
-    train = make_loader(rows["train"], tokens, cfg.batch_size, True, cfg.group_by_length, seed)
-    val = make_loader(rows["validation"], tokens, cfg.eval_batch_size, False, False, seed)
+    train = make_loader(rows["train"], tokens, cfg.batch_size, True, seed, cfg.batching)
+    val = make_loader(rows["validation"], tokens, cfg.eval_batch_size, False, seed)
     start = time.perf_counter()
     trainer.fit(module, train, val)
     seconds = time.perf_counter() - start

@@ -90,3 +90,5 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, thre
     result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, "x" * 201])
     assert result.exit_code == 1
     assert "the model refused the input: text 1 has 201 characters" in result.stderr
+    result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, ""])
+    assert result.exit_code == 1 and "text 1 is empty" in result.stderr

@@ -30,6 +30,8 @@ def test_every_experiment_file_is_valid():
     ("train.batchsize=3", "unknown config key 'train.batchsize'"),
     ("train.max_epochs=many", "bad value for 'train.max_epochs'"),
     ("sweep.sampler=bayes", "bad value for 'sweep.sampler'"),
+    ("train.batching=sorted", "bad value for 'train.batching'"),
+    ("train.group_by_length=true", "unknown config key 'train.group_by_length'"),
     ("sweep.metric=val/f2", "bad value for 'sweep.metric'"),
     ("tokenize.max_length=0", "bad value for 'tokenize.max_length'"),
     ("sweep.space.foo={type: int, low: 1, high: 2}", "sweep.space.foo is not a train"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sweepflow import stack
 from sweepflow.stack import Stack, database_url, ensure_databases, pg_server_url, started_stack
 from tests.conftest import make_frame
 from tests.flows.servers import clean_env, free_port
@@ -34,14 +35,7 @@ def postgres_problem() -> str | None:
 
 
 def drop_databases(names: list[str]) -> None:
-    conn = _connect()
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    conn.close()
+    stack.drop_databases(pg_server_url(), names)
 
 
 def connections(db: str) -> int:
@@ -84,8 +78,8 @@ def team_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("team-stack")
     try:
         with started_stack(home, prefix, mlflow_port=free_port(),
-                           prefect_port=free_port()) as stack:
-            yield stack
+                           prefect_port=free_port()) as running:
+            yield running
     finally:
         drop_databases([f"{prefix}_{k}" for k in ("optuna", "mlflow", "prefect")])
 

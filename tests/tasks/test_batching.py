@@ -1,0 +1,105 @@
+"""Training batch order (tasks/batching.py): every row once per epoch, like lengths in a
+batch, a new random order each epoch that Lightning really asks for, and the config's choice
+reaching the train loader."""
+
+from __future__ import annotations
+
+import random
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tasks.batching import BucketedBatchSampler, padding_share
+
+
+def lengths(n: int = 1000, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(5, 64) for _ in range(n)]
+
+
+def test_each_epoch_holds_every_row_once_in_full_batches():
+    sampler = BucketedBatchSampler(lengths(1000), batch_size=32, seed=1, mega_batches=5)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 32
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert sorted(len(b) for b in batches)[1:] == [32] * 31  # one short batch at most
+
+
+def test_batches_hold_like_lengths_in_a_random_order():
+    lens = lengths(3200)
+    bucketed = list(BucketedBatchSampler(lens, 32, seed=3))
+    perm = torch.randperm(len(lens), generator=torch.Generator().manual_seed(3)).tolist()
+    shuffled = [perm[i:i + 32] for i in range(0, len(perm), 32)]
+    assert padding_share(bucketed, lens) < padding_share(shuffled, lens) / 4
+    longest = [max(lens[i] for i in b) for b in bucketed]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+
+
+def test_epochs_differ_and_a_seed_repeats():
+    lens = lengths(500)
+    a, b = BucketedBatchSampler(lens, 16, seed=5), BucketedBatchSampler(lens, 16, seed=5)
+    first = list(a)
+    assert first == list(b)
+    a.set_epoch(1)
+    assert list(a) != first
+    assert list(BucketedBatchSampler(lens, 16, seed=6)) != first
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="batch_size and mega_batches"):
+        BucketedBatchSampler([3, 4], batch_size=0, seed=0)
+
+
+class Numbers(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i)])
+
+
+class Recorder(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch: torch.Tensor, _: int) -> torch.Tensor:
+        self.seen.append(batch[:, 0].long().tolist())
+        return self.layer(batch).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_lightning_draws_a_new_order_each_epoch():
+    n = 64
+    sampler = BucketedBatchSampler(lengths(n), batch_size=8, seed=2, mega_batches=2)
+    module = Recorder()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, DataLoader(Numbers(n), batch_sampler=sampler))
+    first, second = module.seen[:8], module.seen[8:]
+    assert len(second) == 8 and first != second
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(n))
+    assert first == BucketedBatchSampler(lengths(n), 8, seed=2, mega_batches=2).batches()
+
+
+@pytest.mark.parametrize("batching", ["shuffle", "bucketed", "grouped"])
+def test_the_configured_batching_feeds_the_train_loader(tiny_config, batching):
+    from tasks.ingest import ingest
+    from tasks.tokenize import tokenize
+    from tasks.train import load_rows, make_loader
+
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    rows = load_rows(tokens.path)["train"]
+    loader = make_loader(rows, tokens, 8, train=True, seed=0, batching=batching)
+    ids = [row for batch in loader for row in batch["input_ids"].tolist()]
+    assert len(ids) == len(rows)
+    assert isinstance(loader.batch_sampler, BucketedBatchSampler) == (batching == "bucketed")
