@@ -51,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.quantize")
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--out", default="bench/quantize.json")
+    parser.add_argument("--test-texts", type=int, default=None,
+                        help="score a seeded sample of this many test texts (default: all)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -66,6 +68,9 @@ def main() -> None:
     data = ingest(config)
     dd = load_ingested(data)
     texts, y = list(dd["test"][TEXT]), np.asarray(dd["test"][LABEL])
+    if args.test_texts:
+        keep = np.random.default_rng(config.seed).permutation(len(texts))[:args.test_texts]
+        texts, y = [texts[i] for i in keep], y[keep]
     spec = ClassifierSpec(labels=list(data.label_names), max_length=config.tokenize.max_length,
                           max_chars=10**6)
     rows = {}
@@ -82,11 +87,14 @@ def main() -> None:
             "onnxruntime int8": (OnnxClassifier(int8_onnx, args.model_dir, spec).probabilities,
                                  int8_onnx.stat().st_size),
         }
+        reference = None
         for name, (run, size) in contenders.items():
             start = time.perf_counter()
             preds = predict_labels(run, texts)
+            reference = preds if reference is None else reference
             fp = footprint(run, texts, preds, y, size, config)
-            rows[name] = fp.model_dump() | {"test_seconds": time.perf_counter() - start}
+            rows[name] = fp.model_dump() | {"test_seconds": time.perf_counter() - start,
+                                            "agrees_with_fp32": float(np.mean(preds == reference))}
             print(name, json.dumps(rows[name]), flush=True)
     result = {"model_dir": str(args.model_dir), "test_texts": len(texts),
               "machine": {"cpu": platform.processor(), "cores": len(os.sched_getaffinity(0)),

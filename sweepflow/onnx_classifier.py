@@ -36,8 +36,9 @@ class ClassifierSpec:
 
 
 def check_texts(texts: list[str], max_chars: int) -> None:
-    """Empty, blank or oversized texts are refused by position rather than guessed at."""
-    for i, text in enumerate(texts):
+    """Empty, blank or oversized texts are refused by position (from 1) rather than guessed
+    at."""
+    for i, text in enumerate(texts, 1):
         if not isinstance(text, str):
             raise InputError(f"text {i} is not a string ({type(text).__name__})")
         if not text.strip():

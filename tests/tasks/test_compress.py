@@ -75,7 +75,7 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, thre
     # int8 labels agree with the full-precision model's on nearly every test text
     fp32 = predict_labels(torch_predictor(tiny_model_dir, tokens.max_length), texts)
     assert np.mean(probs.argmax(1) == fp32) > 0.9
-    for bad, message in (("   ", "text 1 is empty"), ("x" * 201, "text 1 has 201 characters")):
+    for bad, message in (("   ", "text 2 is empty"), ("x" * 201, "text 2 has 201 characters")):
         with pytest.raises(MlflowException, match=message):
             model.predict(["fine", bad])
 
@@ -87,5 +87,8 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, thre
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [p["text"] for p in lines] == ["great love happy", "awful hate worst"]
     assert all(p["label"] in probs_labels and 0 < p["probability"] <= 1 for p in lines)
+    result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, "x" * 201])
+    assert result.exit_code == 1
+    assert "the model refused the input: text 1 has 201 characters" in result.stderr
     result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, ""])
     assert result.exit_code == 1 and "text 1 is empty" in result.stderr

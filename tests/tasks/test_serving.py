@@ -67,8 +67,8 @@ def test_the_champion_is_served_over_http(champion):
             assert sorted(r["probabilities"]) == LABELS
             assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-5)
             assert r["score"] == pytest.approx(max(r["probabilities"].values()))
-        for texts, message in ((["fine", ""], "text 1 is empty"),
-                               (["x" * 101], "text 0 has 101 characters")):
+        for texts, message in ((["fine", ""], "text 2 is empty"),
+                               (["x" * 101], "text 1 has 101 characters")):
             reply = httpx.post(f"{url}/invocations", json={"inputs": texts}, timeout=60)
             assert reply.status_code == 400 and message in reply.json()["message"]
     finally:
