@@ -270,6 +270,9 @@ def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
     uri = model or champion_uri(cfg)
     try:
         _open_store(cfg, study=False)
+        from sweepflow.modelsafety import check_model, fetch_model
+
+        check_model(fetch_model(uri))  # a pickled pyfunc would run code in the server
         served = served_model(cfg, uri)
     except ServeError as err:
         Console(stderr=True).print(f"[red]serve error:[/red] {err}", soft_wrap=True)

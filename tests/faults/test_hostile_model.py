@@ -54,6 +54,13 @@ def test_pickled_pyfunc_is_refused_and_never_loaded(tiny_overrides, hostile_mode
     assert not marker.exists()
 
 
+def test_serve_model_refuses_it_too(tiny_overrides, hostile_model):
+    folder, marker = hostile_model
+    result = runner.invoke(app, ["serve-model", *tiny_overrides, "--model", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("unsafe model: ") and not marker.exists()
+
+
 def test_trust_model_loads_it(tiny_overrides, hostile_model):
     """The flag really bypasses the check: the payload runs (proof the test model is hostile)."""
     folder, marker = hostile_model
