@@ -105,7 +105,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
     if w := results.get("warm"):
         out.append(Target("warm ingest + tokenize", w["warm_seconds"], 2.0,
                           f"{w['warm_seconds']:.3f} s", "<= 2 s", False))
-    if t := results.get("team"):
+    if (t := results.get("team")) and "results" in t:
         out += [Target("team: 2 workers x 1 thread / 1 x 2 trials per hour",
                        t["speedup_2x1_vs_1x2_servers"], 1.25,
                        f"{t['speedup_2x1_vs_1x2_servers']:.2f}x", ">= 1.25x", True),
@@ -241,7 +241,7 @@ def print_report(results: dict[str, Any], console: Console) -> None:
         console.print(throughput_table(results["throughput"]))
     if any(k in results for k in ("overhead", "pruning", "warm", "tracking")):
         console.print(details_table(results))
-    if "team" in results:
+    if "results" in results.get("team", {}):
         console.print(team_table(results["team"]))
     console.print(targets_table(targets(results)))
     meta = results["meta"]

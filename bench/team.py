@@ -30,8 +30,19 @@ CONTENDERS = {
 
 
 def team(ctx: Any) -> dict[str, Any]:
-    from sweepflow.stack import drop_databases, pg_server_url, started_stack
+    from sweepflow.stack import (
+        StackError,
+        drop_databases,
+        ensure_databases,
+        pg_server_url,
+        started_stack,
+    )
 
+    try:
+        ensure_databases(pg_server_url(), [])
+    except StackError as err:
+        ctx.log(f"team: skipped ({err})")
+        return {"skipped": str(err)}
     prefix = f"sfbench_{uuid.uuid4().hex[:8]}"
     train, evals = (240, 120) if ctx.sizes.rounds == 1 else (1600, 500)
     base = [*data_overrides(train, evals), "train.max_epochs=1", "train.val_checks_per_epoch=2",

@@ -26,8 +26,8 @@ import httpx
 log = logging.getLogger(__name__)
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
-# Connections each server may hold: MLflow (pool + overflow per server worker process) and
-# Prefect (its API and services share one pool).
+# Connections each server may hold: MLflow (pool + overflow per store, tracking and registry,
+# per server worker process) and Prefect (its API and services share one pool).
 MLFLOW_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "2"}
 MLFLOW_WORKERS = 2
 PREFECT_POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "5",

@@ -20,12 +20,13 @@ from contextlib import contextmanager
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from sweepflow.config import SweepConfig
 from sweepflow.paths import store_dir
+from sweepflow.usererrors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,20 @@ def open_storage(url: str, sweep: SweepConfig) -> str | RDBStorage:
 
 @functools.lru_cache(maxsize=4)
 def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -> RDBStorage:
-    with schema_lock(url), warnings.catch_warnings():
-        # heartbeat_interval is "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url, engine_kwargs=dict(POOL), heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
+    try:
+        with schema_lock(url), warnings.catch_warnings():
+            # heartbeat_interval is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url, engine_kwargs=dict(POOL), heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise StoreError(f"sweep.storage={shown}: cannot open the study database ({reason}); "
+                         "create the database (`sweepflow stack` creates sweepflow_optuna) "
+                         "or fix the URL") from None
 
 
 @contextmanager

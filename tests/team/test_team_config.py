@@ -34,15 +34,27 @@ def test_storage_must_be_a_database_url():
         load_config(overrides=["sweep.storage=redis://x"])
 
 
-def test_workers_need_a_prefect_server(tiny_overrides, store: Path, tmp_path):
-    overrides = [*tiny_overrides, "sweep.workers=2",
-                 "sweep.storage=postgresql://postgres@127.0.0.1:5432/never_opened"]
-    out = subprocess.run(sweepflow_cmd("run", *overrides), capture_output=True, text=True,
-                         env=clean_env(SWEEPFLOW_HOME=str(store)), cwd=tmp_path, timeout=300)
+@pytest.mark.postgres
+def test_a_study_database_that_does_not_exist(tiny_overrides, store: Path, tmp_path):
+    """One line naming sweep.storage (password hidden); no MLflow run left RUNNING."""
+    from tests.team.conftest import postgres_problem
+
+    if postgres_problem():
+        pytest.skip(postgres_problem())
+    url = "postgresql://postgres:secret@127.0.0.1:5432/sf_never_created"
+    out = subprocess.run(sweepflow_cmd("run", *tiny_overrides, "sweep.workers=2",
+                                       f"sweep.storage={url}"),
+                         capture_output=True, text=True, env=clean_env(SWEEPFLOW_HOME=str(store)),
+                         cwd=tmp_path, timeout=600)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "team error: sweep.workers > 1 needs a Prefect server" in out.stdout
-    assert "PREFECT_API_URL" in out.stdout
-    assert not (store / "mlflow.db").exists() and not (store / "cache").exists()
+    line = out.stdout.replace("\n", " ")
+    assert "store error: sweep.storage=postgresql://postgres:***@127.0.0.1:5432/" in line
+    assert "cannot open the study database" in line and "secret" not in out.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    assert not exps or not client.search_runs(exps, "attributes.status = 'RUNNING'")
 
 
 def _trial(number: int, state: TrialState, retry_of: list[int] | None = None):
