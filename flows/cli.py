@@ -98,10 +98,6 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     cfg = _config(config, overrides)
     interrupts.install()
     try:
-        if cfg.sweep.workers > 1:  # workers need a server they can reach, not a temporary one
-            from tasks.team import prefect_api
-
-            prefect_api()
         _open_store(cfg)
         tempserver.start()
         from flows.pipeline import pipeline_flow
