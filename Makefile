@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test test-all bench ui serve prefect-server lint setup
+.PHONY: run test test-all bench ui serve prefect-server team-stack lint setup
 
 setup: $(STAMP)
 
@@ -40,6 +40,12 @@ serve: $(STAMP)
 # without telemetry. In other shells: export PREFECT_API_URL=http://127.0.0.1:4200/api
 prefect-server: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+# Team mode on this machine: PostgreSQL databases (SWEEPFLOW_PG_URL, default
+# postgresql://postgres@127.0.0.1:5432), an MLflow server and a Prefect server on them;
+# prints the exports and the `sweepflow run` overrides to use (docs/team-mode.md).
+team-stack: $(STAMP)
+	$(BIN)/sweepflow stack $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

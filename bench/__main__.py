@@ -2,7 +2,7 @@
 
 Sections: quality (time to the same quality), quality_long (the default's quality at a longer
 budget), load (a trial beside a busy process), throughput (samples per second), overhead,
-pruning, warm, tracking. Everything runs in a temporary
+pruning, warm, tracking, team (needs PostgreSQL). Everything runs in a temporary
 SWEEPFLOW_HOME (and PREFECT_HOME) with the Hugging Face Hub offline; results are printed and
 written to bench/results.json.
 """
@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import OFFLINE_ENV, ROOT, apply_env, bench_env, write_json
 
 SECTIONS = ("quality", "load", "throughput", "overhead", "pruning", "warm", "tracking",
-            "quality_long")
+            "quality_long", "team")
 NEEDS_PREFECT = {"overhead", "pruning"}
 
 os.environ.update(OFFLINE_ENV)  # before transformers or datasets are imported
@@ -87,6 +87,10 @@ def run_sections(args: argparse.Namespace, ctx: Any, console: Any) -> dict[str, 
                                              "load_before": _load()}
         if name == "tracking":
             results[name] = sections.tracking_cost(ctx, results.get("throughput"))
+        elif name == "team":  # its own stack: PostgreSQL, MLflow and Prefect servers
+            from bench.team import team
+
+            results[name] = team(ctx)
         else:
             results[name] = getattr(sections, name)(ctx)
         results[name]["section_seconds"] = time.perf_counter() - start

@@ -105,7 +105,26 @@ def targets(results: dict[str, Any]) -> list[Target]:
     if w := results.get("warm"):
         out.append(Target("warm ingest + tokenize", w["warm_seconds"], 2.0,
                           f"{w['warm_seconds']:.3f} s", "<= 2 s", False))
+    if t := results.get("team"):
+        out += [Target("team: 2 workers x 1 thread / 1 x 2 trials per hour",
+                       t["speedup_2x1_vs_1x2_servers"], 1.25,
+                       f"{t['speedup_2x1_vs_1x2_servers']:.2f}x", ">= 1.25x", True),
+                Target("team: best val score, 2x1 - 1x2",
+                       -abs(t["best_delta_points_vs_servers"]), -1.0,
+                       f"{t['best_delta_points_vs_servers']:+.2f} pt", "within 1 pt", True)]
     return out
+
+
+def team_table(t: dict[str, Any]) -> Table:
+    table = Table(title=f"Team mode: the same {len(t['param_sets'])} param sets, "
+                        f"{t['train_samples']} train / {t['eval_samples']} validation tweets")
+    for col in ("contender", "sweep s", "s/trial", "trials/hour", "steps/s", "best val"):
+        table.add_column(col, justify="left" if col == "contender" else "right")
+    for name, r in t["results"].items():
+        table.add_row(name, f"{r['sweep_seconds']:.0f}", f"{r['seconds_per_trial']:.1f}",
+                      f"{r['trials_per_hour']:.0f}", f"{r['steps_per_s']:.2f}",
+                      f"{r['best_value']:.4f}")
+    return table
 
 
 def throughput_table(t: dict[str, Any]) -> Table:
@@ -222,6 +241,8 @@ def print_report(results: dict[str, Any], console: Console) -> None:
         console.print(throughput_table(results["throughput"]))
     if any(k in results for k in ("overhead", "pruning", "warm", "tracking")):
         console.print(details_table(results))
+    if "team" in results:
+        console.print(team_table(results["team"]))
     console.print(targets_table(targets(results)))
     meta = results["meta"]
     console.print(f"machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}; "

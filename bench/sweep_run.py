@@ -24,14 +24,16 @@ def main() -> None:
     from sweepflow.config import load_config
     from tasks.ingest import ingest
     from tasks.sweep import create_study
+    from tasks.team import local_workers
     from tasks.tokenize import tokenize
 
     config = load_config(overrides=args.overrides)
     tokens = tokenize(config, ingest(config))
     study = create_study(config)
     start = time.perf_counter()
-    with tracking.managed_run(config, f"sweep-{study.name}", {"optuna.study": study.name}
-                              ) as run_id:
+    # sweep.workers > 1: the Prefect worker starts here, as `sweepflow run` starts it.
+    with local_workers(config), tracking.managed_run(
+            config, f"sweep-{study.name}", {"optuna.study": study.name}) as run_id:
         result = sweep_flow(config, tokens, study, run_id)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     write_json(args.out, {"run_id": run_id, "seconds": time.perf_counter() - start,

@@ -41,8 +41,7 @@ def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
-        console.print(f"[red]config error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _fail("config error", err, 2)
 
 
 def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
@@ -99,6 +98,10 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     cfg = _config(config, overrides)
     interrupts.install()
     try:
+        if cfg.sweep.workers > 1:  # workers need a server they can reach, not a temporary one
+            from tasks.team import prefect_api
+
+            prefect_api()
         _open_store(cfg)
         tempserver.start()
         from flows.pipeline import pipeline_flow
@@ -248,6 +251,35 @@ def predict(args: Texts = None, config: ConfigOpt = None,
         raise typer.Exit(2) from None
     for prediction in predictions:
         typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
+
+
+@app.command("serve-model")
+def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
+                model: Annotated[str | None, typer.Option(
+                    help="MLflow model URI [default: models:/<registry.model_name or "
+                         "tracking.experiment>@champion]; e.g. models:/NAME@champion-int8.")
+                ] = None,
+                host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+                port: Annotated[int, typer.Option(help="Port.")] = 5001) -> None:
+    """Serve a registered model over HTTP with MLflow's scoring server: POST
+    {"inputs": ["text", ...]} to /invocations; labels and probabilities come back."""
+    from tasks.register import champion_uri
+    from tasks.serving import ServeError, serve_command, serve_env, served_model
+
+    cfg = _config(config, overrides)
+    uri = model or champion_uri(cfg)
+    try:
+        _open_store(cfg, study=False)
+        served = served_model(cfg, uri)
+    except ServeError as err:
+        Console(stderr=True).print(f"[red]serve error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except UserError as err:
+        Console(stderr=True).print(f"[red]{err.kind}:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"Serving [bold]{uri}[/bold] on http://{host}:{port}/invocations "
+                  "(MLflow scoring server); Ctrl-C stops", soft_wrap=True)
+    os.execve(sys.executable, serve_command(served, host, port), serve_env(cfg))
 
 
 @app.command()

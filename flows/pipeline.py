@@ -32,5 +32,5 @@ def pipeline_flow(config: SweepflowConfig | None = None) -> PipelineSummary:
         sweep = sweep_flow(config, tokens, study, run_id)
         evaluation = evaluate_task(config, tokens, sweep, run_id)
         registry = register_task(config, evaluation, run_id)
-        compress_task(config, tokens, evaluation, sweep.model_dir, registry, run_id)
+        compress_task(config, tokens, sweep.model_dir, registry, run_id)
     return summarize(config, sweep, evaluation, run_id, registry)

@@ -68,7 +68,7 @@ class _StdoutHandler(logging.StreamHandler):
     multiplexer may swap it after the CLI configured the console)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stdout)
+        self.stream = sys.stdout  # not setStream: it flushes the old stream, maybe closed
         super().emit(record)
 
 

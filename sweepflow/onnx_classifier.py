@@ -36,8 +36,9 @@ class ClassifierSpec:
 
 
 def check_texts(texts: list[str], max_chars: int) -> None:
-    """Empty, blank or oversized texts are refused by position rather than guessed at."""
-    for i, text in enumerate(texts):
+    """Empty, blank or oversized texts are refused by position (from 1) rather than guessed
+    at."""
+    for i, text in enumerate(texts, 1):
         if not isinstance(text, str):
             raise InputError(f"text {i} is not a string ({type(text).__name__})")
         if not text.strip():
@@ -83,3 +84,24 @@ class OnnxClassifier:
             idx = order[start:start + batch_size]
             out[idx] = self.probabilities([texts[i] for i in idx]).argmax(-1)
         return out
+
+
+class TorchClassifier:
+    """The same interface over a full-precision transformers folder (safetensors only)."""
+
+    def __init__(self, model_dir: Path, tokenizer_dir: Path, spec: ClassifierSpec) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), use_safetensors=True).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
+        self.spec = spec
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        check_texts(texts, self.spec.max_chars)
+        enc = self.tokenizer(texts, truncation=True, max_length=self.spec.max_length,
+                             padding=True, return_tensors="pt")
+        with self.torch.inference_mode():
+            return softmax(self.model(**enc).logits.float().numpy())

@@ -1,5 +1,6 @@
-"""The MLflow model of an ONNX text classifier, logged as *models from code*: MLflow stores
-this file, not a pickle, and runs it to load the model. Artifacts: `onnx` (the .onnx file),
+"""The MLflow model of a text classifier, logged as *models from code*: MLflow stores this
+file, not a pickle, and runs it to load the model. Artifacts: `onnx` (an .onnx file, run by
+ONNX Runtime) or `transformers` (a saved transformers folder with safetensors weights),
 `tokenizer` (its saved folder) and `spec` (classifier.json: labels, max_length, max_chars).
 
 predict: texts (a list, a one-column DataFrame, or one string) in; one row per text out with
@@ -18,7 +19,12 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from sweepflow.onnx_classifier import ClassifierSpec, InputError, OnnxClassifier
+from sweepflow.onnx_classifier import (
+    ClassifierSpec,
+    InputError,
+    OnnxClassifier,
+    TorchClassifier,
+)
 
 
 def as_texts(model_input: Any) -> list[str]:
@@ -38,8 +44,12 @@ def as_texts(model_input: Any) -> list[str]:
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         art = context.artifacts
-        self.classifier = OnnxClassifier(Path(art["onnx"]), Path(art["tokenizer"]),
-                                         ClassifierSpec.load(Path(art["spec"])))
+        spec = ClassifierSpec.load(Path(art["spec"]))
+        if "onnx" in art:
+            self.classifier = OnnxClassifier(Path(art["onnx"]), Path(art["tokenizer"]), spec)
+        else:
+            self.classifier = TorchClassifier(Path(art["transformers"]), Path(art["tokenizer"]),
+                                              spec)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would
         # read them as the input schema; the signature comes from the input example

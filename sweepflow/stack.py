@@ -85,6 +85,22 @@ def ensure_databases(server: str, names: list[str]) -> None:
         conn.close()
 
 
+def drop_databases(server: str, names: list[str]) -> None:
+    """DROP DATABASE for each name (its open connections ended first)."""
+    import psycopg2
+
+    conn = psycopg2.connect(database_url(server, "postgres"), connect_timeout=10)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        conn.close()
+
+
 def mlflow_command(backend: str, artifacts: Path, host: str, port: int) -> list[str]:
     allowed = f"{host}:{port},{host},localhost:{port},127.0.0.1:{port}"
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,

@@ -20,8 +20,9 @@ from contextlib import contextmanager
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from sweepflow.config import SweepConfig
 from sweepflow.paths import store_dir
@@ -58,12 +59,30 @@ def open_storage(url: str, sweep: SweepConfig) -> str | RDBStorage:
 
 @functools.lru_cache(maxsize=4)
 def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -> RDBStorage:
-    with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
+    with schema_lock(url), warnings.catch_warnings():
+        # heartbeat_interval is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(
             url, engine_kwargs=dict(POOL), heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
+
+
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates its tables: processes that open a
+    new database at the same moment would otherwise both run CREATE TABLE."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("schema")})
+            conn.commit()
+            yield  # the lock ends with the connection
+    finally:
+        engine.dispose()
 
 
 @contextmanager

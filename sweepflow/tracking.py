@@ -147,13 +147,13 @@ def managed_run(
     meter = cost.Meter()
     try:
         yield run_id
-    except (KeyboardInterrupt, SystemExit) as err:
-        log_cost(uri, run_id, meter)
-        _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
-        raise
-    except BaseException as err:
+    except Exception as err:
         log_cost(uri, run_id, meter)
         _close(uri, run_id, "FAILED", f"{type(err).__name__}: {err}")
+        raise
+    except BaseException as err:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit
+        log_cost(uri, run_id, meter)
+        _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
         raise
     else:
         log_cost(uri, run_id, meter)

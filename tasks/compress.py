@@ -29,7 +29,7 @@ from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.onnx_classifier import ClassifierSpec, OnnxClassifier, softmax
 from tasks.clean import LABEL, TEXT
-from tasks.evaluate import EvalResult, pip_requirements, scores
+from tasks.evaluate import pip_requirements, scores
 from tasks.ingest import load_ingested
 from tasks.register import RegistryResult, registered_name
 from tasks.tokenize import TokenizedData, load_tokenizer
@@ -266,12 +266,20 @@ def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
 
 
 @task(name="compress", cache_policy=NO_CACHE)
-def compress_task(config: SweepflowConfig, tokens: TokenizedData, evaluation: EvalResult,
-                  model_dir: str, registry: RegistryResult | None,
-                  run_id: str) -> CompressResult | None:
+def compress_task(config: SweepflowConfig, tokens: TokenizedData, model_dir: str,
+                  registry: RegistryResult | None, run_id: str) -> CompressResult | None:
+    """An optional extra: a model that cannot be exported or quantized is said in one line
+    and tagged on the run (compress.error); the full-precision results stand."""
     if not config.compress.enabled:
         return None
-    result = compress(config, tokens, Path(model_dir), registry, run_id)
+    try:
+        result = compress(config, tokens, Path(model_dir), registry, run_id)
+    except Exception as err:  # noqa: BLE001 - e.g. an architecture the exporter cannot trace
+        message = f"{type(err).__name__}: {err}"[:500]
+        tracking.MlflowClient(tracking.tracking_uri(config)).set_tag(run_id, "compress.error",
+                                                                     message)
+        report.warning(f"int8 model not made (compress.enabled=false skips it): {message}")
+        return None
     f, q = result.fp32, result.int8
     report.info(f"int8: macro-F1 {q.f1_macro:.4f} vs {f.f1_macro:.4f}, {q.size_mb:.1f} vs "
                 f"{f.size_mb:.1f} MB, p50 {q.latency_p50_ms:.1f} vs {f.latency_p50_ms:.1f} ms "

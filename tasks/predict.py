@@ -138,8 +138,12 @@ def predict(loaded: LoadedModel, texts: list[str], batch_size: int = BATCH
     check_texts(texts)
     if loaded.tokenizer is None:  # a safe pyfunc model (models-from-code)
         import pandas as pd
+        from mlflow.exceptions import MlflowException
 
-        frame = loaded.model.predict(pd.DataFrame({"text": texts}))
+        try:
+            frame = loaded.model.predict(pd.DataFrame({"text": texts}))
+        except MlflowException as err:  # e.g. the int8 model refusing an oversized text
+            raise PredictError(f"the model refused the input: {err.message}") from None
         return [Prediction(text=t, label=str(label), probability=float(score))
                 for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]
     import torch

@@ -1,5 +1,6 @@
-"""Daily use on a real store: two tiny pipeline runs register versions 1 and 2, `predict`
-labels texts with the champion, `compare` tables both sweeps and plots their curves."""
+"""Daily use on a real store: two tiny pipeline runs register versions 1 and 2 (the second
+also compresses its model to int8: version 3), `predict` labels texts with the champion,
+`compare` tables both sweeps (decision, p-value, cost) and plots their curves."""
 
 from __future__ import annotations
 
@@ -30,16 +31,23 @@ def test_register_predict_compare(tiny_config, tiny_overrides, tmp_path):
     assert first.registry is not None
     assert (first.registry.version, first.registry.decision) == (1, "promoted")
     # Same data, one more trial of the same (continued) study: the same test digest.
-    second = pipeline_flow(load_config(overrides=[*tiny_overrides, "sweep.n_trials=1"]))
+    second = pipeline_flow(load_config(overrides=[
+        *tiny_overrides, "sweep.n_trials=1", "compress.enabled=true",
+        "compress.latency_texts=5", "compress.throughput_batches=1", "compress.max_f1_drop=1"]))
     reg = second.registry
-    assert reg is not None and reg.version == 2
-    assert reg.decision == ("promoted" if reg.score > first.registry.score else "kept_champion")
+    assert reg is not None and reg.version == 2 and reg.comparison is not None
+    significant = reg.comparison.significant(tiny_config.registry.alpha)
+    assert reg.decision == ("promoted" if significant else "kept_champion")
     client = MlflowClient(tracking.tracking_uri(tiny_config))
     aliases = client.get_registered_model("tiny").aliases
-    assert aliases == {"challenger": 2, "champion": reg.champion_version}
+    int8 = {"challenger-int8": 3} | ({"champion-int8": 3} if significant else {})
+    assert aliases == {"challenger": 2, "champion": reg.champion_version, **int8}
     parent = client.get_run(second.run_id)
     assert parent.data.tags["registry.decision"] == reg.decision
     assert parent.data.metrics["test/champion_f1_macro"] == first.registry.score
+    assert parent.data.metrics["registry/p_value"] == reg.comparison.p_value
+    assert "compress/int8_latency_p50_ms" in parent.data.metrics
+    _check_cost(client, second.run_id)
     out = io.StringIO()
     print_summary(second, Console(file=out, width=200))
     assert f"registry: tiny v2 (test/f1_macro {reg.score:.4f}) {reg.decision}" in out.getvalue()
@@ -67,9 +75,25 @@ def test_register_predict_compare(tiny_config, tiny_overrides, tmp_path):
     for row in ("trials complete/pruned/failed", "best validation score", "data digest"):
         assert row in result.stdout
     assert "kept_champion" in result.stdout or "promoted" in result.stdout
+    assert "McNemar p=" in result.stdout and "cost: CPU / wall (trials)" in result.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
     assert f"sweep-tiny {second.run_id[:8]}" in html.read_text()
     assert sorted(p.name for p in html.parent.iterdir()) == ["curves.html", "curves.png"]
+
+
+def _check_cost(client: MlflowClient, run_id: str) -> None:
+    """Each trial and the parent carry their cost; the parent also its trials' totals."""
+    parent = client.get_run(run_id).data.metrics
+    trials = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{run_id}'")
+    assert trials
+    for trial in trials:
+        m = trial.data.metrics
+        assert m["cost/cpu_seconds"] > 0 and m["cost/wall_seconds"] > 0
+        assert m["cost/peak_rss_mb"] > 50  # a Python process with torch loaded
+    assert parent["cost/trials_cpu_seconds"] == pytest.approx(
+        sum(t.data.metrics["cost/cpu_seconds"] for t in trials))
+    assert parent["cost/wall_seconds"] > parent["cost/trials_wall_seconds"]
 
 
 def _check_sweep_artifacts(client: MlflowClient, run_id: str) -> None:

@@ -41,7 +41,7 @@ def test_pipeline_end_to_end(tiny_config, store):
     assert {"config.yaml", "data_profile.json", "evaluation", "sweep"} <= top
     evaluation = {a.path for a in client.list_artifacts(summary.run_id, "evaluation")}
     assert evaluation == {"evaluation/classification_report.json",
-                          "evaluation/confusion_matrix.png"}
+                          "evaluation/confusion_matrix.png", "evaluation/test_predictions.json"}
     assert {"negative", "neutral", "positive", "accuracy", "macro avg"} <= set(
         summary.evaluation.report)
 

@@ -3,22 +3,32 @@ model (models from code) loaded back through MLflow, and the checks on its input
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
+from flows.cli import app
 from sweepflow import tracking
 from sweepflow.config import load_config
 from tasks.compress import compress, predict_labels, torch_predictor
 
+OPTIONS = ["compress.enabled=true", "compress.latency_texts=10",
+           "compress.throughput_batches=2", "compress.max_text_chars=200"]
+
 
 @pytest.fixture
-def compress_config(tiny_overrides):
-    return load_config(overrides=[*tiny_overrides, "compress.enabled=true",
-                                  "compress.latency_texts=10", "compress.throughput_batches=2",
-                                  "compress.max_text_chars=200"])
+def overrides(tiny_overrides):
+    return [*tiny_overrides, *OPTIONS]
+
+
+@pytest.fixture
+def compress_config(overrides):
+    return load_config(overrides=overrides)
 
 
 @pytest.fixture
@@ -33,7 +43,7 @@ def three_label_model(tiny_model_dir, tmp_path):
     return out
 
 
-def test_int8_twin_measured_logged_and_loadable(compress_config, three_label_model):
+def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, three_label_model):
     from tasks.ingest import ingest, load_ingested
     from tasks.tokenize import tokenize
 
@@ -52,6 +62,8 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, three_label_mod
              .list_artifacts(run_id, "compression")}
     assert names == {"compression/int8_vs_fp32.json", "compression/int8_vs_fp32.md"}
 
+    result_uri = result.model_uri
+    probs_labels = {"negative", "neutral", "positive"}
     model = mlflow.pyfunc.load_model(result.model_uri)
     texts = list(load_ingested(tokens.data)["test"]["text"])
     out = model.predict(texts)
@@ -63,6 +75,20 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, three_label_mod
     # int8 labels agree with the full-precision model's on nearly every test text
     fp32 = predict_labels(torch_predictor(tiny_model_dir, tokens.max_length), texts)
     assert np.mean(probs.argmax(1) == fp32) > 0.9
-    for bad, message in (("   ", "text 1 is empty"), ("x" * 201, "text 1 has 201 characters")):
+    for bad, message in (("   ", "text 2 is empty"), ("x" * 201, "text 2 has 201 characters")):
         with pytest.raises(MlflowException, match=message):
             model.predict(["fine", bad])
+
+    # `sweepflow predict --model` serves the int8 model like the full-precision one
+    cli = CliRunner()
+    result = cli.invoke(app, ["predict", *overrides, "--model", result.model_uri,
+                              "great love happy", "awful hate worst"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [p["text"] for p in lines] == ["great love happy", "awful hate worst"]
+    assert all(p["label"] in probs_labels and 0 < p["probability"] <= 1 for p in lines)
+    result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, "x" * 201])
+    assert result.exit_code == 1
+    assert "the model refused the input: text 1 has 201 characters" in result.stderr
+    result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, ""])
+    assert result.exit_code == 1 and "text 1 is empty" in result.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sweepflow import stack
 from sweepflow.stack import Stack, database_url, ensure_databases, pg_server_url, started_stack
 from tests.conftest import make_frame
 from tests.flows.servers import clean_env, free_port
@@ -34,14 +35,7 @@ def postgres_problem() -> str | None:
 
 
 def drop_databases(names: list[str]) -> None:
-    conn = _connect()
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    conn.close()
+    stack.drop_databases(pg_server_url(), names)
 
 
 def connections(db: str) -> int:
@@ -84,8 +78,8 @@ def team_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("team-stack")
     try:
         with started_stack(home, prefix, mlflow_port=free_port(),
-                           prefect_port=free_port()) as stack:
-            yield stack
+                           prefect_port=free_port()) as running:
+            yield running
     finally:
         drop_databases([f"{prefix}_{k}" for k in ("optuna", "mlflow", "prefect")])
 
@@ -114,7 +108,7 @@ def team_overrides(team_csv: Path, tiny_model_dir: Path, optuna_db: str,
         f"data.path={team_csv}", "data.max_train_samples=null", "data.max_eval_samples=null",
         f"model.name_or_path={tiny_model_dir}", "tokenize.max_length=16",
         "train.max_epochs=4", "train.batch_size=16", "train.val_checks_per_epoch=2",
-        "train.early_stopping_patience=20", "train.precision=32-true",
+        "train.early_stopping_patience=20", "train.precision=32-true", "compress.enabled=false",
         "sweep.pruner=none", "sweep.n_trials=4", "sweep.workers=2",
         f"sweep.storage={database_url(pg_server_url(), optuna_db)}",
         f"sweep.work_pool=pool-{uuid.uuid4().hex[:8]}", "sweep.heartbeat_interval=1",

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.postgres
 
 
 def _opt(overrides: list[str], key: str) -> str:
-    return next(o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}="))
+    """The value of `key` as the CLI sees it: the last override wins."""
+    return [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")][-1]
 
 
 def _study(overrides: list[str]) -> optuna.Study | None:
@@ -85,6 +86,7 @@ def _check_one_sweep(overrides: list[str], uri: str) -> tuple[optuna.Study, list
 def test_sigkill_one_worker_the_other_finishes(team_overrides, team_env, team_stack,
                                                optuna_db, tmp_path):
     log = tmp_path / "run.log"
+    team_overrides = [*team_overrides, "sweep.n_trials=3"]
     with ConnectionWatch([optuna_db, team_stack.mlflow_db, team_stack.prefect_db]) as watch, \
             started(sweepflow_cmd("run", *team_overrides), log, team_env) as proc:
         victim = wait_for(lambda: _running_with_metrics(team_overrides), 300,
@@ -106,6 +108,7 @@ def test_sigkill_one_worker_the_other_finishes(team_overrides, team_env, team_st
     assert run_of[victim.number].data.metrics  # what it logged before dying is kept
     assert {run_of[t.number].info.status for t in trials if t.number != victim.number} == {
         "FINISHED"}
+    print(f"PostgreSQL connection peaks: {watch.peak}")  # shown with -rP
     # Connections: per process at most pool_size + max_overflow on the study's database
     # (parent + 2 workers), and the servers' own pools.
     assert 0 < watch.peak[optuna_db] <= 3 * CONNECTIONS_PER_PROCESS, watch.peak
@@ -123,7 +126,7 @@ def test_mlflow_server_restarted_during_sweep(team_overrides, team_env, optuna_d
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     overrides = [o for o in team_overrides if not o.startswith("tracking.uri=")]
-    overrides += [f"tracking.uri={uri}", "train.max_epochs=6"]
+    overrides += [f"tracking.uri={uri}", "sweep.n_trials=3"]
     cmd = mlflow_command(database_url(pg_server_url(), db), tmp_path / "artifacts",
                          "127.0.0.1", port)
     log = tmp_path / "run.log"
@@ -163,7 +166,7 @@ def test_two_sweeps_at_once_share_one_study(team_overrides, team_env, team_stack
     pool = _opt(team_overrides, "sweep.work_pool")
     overrides = [o for o in team_overrides if not o.startswith(("sweep.n_trials=",
                                                                  "train.max_epochs="))]
-    overrides += ["sweep.n_trials=2", "sweep.start_worker=false", "train.max_epochs=2"]
+    overrides += ["sweep.n_trials=2", "sweep.start_worker=false", "train.max_epochs=1"]
     logs = [tmp_path / "a.log", tmp_path / "b.log", tmp_path / "worker.log"]
     worker = [str(Path(sweepflow_cmd()[0]).parent / "prefect"), "worker", "start", "--pool",
               pool, "--type", "process", "--limit", "2"]
