@@ -49,11 +49,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def quality_sizes(text: str) -> dict[str, Any]:
-    """--quality train=1024,eval=500,... -> Sizes fields quality_train=1024, ..."""
+    """--quality train=1024,eval=500,load_rounds=1,... -> Sizes fields quality_train=1024,
+    quality_eval=500, load_rounds=1, ... (long_* and load_* keep their names)."""
     out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
-        key, value = item.split("=", 1)
-        out[f"quality_{key.strip()}"] = float(value) if "." in value else int(value)
+        key, value = (part.strip() for part in item.split("=", 1))
+        name = key if key.startswith(("long_", "load_")) else f"quality_{key}"
+        out[name] = float(value) if "." in value else int(value)
     return out
 
 
