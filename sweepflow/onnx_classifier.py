@@ -76,15 +76,6 @@ class OnnxClassifier:
         feed = {name: enc[name].astype(np.int64) for name in self.inputs}
         return softmax(self.session.run(None, feed)[0])
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Label indices, batched by length so little padding is computed."""
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.empty(len(texts), dtype=np.int64)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            out[idx] = self.probabilities([texts[i] for i in idx]).argmax(-1)
-        return out
-
 
 class TorchClassifier:
     """The same interface over a full-precision transformers folder (safetensors only)."""

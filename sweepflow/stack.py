@@ -161,8 +161,9 @@ def service(cmd: list[str], env: dict[str, str], logfile: Path, health: str,
         stop(proc)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+def stop(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL to the process group, until it has exited."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         if proc.poll() is not None:
             return
         try:

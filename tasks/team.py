@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pydantic import BaseModel
 from sweepflow import paths, storage, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
+from sweepflow.stack import stop
 from tasks.pruning import trial_steps
 from tasks.sweep import StudyRef, TrialResult, load_study, outcome_line, run_asked
 from tasks.tokenize import TokenizedData
@@ -362,18 +362,4 @@ def local_workers(config: SweepflowConfig) -> Iterator[Path | None]:
     try:
         yield logfile
     finally:
-        stop_process_group(proc)
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGINT, then SIGTERM, then SIGKILL to the worker's process group."""
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        stop(proc)

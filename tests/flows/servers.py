@@ -5,7 +5,6 @@ a stop that always leaves nothing running."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+
+from sweepflow import stack
 
 BIN = Path(sys.executable).parent
 
@@ -48,16 +49,7 @@ def stop(proc: subprocess.Popen) -> None:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         family = []
-    for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-        except ProcessLookupError:
-            break
-        except subprocess.TimeoutExpired:
-            continue
+    stack.stop(proc, grace=30)
     for child in family:
         try:
             child.kill()
