@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.type_hints import TypeFromExample
 
 from sweepflow.onnx_classifier import (
     ClassifierSpec,
@@ -51,8 +52,8 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
             self.classifier = TorchClassifier(Path(art["transformers"]), Path(art["tokenizer"]),
                                               spec)
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would
-        # read them as the input schema; the signature comes from the input example
+    def predict(self, context, model_input: TypeFromExample, params=None):  # noqa: ANN001, ANN201
+        # TypeFromExample: MLflow's hint for "the schema comes from the input example"
         try:
             texts = as_texts(model_input)
             probs = self.classifier.probabilities(texts) if texts else np.zeros((0, 0))
