@@ -30,20 +30,13 @@ def torch_int8(model_dir: Path, max_length: int, folder: Path):  # noqa: ANN201
     from torch.ao.quantization import quantize_dynamic
     from transformers import AutoModelForSequenceClassification
 
-    from sweepflow.onnx_classifier import softmax
+    from tasks.compress import module_predictor
     from tasks.tokenize import load_tokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     qmodel = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     torch.save(qmodel.state_dict(), folder / "torch-int8.pt")  # for its size only
-    tokenizer = load_tokenizer(str(model_dir))
-
-    def run(texts: list[str]) -> np.ndarray:
-        enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
-        with torch.inference_mode():
-            return softmax(qmodel(**enc).logits.float().numpy())
-
+    run = module_predictor(qmodel, load_tokenizer(str(model_dir)), max_length)
     return run, (folder / "torch-int8.pt").stat().st_size
 
 

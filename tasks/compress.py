@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -101,7 +102,11 @@ def torch_predictor(model_dir: Path, max_length: int) -> Predictor:
 
     set_threads(None)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = load_tokenizer(str(model_dir))
+    return module_predictor(model, load_tokenizer(str(model_dir)), max_length)
+
+
+def module_predictor(model: torch.nn.Module, tokenizer: Any, max_length: int) -> Predictor:
+    """Texts -> softmax probabilities of a loaded PyTorch classifier, under inference mode."""
 
     def run(texts: list[str]) -> np.ndarray:
         enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
