@@ -21,6 +21,7 @@ from sweepflow.usererrors import UserError
 app = typer.Typer(help="Fine-tune transformer text classifiers in Optuna sweeps, "
                        "run as Prefect flows, tracked in MLflow.", no_args_is_help=True)
 console = Console()
+PROGRESS_FROM = 500  # predict shows a progress bar (on a terminal) from this many texts
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML that "
                                                 "overlays conf/base.yaml.")]
@@ -210,7 +211,8 @@ Texts = Annotated[list[str] | None, typer.Argument(
 def predict(args: Texts = None, config: ConfigOpt = None,
             model: Annotated[str | None, typer.Option(
                 help="MLflow model URI or folder [default: models:/<registry.model_name or "
-                     "tracking.experiment>@champion].")] = None,
+                     "tracking.experiment>@champion-int8 when it is the int8 twin of the "
+                     "champion, else @champion].")] = None,
             file: Annotated[Path | None, typer.Option(
                 "--file", "-f", help="More texts: one per line, or the data.text_column of "
                                      "a .csv / .jsonl file; '-' reads stdin.")] = None,
@@ -222,9 +224,16 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     probability). A lone '-' among the texts reads more texts from stdin."""
     import json
 
-    from tasks.predict import PredictError, check_texts, load_model, read_texts
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from tasks.predict import PredictError, check_texts, default_model, load_model, read_texts
     from tasks.predict import predict as label_texts
-    from tasks.register import champion_uri
 
     overrides, texts = _split_overrides(args or [])
     cfg = _config(config, overrides)
@@ -237,8 +246,16 @@ def predict(args: Texts = None, config: ConfigOpt = None,
             raise PredictError("no text: give TEXT arguments, --file FILE or - (stdin)")
         check_texts(texts)
         _open_store(cfg, study=False)
-        predictions = label_texts(load_model(cfg, model or champion_uri(cfg), trust_model),
-                                  texts)
+        if model is None:
+            model, what = default_model(cfg)
+            errors.print(f"model: {model} ({what})", soft_wrap=True, highlight=False)
+        loaded = load_model(cfg, model, trust_model)
+        with Progress(TextColumn("labelling"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=errors, transient=True,
+                      disable=len(texts) < PROGRESS_FROM or not errors.is_terminal) as bar:
+            task = bar.add_task("predict", total=len(texts))
+            predictions = label_texts(loaded, texts,
+                                      progress=lambda n: bar.advance(task, n))
     except PredictError as err:
         errors.print(f"[red]predict error:[/red] {err}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None

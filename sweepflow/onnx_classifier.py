@@ -68,7 +68,7 @@ class OnnxClassifier:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
         self.spec = spec
 
-    def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def probabilities(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(n, labels) softmax probabilities of the texts, checked first; run in batches of
         like-length texts so little padding is computed."""
         check_texts(texts, self.spec.max_chars)

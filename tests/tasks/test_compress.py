@@ -87,8 +87,40 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, thre
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [p["text"] for p in lines] == ["great love happy", "awful hate worst"]
     assert all(p["label"] in probs_labels and 0 < p["probability"] <= 1 for p in lines)
+    # predict cuts an over-long text to what the model accepts (the tokenizer truncates)
     result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, "x" * 201])
-    assert result.exit_code == 1
-    assert "the model refused the input: text 1 has 201 characters" in result.stderr
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["text"] == "x" * 201
     result = cli.invoke(app, ["predict", *overrides, "--model", result_uri, ""])
     assert result.exit_code == 1 and "text 1 is empty" in result.stderr
+
+
+def test_predict_defaults_to_the_int8_twin_of_the_champion(compress_config, overrides,
+                                                           three_label_model):
+    """No --model: the champion's int8 twin when the registry holds one for the current
+    champion (tag sweepflow.fp32_version), else the champion itself."""
+    from tasks.ingest import ingest
+    from tasks.register import registered_name
+    from tasks.tokenize import tokenize
+
+    tokens = tokenize(compress_config, ingest(compress_config))
+    with tracking.managed_run(compress_config, "sweep-tiny") as run_id:
+        uri = compress(compress_config, tokens, three_label_model, None, run_id).model_uri
+    client = MlflowClient(tracking.tracking_uri(compress_config))
+    name = registered_name(compress_config)
+    # three real versions of the int8 model: v1 stands for the champion, v2 is its twin
+    for tags in ({}, {"sweepflow.fp32_version": "1"}, {}):
+        mlflow.register_model(uri, name, tags=tags)
+    client.set_registered_model_alias(name, "champion", "1")
+    client.set_registered_model_alias(name, "champion-int8", "2")
+    cli = CliRunner()
+    result = cli.invoke(app, ["predict", *overrides, "great love happy"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"model: models:/{name}@champion-int8 (int8 twin v2 of "
+                                    "champion v1")
+    assert json.loads(result.stdout)["text"] == "great love happy"
+    client.set_registered_model_alias(name, "champion", "3")  # a newer champion, no twin
+    result = cli.invoke(app, ["predict", *overrides, "great love happy"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"model: models:/{name}@champion (champion v3 (its int8 "
+                                    "twin is not registered)")
