@@ -1,7 +1,8 @@
 """`python -m bench.predict_speed [--texts N] [--alt-texts M]`: how long `sweepflow predict`
 takes to label N short texts (the bundled tweets) with the bundled MiniLM-L6 classifier
-logged as an MLflow transformers model, against MLflow's transformers pyfunc wrapper (what
-predict used before) on M of the same texts, in this one process. Prints JSON."""
+logged as an MLflow transformers model (full precision) and as its int8 twin (what predict
+loads by default when the registry holds one), against MLflow's transformers pyfunc wrapper
+(what predict used before) on M of the same texts, in this one process. Prints JSON."""
 
 from __future__ import annotations
 
@@ -52,6 +53,23 @@ def _logged_model(home: Path) -> tuple[Any, str]:
         return config, log_model(folder, None)
 
 
+def _int8_model(config: Any, home: Path) -> str:
+    """The int8 twin of the same classifier, logged as predict finds it in the registry."""
+    import mlflow
+
+    from sweepflow.onnx_classifier import ClassifierSpec
+    from tasks.compress import build_int8, log_int8_model
+
+    folder = home / "int8"
+    folder.mkdir()
+    spec = ClassifierSpec(labels=["negative", "neutral", "positive"],
+                          max_length=config.tokenize.max_length,
+                          max_chars=config.compress.max_text_chars)
+    artifacts = build_int8(home / "model", folder, spec)
+    run_id = mlflow.last_active_run().info.run_id
+    return log_int8_model(config, run_id, artifacts)
+
+
 def measure(n: int, n_alt: int) -> dict[str, Any]:
     import mlflow
 
@@ -68,6 +86,15 @@ def measure(n: int, n_alt: int) -> dict[str, Any]:
         ours = time.perf_counter() - start
         assert len(out) == n
         print(f"sweepflow: {n} texts in {ours:.1f} s", file=sys.stderr, flush=True)
+        int8_uri = _int8_model(config, Path(tmp))
+        start = time.perf_counter()
+        int8 = load_model(config, int8_uri)
+        int8_load = time.perf_counter() - start
+        start = time.perf_counter()
+        out8 = predict(int8, texts)
+        int8_s = time.perf_counter() - start
+        agree = sum(a.label == b.label for a, b in zip(out, out8, strict=True)) / n
+        print(f"int8: {n} texts in {int8_s:.1f} s", file=sys.stderr, flush=True)
         pyfunc = mlflow.pyfunc.load_model(uri)
         start = time.perf_counter()
         pyfunc.predict(texts[:n_alt])
@@ -75,6 +102,9 @@ def measure(n: int, n_alt: int) -> dict[str, Any]:
     ours_rate, theirs_rate = n / ours, n_alt / theirs
     return {"texts": n, "sweepflow_seconds": round(ours, 2), "load_seconds": round(load_s, 2),
             "sweepflow_texts_per_s": round(ours_rate, 1),
+            "int8_seconds": round(int8_s, 2), "int8_load_seconds": round(int8_load, 2),
+            "int8_texts_per_s": round(n / int8_s, 1), "int8_speedup": round(ours / int8_s, 2),
+            "int8_label_agreement": round(agree, 4),
             "mlflow_pyfunc_texts": n_alt, "mlflow_pyfunc_seconds": round(theirs, 2),
             "mlflow_pyfunc_texts_per_s": round(theirs_rate, 1),
             "speedup": round(ours_rate / theirs_rate, 1),

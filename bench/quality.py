@@ -32,6 +32,7 @@ FIT_SETTINGS: dict[str, dict[str, Any]] = {
     "sweepflow": {},  # the default: precision auto, train.batching default, fast dropout
     "reference": {"precision": "32-true", "batching": "shuffle", "fast_dropout": False},
     "sweepflow_shuffle": {"batching": "shuffle"},
+    "sweepflow_bucket8": {"bucket_batches": 8},
     "sweepflow_grouped": {"batching": "grouped"},
     "sweepflow_fp32": {"precision": "32-true"},
 }

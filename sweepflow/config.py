@@ -98,6 +98,7 @@ class TrainConfig(_Model):
     val_checks_per_epoch: int = Field(ge=1)
     early_stopping_patience: int = Field(ge=1)
     batching: Batching
+    bucket_batches: int = Field(ge=1)
     fast_dropout: bool
     num_threads: int | None = Field(ge=1)
     max_steps: int

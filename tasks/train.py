@@ -27,7 +27,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from sweepflow.config import Batching, TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.memory import keep_freed_memory
-from tasks.batching import BucketedBatchSampler
+from tasks.batching import MEGA_BATCHES, BucketedBatchSampler
 from tasks.clean import LABEL
 from tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 
@@ -82,7 +82,8 @@ def load_rows(path: str) -> dict[str, Rows]:
 
 
 def make_loader(rows: Rows, tokens: TokenizedData, batch_size: int, train: bool,
-                seed: int, batching: Batching = "shuffle") -> DataLoader:
+                seed: int, batching: Batching = "shuffle", bucket_batches: int = MEGA_BATCHES
+                ) -> DataLoader:
     """Train: batches drawn as `batching` says (tasks/batching.py), random per epoch from
     `seed`; evaluation: rows sorted by length (little padding)."""
     # Multiples of 8 help GPU tensor cores; on CPU they only add padding (~10% more tokens).
@@ -93,7 +94,7 @@ def make_loader(rows: Rows, tokens: TokenizedData, batch_size: int, train: bool,
         order = sorted(range(len(rows)), key=rows.lengths.__getitem__)
         return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=collate)
     if batching == "bucketed":
-        sampler = BucketedBatchSampler(rows.lengths, batch_size, seed)
+        sampler = BucketedBatchSampler(rows.lengths, batch_size, seed, bucket_batches)
         return DataLoader(rows, batch_sampler=sampler, collate_fn=collate)
     gen = torch.Generator().manual_seed(seed)
     if batching == "grouped":
@@ -219,7 +220,8 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     stop = EarlyStopping(monitor, mode=mode, patience=cfg.early_stopping_patience,
                          check_on_train_epoch_end=False)
     trainer = build_trainer(cfg, [best, stop, *callbacks], logger, progress)
-    train = make_loader(rows["train"], tokens, cfg.batch_size, True, seed, cfg.batching)
+    train = make_loader(rows["train"], tokens, cfg.batch_size, True, seed, cfg.batching,
+                        cfg.bucket_batches)
     val = make_loader(rows["validation"], tokens, cfg.eval_batch_size, False, seed)
     start = time.perf_counter()
     trainer.fit(module, train, val)
