@@ -103,3 +103,16 @@ def test_the_configured_batching_feeds_the_train_loader(tiny_config, batching):
     ids = [row for batch in loader for row in batch["input_ids"].tolist()]
     assert len(ids) == len(rows)
     assert isinstance(loader.batch_sampler, BucketedBatchSampler) == (batching == "bucketed")
+
+
+def test_bucket_batches_sets_the_chunk_of_the_bucketed_sampler(tiny_config):
+    from tasks.ingest import ingest
+    from tasks.tokenize import tokenize
+    from tasks.train import load_rows, make_loader
+
+    assert tiny_config.train.bucket_batches == 8  # the default (conf/base.yaml)
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    rows = load_rows(tokens.path)["train"]
+    loader = make_loader(rows, tokens, 4, train=True, seed=0, batching="bucketed",
+                         bucket_batches=3)
+    assert loader.batch_sampler.chunk == 4 * 3
