@@ -114,8 +114,10 @@ def test_loss_signal_prunes_after_the_warmup_and_never_at_the_end(tiny_overrides
     total = trial_steps(load_config(overrides=tiny_overrides).train, trial_rows(tiny_overrides))
     assert trial.state == "pruned" and len(reported) > 1  # reported, not pruned, before 70 %
     assert trial.steps == min(s for s in reported if s >= math.ceil(0.7 * total)) < total
-    trial, reported = _prune(tiny_overrides, 0.95)  # only the last validation is left:
-    assert trial.state == "complete" and trial.steps == max(reported)  # pruning saves nothing
+    trial, reported = _prune(tiny_overrides, 0.95)  # no validation is left after the warm-up
+    # (the last one may fall a step before the end: 7 batches, a validation every 3; early
+    # stopping on the untrained tiny model's flat loss may also end the trial there)
+    assert trial.state == "complete" and max(reported) <= trial.steps <= total
 
 
 def trial_rows(overrides: list[str]) -> int:
