@@ -8,8 +8,9 @@ at the model's training `tokenize.max_length`.
 
 The default model is the champion's int8 twin (`@champion-int8`, registered only when its
 test macro-F1 is within `compress.max_f1_drop` of the champion's) when it is the twin of the
-current champion, else the champion itself: on 2 CPU cores the int8 model labels tweets about
-2.5x faster. `--model models:/NAME@champion` picks the full-precision model.
+current champion, else the champion itself: on 2 CPU cores the int8 model labels tweets
+2.9x faster (`python -m bench --only predict`). `--model models:/NAME@champion` picks the
+full-precision model.
 
 The model is downloaded, checked (sweepflow/modelsafety.py: safetensors weights, no pickle)
 and loaded with transformers directly, not through MLflow's pyfunc wrapper; it runs in
