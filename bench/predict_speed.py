@@ -78,21 +78,21 @@ def measure(n: int, n_alt: int) -> dict[str, Any]:
     texts = _texts(n)
     with tempfile.TemporaryDirectory() as tmp:
         config, uri = _logged_model(Path(tmp))
-        start = time.perf_counter()
-        loaded = load_model(config, uri)
-        load_s = time.perf_counter() - start
-        start = time.perf_counter()
-        out = predict(loaded, texts)
-        ours = time.perf_counter() - start
-        assert len(out) == n
-        print(f"sweepflow: {n} texts in {ours:.1f} s", file=sys.stderr, flush=True)
-        int8_uri = _int8_model(config, Path(tmp))
-        start = time.perf_counter()
-        int8 = load_model(config, int8_uri)
-        int8_load = time.perf_counter() - start
-        start = time.perf_counter()
-        out8 = predict(int8, texts)
-        int8_s = time.perf_counter() - start
+
+        def timed(name: str, model_uri: str) -> tuple[list[Any], float, float]:
+            """predict's load and labelling of all texts, each timed."""
+            start = time.perf_counter()
+            loaded = load_model(config, model_uri)
+            loading = time.perf_counter() - start
+            start = time.perf_counter()
+            labelled = predict(loaded, texts)
+            seconds = time.perf_counter() - start
+            assert len(labelled) == n
+            print(f"{name}: {n} texts in {seconds:.1f} s", file=sys.stderr, flush=True)
+            return labelled, loading, seconds
+
+        out, load_s, ours = timed("sweepflow", uri)
+        out8, int8_load, int8_s = timed("int8", _int8_model(config, Path(tmp)))
         agree = sum(a.label == b.label for a, b in zip(out, out8, strict=True)) / n
         print(f"int8: {n} texts in {int8_s:.1f} s", file=sys.stderr, flush=True)
         pyfunc = mlflow.pyfunc.load_model(uri)

@@ -204,19 +204,18 @@ def _predict_pyfunc(loaded: LoadedModel, texts: list[str]) -> list[Prediction]:
 
 def _predict_transformers(loaded: LoadedModel, texts: list[str], batch_size: int
                           ) -> list[Prediction]:
+    """Texts already sorted by length (predict does it), so each batch pads little."""
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
     labels = loaded.model.config.id2label
-    out: list[Prediction | None] = [None] * len(texts)
+    out: list[Prediction] = []
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = loaded.tokenizer([texts[i][:MAX_TEXT_CHARS] for i in idx], padding=True,
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            batch = loaded.tokenizer([t[:MAX_TEXT_CHARS] for t in chunk], padding=True,
                                      truncation=True, max_length=loaded.max_length,
                                      return_tensors="pt")
-            probs = loaded.model(**batch).logits.softmax(-1)
-            best, ids = probs.max(-1)
-            for i, p, k in zip(idx, best.tolist(), ids.tolist(), strict=True):
-                out[i] = Prediction(text=texts[i], label=str(labels[k]), probability=p)
-    return out  # type: ignore[return-value]
+            best, ids = loaded.model(**batch).logits.softmax(-1).max(-1)
+            out += [Prediction(text=t, label=str(labels[k]), probability=p)
+                    for t, p, k in zip(chunk, best.tolist(), ids.tolist(), strict=True)]
+    return out
