@@ -49,13 +49,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def quality_sizes(text: str) -> dict[str, Any]:
-    """--quality train=1024,eval=500,load_rounds=1,... -> Sizes fields quality_train=1024,
-    quality_eval=500, load_rounds=1, ... (long_* and load_* keep their names)."""
+    """--quality train=1024,eval=500,load_rounds=1,long_contenders=sweepflow+reference,...
+    -> Sizes fields quality_train=1024, quality_eval=500, load_rounds=1, ... (long_* and
+    load_* keep their names; contenders are joined by "+")."""
     out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         key, value = (part.strip() for part in item.split("=", 1))
         name = key if key.startswith(("long_", "load_")) else f"quality_{key}"
-        out[name] = float(value) if "." in value else int(value)
+        if "+" in value or name.endswith("contenders"):  # contenders=sweepflow+reference
+            out[name] = tuple(int(v) if v.isdigit() else v for v in value.split("+") if v)
+        else:
+            out[name] = float(value) if "." in value else int(value)
     return out
 
 

@@ -46,6 +46,7 @@ class Sizes:
     quality_contenders: tuple[str, ...] = ("sweepflow", "reference", "hf_default", "hf_tuned")
     long_train: int = 8000
     long_epochs: int = 2
+    long_contenders: tuple[str, ...] = ("sweepflow", "reference")
     load_rounds: int = 2
 
 

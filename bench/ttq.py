@@ -150,30 +150,37 @@ def quality(ctx: Any) -> dict[str, Any]:
 
 def quality_long(ctx: Any) -> dict[str, Any]:
     s = ctx.sizes
-    return run_contenders(ctx, ("sweepflow", "reference"), s.long_train, s.long_epochs, 4)
+    return run_contenders(ctx, s.long_contenders, s.long_train, s.long_epochs, 4)
 
 
 def load(ctx: Any) -> dict[str, Any]:
-    """The default trial (bench/quality.py `sweepflow`, seed 42, the quality data) alone and
-    beside `nice -n 19 python -c 'while True: pass'`, in the order alone, busy, busy, alone."""
+    """The default trial (bench/quality.py `sweepflow`, seed 42, the quality data) alone,
+    beside `nice -n 19 python -c 'while True: pass'`, and alone with OpenMP's own wait policy
+    instead of the CLI's `OMP_WAIT_POLICY=PASSIVE` (what PASSIVE costs on an idle machine),
+    in the order alone, busy, spin, spin, busy, alone."""
     s = ctx.sizes
     seed = s.quality_seeds[0]
     overrides = overrides_for(s, seed, s.quality_train, 1)
     prepare_seed(overrides)
-    walls: dict[str, list[float]] = {"alone": [], "busy": []}
-    for kind in ("alone", "busy", "busy", "alone")[:2 * s.load_rounds]:
+    passive = {**ctx.env, **CONTENDER_ENV}
+    spin = {k: v for k, v in ctx.env.items() if k != "OMP_WAIT_POLICY"}
+    kinds = ("alone", "busy", "spin", "spin", "busy", "alone")
+    walls: dict[str, list[float]] = {"alone": [], "busy": [], "spin": []}
+    for kind in kinds[:3 * s.load_rounds]:
         ctx.log(f"load: {kind}")
         busy = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"]
                                 ) if kind == "busy" else None
         try:
             time.sleep(0.5 if busy else 0)
             r = run_json(["bench.quality", "sweepflow", "--seed", str(seed), "--checkpoints",
-                          "1", *overrides], {**ctx.env, **CONTENDER_ENV}, timeout=3600)
+                          "1", *overrides], spin if kind == "spin" else passive, timeout=3600)
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
         walls[kind].append(r["train_seconds"])
-    median = {k: statistics.median(v) for k, v in walls.items()}
+    median = {k: statistics.median(v) for k, v in walls.items() if v}
     return {"train_samples": s.quality_train, "seed": seed, "walls": walls, "median": median,
-            "ratio": median["busy"] / median["alone"]}
+            "ratio": median["busy"] / median["alone"],
+            "passive_vs_spin_idle": median["alone"] / median["spin"] if "spin" in median
+            else None}
