@@ -18,7 +18,11 @@ from typing import Any
 from bench.common import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs it (console.py)
+if "OMP_WAIT_POLICY" not in os.environ:  # as the CLI runs it (sweepflow/console.py)
+    from sweepflow.console import machine_load, openmp_wait_policy
+
+    if policy := openmp_wait_policy(*machine_load()):
+        os.environ["OMP_WAIT_POLICY"] = policy
 
 
 def _texts(n: int) -> list[str]:

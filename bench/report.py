@@ -240,10 +240,10 @@ def print_report(results: dict[str, Any], console: Console) -> None:
         console.print(f"under load: the default trial's training alone "
                       f"{ld['median']['alone']:.0f} s, beside a niced busy process "
                       f"{ld['median']['busy']:.0f} s: {ld['ratio']:.2f}x")
-        if ld.get("passive_vs_spin_idle"):
+        if ld.get("passive_vs_own_idle"):
             console.print(f"OMP_WAIT_POLICY=PASSIVE on an idle machine: "
-                          f"{ld['median']['alone']:.0f} s against OpenMP's own wait policy "
-                          f"{ld['median']['spin']:.0f} s: {ld['passive_vs_spin_idle']:.2f}x")
+                          f"{ld['median']['passive']:.0f} s against OpenMP's own policy "
+                          f"{ld['median']['alone']:.0f} s: {ld['passive_vs_own_idle']:.2f}x")
     if "throughput" in results:
         console.print(throughput_table(results["throughput"]))
     if any(k in results for k in ("overhead", "pruning", "warm", "tracking")):

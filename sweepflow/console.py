@@ -53,11 +53,27 @@ ENV = {
     # A busy 2-core machine can take longer than Prefect's 20 s to start the temporary server.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "MPLBACKEND": "Agg",
-    # OpenMP threads sleep at a barrier instead of spinning: on a busy machine spinning threads
-    # fight the other load for the cores; a step was 5x slower at load 8 on 2 cores
-    # (docs/performance.md). Read when torch loads, which the CLI does after this.
-    "OMP_WAIT_POLICY": "PASSIVE",
 }
+
+
+def openmp_wait_policy(load: float, cores: int) -> str | None:
+    """`OMP_WAIT_POLICY` for this process, read when torch loads (the CLI loads it later).
+
+    On a machine already full of other work (1-minute load average >= its cores) OpenMP
+    threads should sleep at a barrier: spinning ones fight the other load for the cores, and a
+    step was 5x slower at load 8 on 2 cores. Otherwise OpenMP's own policy (spin a while,
+    then sleep) is faster: PASSIVE cost 1.25x on an idle machine, and beside one niced busy
+    process spinning lost nothing (docs/performance.md)."""
+    return "PASSIVE" if load >= cores else None
+
+
+def machine_load() -> tuple[float, int]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        load = 0.0
+    return load, cores or 1
 
 
 _verbose: list[bool] = []
@@ -82,6 +98,8 @@ def configure(verbose: bool = False) -> None:
     _verbose[:] = [verbose]
     for key, value in (ENV | ({} if verbose else QUIET_ENV)).items():
         os.environ.setdefault(key, value)
+    if "OMP_WAIT_POLICY" not in os.environ and (policy := openmp_wait_policy(*machine_load())):
+        os.environ["OMP_WAIT_POLICY"] = policy
     if verbose:
         logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler
         return

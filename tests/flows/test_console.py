@@ -58,3 +58,18 @@ def test_verbose_brings_the_libraries_logs_back(tiny_overrides, store, tmp_path)
     assert result.returncode == 1
     assert "Beginning flow run" in out  # Prefect's own log lines
     assert "data file not found" in out
+
+
+def test_openmp_waits_passively_only_on_a_full_machine():
+    """Idle or beside a niced process OpenMP keeps its own (faster) policy; on a machine whose
+    load average has reached its cores it sleeps at barriers; a user's setting always wins."""
+    from sweepflow import console
+
+    assert console.openmp_wait_policy(0.3, 2) is None
+    assert console.openmp_wait_policy(1.0, 2) is None  # one busy process on 2 cores
+    assert console.openmp_wait_policy(2.0, 2) == "PASSIVE"
+    code = ("import os; from sweepflow import console; console.configure(); "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], text=True, capture_output=True,
+                         env={**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}, check=True).stdout
+    assert out.strip() == "ACTIVE"
