@@ -55,7 +55,7 @@ def quality_sizes(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         key, value = (part.strip() for part in item.split("=", 1))
-        name = key if key.startswith(("long_", "load_")) else f"quality_{key}"
+        name = key if key.startswith(("long_", "load_", "team_")) else f"quality_{key}"
         if "+" in value or name.endswith("contenders"):  # contenders=sweepflow+reference
             out[name] = tuple(int(v) if v.isdigit() else v for v in value.split("+") if v)
         else:

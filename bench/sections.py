@@ -47,6 +47,7 @@ class Sizes:
     long_train: int = 8000
     long_epochs: int = 2
     long_contenders: tuple[str, ...] = ("sweepflow", "reference")
+    team_contenders: tuple[str, ...] = ("embedded", "servers_1x2", "team_2x1", "servers_1x1")
     load_rounds: int = 2
 
 

@@ -26,6 +26,8 @@ CONTENDERS = {
     "embedded": ["train.num_threads=2"],
     "servers_1x2": ["train.num_threads=2"],
     "team_2x1": ["sweep.workers=2", "sweep.workers_per_host=2"],
+    # one worker with one thread: what a second worker adds when it has a core of its own
+    "servers_1x1": ["train.num_threads=1"],
 }
 
 
@@ -56,6 +58,8 @@ def team(ctx: Any) -> dict[str, Any]:
                    "PREFECT_WORKER_QUERY_SECONDS": "1"}
             servers = [f"sweep.storage={stack.optuna_url}", f"tracking.uri={stack.mlflow_url}"]
             for name, extra in CONTENDERS.items():
+                if name not in ctx.sizes.team_contenders:
+                    continue
                 overrides = [*base, *extra, *(servers if name != "embedded" else []),
                              f"sweep.study_name=bench-{name}",
                              f"tracking.experiment=bench-team-{name}"]
@@ -103,12 +107,18 @@ def _measure(overrides: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 
 def _compare(r: dict[str, Any], train: int, evals: int) -> dict[str, Any]:
-    emb, one, two = r["embedded"], r["servers_1x2"], r["team_2x1"]
-    return {
-        "train_samples": train, "eval_samples": evals, "param_sets": PARAMS, "results": r,
-        "speedup_2x1_vs_1x2_servers": two["trials_per_hour"] / one["trials_per_hour"],
-        "speedup_2x1_vs_embedded": two["trials_per_hour"] / emb["trials_per_hour"],
-        "best_delta_points_vs_servers": 100 * (two["best_value"] - one["best_value"]),
-        "best_delta_points_vs_embedded": 100 * (two["best_value"] - emb["best_value"]),
-        "server_overhead_seconds_per_trial": one["seconds_per_trial"] - emb["seconds_per_trial"],
-    }
+    """Ratios of whatever contenders ran (`--quality team_contenders=a+b` runs a subset)."""
+    out: dict[str, Any] = {"train_samples": train, "eval_samples": evals, "param_sets": PARAMS,
+                           "results": r}
+    two = r.get("team_2x1")
+    for other, speedup, delta in (
+            ("servers_1x2", "speedup_2x1_vs_1x2_servers", "best_delta_points_vs_servers"),
+            ("embedded", "speedup_2x1_vs_embedded", "best_delta_points_vs_embedded"),
+            ("servers_1x1", "speedup_2x1_vs_1x1", "best_delta_points_vs_1x1")):
+        if two and other in r:
+            out[speedup] = two["trials_per_hour"] / r[other]["trials_per_hour"]
+            out[delta] = 100 * (two["best_value"] - r[other]["best_value"])
+    if "servers_1x2" in r and "embedded" in r:
+        out["server_overhead_seconds_per_trial"] = (r["servers_1x2"]["seconds_per_trial"]
+                                                    - r["embedded"]["seconds_per_trial"])
+    return out
