@@ -96,11 +96,11 @@ def test_sigkill_one_worker_the_other_finishes(team_overrides, team_env, team_st
     team_overrides = [*team_overrides, "sweep.n_trials=3"]
     with ConnectionWatch([optuna_db, team_stack.mlflow_db, team_stack.prefect_db]) as watch, \
             started(sweepflow_cmd("run", *team_overrides), log, team_env) as proc:
-        victim = wait_for(lambda: _running_with_metrics(team_overrides), 300,
+        victim = wait_for(lambda: _running_with_metrics(team_overrides), 600,
                           "a trial that has reported a validation", [log], [proc])
         pid = int(victim.user_attrs[WORKER_TAG].rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
-        assert proc.wait(400) == 0, tail(log, 80)
+        assert proc.wait(900) == 0, tail(log, 80)
     study, children = _check_one_sweep(team_overrides, team_stack.mlflow_url)
     trials = study.get_trials()
     killed = trials[victim.number]
@@ -128,7 +128,6 @@ def test_sigkill_one_worker_the_other_finishes(team_overrides, team_env, team_st
     assert "stopped sending heartbeats" in run_of[victim.number].data.tags["error"]
 
 
-@pytest.mark.slow  # flaky on a loaded 2-core CI machine; `make test-all` runs it
 def test_mlflow_server_restarted_during_sweep(team_overrides, team_env, optuna_db,
                                               tmp_path):
     """A sweep whose MLflow server goes away for a few seconds and comes back on the same
@@ -152,13 +151,13 @@ def test_mlflow_server_restarted_during_sweep(team_overrides, team_env, optuna_d
     try:
         server = up()
         with started(sweepflow_cmd("run", *overrides), log, team_env) as proc:
-            wait_for(lambda: _running_with_metrics(overrides), 300,
+            wait_for(lambda: _running_with_metrics(overrides), 600,
                      "a trial that has reported a validation", [log], [proc])
             server, stopping = None, server
             stopping.__exit__(None, None, None)  # the server stops...
             time.sleep(5)
             server = up()  # ...and comes back on the same database
-            assert proc.wait(400) == 0, tail(log, 80)
+            assert proc.wait(900) == 0, tail(log, 80)
         study, children = _check_one_sweep(overrides, uri)
         assert {r.info.status for r in children} == {"FINISHED"}
         client = MlflowClient(uri)
