@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import OFFLINE_ENV
+from sweepflow.console import apply_openmp_wait_policy
 
 os.environ.update(OFFLINE_ENV)
-if "OMP_WAIT_POLICY" not in os.environ:  # as the CLI runs it (sweepflow/console.py)
-    from sweepflow.console import machine_load, openmp_wait_policy
-
-    if policy := openmp_wait_policy(*machine_load()):
-        os.environ["OMP_WAIT_POLICY"] = policy
+apply_openmp_wait_policy()  # as the CLI does (but bench.common has already loaded torch)
 
 
 def _texts(n: int) -> list[str]:

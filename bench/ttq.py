@@ -30,11 +30,13 @@ FAILED_F1 = 0.45  # one class predicted gives ~0.2-0.33 macro-F1 on 3 classes; T
 SAME_QUALITY = 0.005  # the issue's "same quality": within 0.5 point of macro-F1
 
 
-# Every contender runs with OpenMP's own wait policy, as sweepflow's CLI does on a machine
-# that is not already full (sweepflow/console.py), so the comparison is of the training. (The
-# quality figures of 2026-12-03 were measured with OMP_WAIT_POLICY=PASSIVE for every contender.)
-CONTENDER_ENV: dict[str, str] = {}
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+def contender_env(env: dict[str, str], passive: bool = False) -> dict[str, str]:
+    """Every contender runs with OpenMP's own wait policy, as sweepflow's CLI does on a
+    machine that is not already full (sweepflow/console.py), so the comparison is of the
+    training; `passive` gives OMP_WAIT_POLICY=PASSIVE instead. (The quality figures of
+    2026-12-03 were measured with PASSIVE for every contender.)"""
+    own = {k: v for k, v in env.items() if k != "OMP_WAIT_POLICY"}
+    return {**own, "OMP_WAIT_POLICY": "PASSIVE"} if passive else own
 
 
 def overrides_for(sizes: Any, seed: int, train: int, epochs: int) -> list[str]:
@@ -62,7 +64,7 @@ def run_contenders(ctx: Any, names: tuple[str, ...], train: int, epochs: int,
     from concurrent.futures import ThreadPoolExecutor
 
     seeds = ctx.sizes.quality_seeds
-    env = {**ctx.env, **CONTENDER_ENV}
+    env = contender_env(ctx.env)
     overrides = {seed: overrides_for(ctx.sizes, seed, train, epochs) for seed in seeds}
     sizes = {seed: prepare_seed(overrides[seed]) for seed in seeds}
 
@@ -80,7 +82,8 @@ def run_contenders(ctx: Any, names: tuple[str, ...], train: int, epochs: int,
     runs = {n: {seed: lanes[i][n] for i, seed in enumerate(seeds)} for n in names}
     write_json(ctx.home / f"quality-{train}x{epochs}.json", runs)  # kept with --keep
     return {"train_samples": train, "epochs": epochs, "seeds": list(seeds),
-            "checkpoints": checkpoints, "split_sizes": sizes, "env": CONTENDER_ENV,
+            "checkpoints": checkpoints, "split_sizes": sizes,
+            "omp_wait_policy": env.get("OMP_WAIT_POLICY", "OpenMP's own"),
             "parallel_seeds": ctx.sizes.quality_parallel, "runs": runs, **summarise(runs)}
 
 
@@ -164,7 +167,6 @@ def load(ctx: Any) -> dict[str, Any]:
     seed = s.quality_seeds[0]
     overrides = overrides_for(s, seed, s.quality_train, 1)
     prepare_seed(overrides)
-    own = {k: v for k, v in ctx.env.items() if k != "OMP_WAIT_POLICY"}
     kinds = ("alone", "busy", "passive", "passive", "busy", "alone")
     walls: dict[str, list[float]] = {"alone": [], "busy": [], "passive": []}
     for kind in kinds[:3 * s.load_rounds]:
@@ -174,7 +176,7 @@ def load(ctx: Any) -> dict[str, Any]:
         try:
             time.sleep(0.5 if busy else 0)
             r = run_json(["bench.quality", "sweepflow", "--seed", str(seed), "--checkpoints",
-                          "1", *overrides], {**own, **(PASSIVE if kind == "passive" else {})},
+                          "1", *overrides], contender_env(ctx.env, kind == "passive"),
                          timeout=3600)
         finally:
             if busy is not None:

@@ -67,6 +67,13 @@ def openmp_wait_policy(load: float, cores: int) -> str | None:
     return "PASSIVE" if load >= cores else None
 
 
+def apply_openmp_wait_policy() -> None:
+    """Set `OMP_WAIT_POLICY` for this process (before torch loads) unless the environment
+    sets it."""
+    if "OMP_WAIT_POLICY" not in os.environ and (policy := openmp_wait_policy(*machine_load())):
+        os.environ["OMP_WAIT_POLICY"] = policy
+
+
 def machine_load() -> tuple[float, int]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
@@ -98,8 +105,7 @@ def configure(verbose: bool = False) -> None:
     _verbose[:] = [verbose]
     for key, value in (ENV | ({} if verbose else QUIET_ENV)).items():
         os.environ.setdefault(key, value)
-    if "OMP_WAIT_POLICY" not in os.environ and (policy := openmp_wait_policy(*machine_load())):
-        os.environ["OMP_WAIT_POLICY"] = policy
+    apply_openmp_wait_policy()
     if verbose:
         logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler
         return
