@@ -156,14 +156,20 @@ def basis(tokens: TokenizedData) -> str:
                       "max_length": tokens.max_length})[:12]
 
 
+def rank(study: optuna.Study, value: float, number: int) -> tuple[float, int]:
+    """The one ordering of trials (higher is better): Optuna's, where the first of equal
+    values (the lowest number) is the best."""
+    sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+    return (sign * value, -number)
+
+
 def best_on_basis(study: optuna.Study, key: str) -> FrozenTrial | None:
     """Optuna's best complete trial among those trained on `key` (the first of equals)."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.user_attrs.get(BASIS_ATTR) == key]
     if not complete:
         return None
-    sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-    return max(complete, key=lambda t: (sign * t.value, -t.number))
+    return max(complete, key=lambda t: rank(study, t.value, t.number))
 
 
 def trial_model_dir(study: str, key: str, number: int) -> Path:
@@ -172,12 +178,12 @@ def trial_model_dir(study: str, key: str, number: int) -> Path:
 
 def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any,
                  state: dict, tokens: TokenizedData) -> bool:
-    """Save a complete trial's best weights when it beats the basis' best so far. Called
-    before the study is told, so a trial that Optuna calls best always has its folder."""
+    """Save a complete trial's best weights when it ranks above the basis' best so far (ties
+    go to the lower trial number, as in Optuna). Called under the study lock before the study
+    is told, so the trial that Optuna calls best always has its folder."""
     best = best_on_basis(study, key)
     if best is not None and trial_model_dir(study.study_name, key, best.number).exists():
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        if sign * result.value <= sign * best.value:
+        if rank(study, result.value, result.number) <= rank(study, best.value, best.number):
             return False
     module.model.load_state_dict(state)
 
@@ -290,29 +296,34 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         result = TrialResult(number=trial.number, state=state, value=fitted.best_value,
                              params=params, steps=fitted.steps,
                              seconds=time.perf_counter() - start, run_id=run_id)
-        tell(study, trial, result, module, fitted.state, tokens)
+        tell(study, trial, result, module, fitted.state, tokens,
+             storage.open_storage(ref.storage, config.sweep))
         client.log_batch(run_id, tags=[tracking.RunTag("optuna.state", state),
                                        tracking.RunTag("optuna.steps", str(result.steps))])
     return result
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: Any,
-         state: dict | None, tokens: TokenizedData) -> None:
+         state: dict | None, tokens: TokenizedData, shared: Any = None) -> None:
     """Tell the study the outcome; a complete trial's model is saved first if it is the best
-    on its basis, and the models it beat are removed after."""
+    on its basis, and the models it beat are removed after. `shared`: the opened storage
+    (open_storage), whose study lock serialises this across workers."""
     if result.state != "complete":
         study.tell(trial, state=TrialState.PRUNED if result.state == "pruned"
                    else TrialState.FAIL)
         return
     key = basis(tokens)
-    try:
-        kept = keep_if_best(study, key, result, module, state, tokens)
-    except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    study.tell(trial, result.value)
-    if kept:
-        drop_beaten_models(study, key)
+    # Keep, tell and drop under the study's lock: two workers finishing at once agree with
+    # Optuna on the best (ties included) and never remove each other's kept model.
+    with storage.study_lock(shared, study.study_name):
+        try:
+            kept = keep_if_best(study, key, result, module, state, tokens)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        study.tell(trial, result.value)
+        if kept:
+            drop_beaten_models(study, key)
 
 
 class TrialFailed(RuntimeError):
