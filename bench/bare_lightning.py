@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 import datasets  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
+from sweepflow.tasks.batching import BucketedBatchSampler  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchmetrics.classification import MulticlassF1Score  # noqa: E402
 from transformers import (  # noqa: E402
@@ -35,7 +36,6 @@ from transformers import (  # noqa: E402
 
 from sweepflow.fastdropout import speed_up_dropout  # noqa: E402
 from sweepflow.memory import keep_freed_memory  # noqa: E402
-from tasks.batching import BucketedBatchSampler  # noqa: E402
 
 
 class Classifier(pl.LightningModule):

@@ -61,9 +61,10 @@ def data_overrides(train_samples: int, eval_samples: int) -> tuple[str, ...]:
 
 def prepare(train_samples: int, eval_samples: int) -> Prepared:
     """Ingest and tokenize with the project's own functions: every contender sees these ids."""
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+
     from sweepflow.config import load_config
-    from tasks.ingest import ingest
-    from tasks.tokenize import tokenize
 
     overrides = data_overrides(train_samples, eval_samples)
     config = load_config(overrides=list(overrides))

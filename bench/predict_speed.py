@@ -24,8 +24,7 @@ apply_openmp_wait_policy()  # as the CLI does (but bench.common has already load
 
 def _texts(n: int) -> list[str]:
     import pandas as pd
-
-    from tasks.ingest import BUNDLED_ENCODING, bundled_data_path
+    from sweepflow.tasks.ingest import BUNDLED_ENCODING, bundled_data_path
 
     frame = pd.read_csv(bundled_data_path(), encoding=BUNDLED_ENCODING)
     texts = [t for t in frame["text"].astype(str) if t.strip()]
@@ -34,12 +33,12 @@ def _texts(n: int) -> list[str]:
 
 def _logged_model(home: Path) -> tuple[Any, str]:
     import mlflow
+    from sweepflow.tasks.evaluate import log_model
+    from sweepflow.tasks.tokenize import load_tokenizer, resolve_model
     from transformers import AutoModelForSequenceClassification
 
     from sweepflow import tracking
     from sweepflow.config import load_config
-    from tasks.evaluate import log_model
-    from tasks.tokenize import load_tokenizer, resolve_model
 
     base = resolve_model("bundled")
     folder = home / "model"
@@ -57,9 +56,9 @@ def _logged_model(home: Path) -> tuple[Any, str]:
 def _int8_model(config: Any, home: Path) -> str:
     """The int8 twin of the same classifier, logged as predict finds it in the registry."""
     import mlflow
+    from sweepflow.tasks.compress import build_int8, log_int8_model
 
     from sweepflow.onnx_classifier import ClassifierSpec
-    from tasks.compress import build_int8, log_int8_model
 
     folder = home / "int8"
     folder.mkdir()
@@ -73,8 +72,7 @@ def _int8_model(config: Any, home: Path) -> str:
 
 def measure(n: int, n_alt: int) -> dict[str, Any]:
     import mlflow
-
-    from tasks.predict import load_model, predict
+    from sweepflow.tasks.predict import load_model, predict
 
     texts = _texts(n)
     with tempfile.TemporaryDirectory() as tmp:

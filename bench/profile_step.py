@@ -32,12 +32,12 @@ def profile_fit(train_samples: int, top: int, shapes: bool) -> None:
     """Profile steps 4-11 of one fit() on `train_samples` tweets and print the top ops."""
     import lightning.pytorch as pl
     import torch
+    from sweepflow.tasks.tokenize import TokenizedData
+    from sweepflow.tasks.train import fit
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from bench.common import prepare
     from sweepflow.config import load_config
-    from tasks.tokenize import TokenizedData
-    from tasks.train import fit
 
     prepared = prepare(train_samples, 64)
     tokens = TokenizedData.model_validate_json(prepared.tokens_json)

@@ -96,8 +96,7 @@ def evaluator(tokens: Any, split: str, bf16: bool) -> Callable[[Any], float]:
     """Macro-F1 on a whole split, length-sorted batches of 128, the contender's precision
     (bf16 autocast or fp32)."""
     from sklearn.metrics import f1_score
-
-    from tasks.train import load_rows, make_loader
+    from sweepflow.tasks.train import load_rows, make_loader
 
     rows = load_rows(tokens.path)[split]
     loader = make_loader(rows, tokens, 128, train=False, seed=0)
@@ -122,9 +121,10 @@ def evaluators(tokens: Any, bf16: bool) -> tuple[Callable[[Any], float], ...]:
 
 def load_tokens(overrides: list[str]) -> tuple[Any, Any]:
     """The parent tokenized with these overrides: cache hits."""
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+
     from sweepflow.config import load_config
-    from tasks.ingest import ingest
-    from tasks.tokenize import tokenize
 
     config = load_config(overrides=overrides)
     return config, tokenize(config, ingest(config))
@@ -133,8 +133,7 @@ def load_tokens(overrides: list[str]) -> tuple[Any, Any]:
 def run_fit(name: str, overrides: list[str], seed: int, k: int) -> dict[str, Any]:
     """tasks.train.fit as a trial runs it, with the fixed recipe and `name`'s settings."""
     import lightning.pytorch as pl
-
-    from tasks.train import fit, resolve_precision
+    from sweepflow.tasks.train import fit, resolve_precision
 
     config, tokens = load_tokens(overrides)
     cfg = config.train.model_copy(update={
@@ -169,6 +168,7 @@ def run_fit(name: str, overrides: list[str], seed: int, k: int) -> dict[str, Any
 def run_hf(name: str, overrides: list[str], seed: int, k: int) -> dict[str, Any]:
     """transformers.Trainer: defaults (fp32, random order) or tuned (bf16, length grouping),
     DataCollatorWithPadding, the same recipe."""
+    from sweepflow.tasks.tokenize import load_tokenized, load_tokenizer
     from transformers import (
         AutoModelForSequenceClassification,
         DataCollatorWithPadding,
@@ -176,8 +176,6 @@ def run_hf(name: str, overrides: list[str], seed: int, k: int) -> dict[str, Any]
         TrainerCallback,
         TrainingArguments,
     )
-
-    from tasks.tokenize import load_tokenized, load_tokenizer
 
     config, tokens = load_tokens(overrides)
     tuned = {"bf16": True, "train_sampling_strategy": "group_by_length"} \

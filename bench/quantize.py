@@ -27,11 +27,10 @@ os.environ.update(OFFLINE_ENV)
 
 
 def torch_int8(model_dir: Path, max_length: int, folder: Path):  # noqa: ANN201
+    from sweepflow.tasks.compress import module_predictor
+    from sweepflow.tasks.tokenize import load_tokenizer
     from torch.ao.quantization import quantize_dynamic
     from transformers import AutoModelForSequenceClassification
-
-    from tasks.compress import module_predictor
-    from tasks.tokenize import load_tokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     qmodel = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -49,12 +48,19 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
+    from sweepflow.tasks.clean import LABEL, TEXT
+    from sweepflow.tasks.compress import (
+        export_onnx,
+        footprint,
+        predict_labels,
+        quantize,
+        torch_predictor,
+    )
+    from sweepflow.tasks.ingest import ingest, load_ingested
+    from sweepflow.tasks.train import set_threads
+
     from sweepflow.config import load_config
     from sweepflow.onnx_classifier import ClassifierSpec, OnnxClassifier
-    from tasks.clean import LABEL, TEXT
-    from tasks.compress import export_onnx, footprint, predict_labels, quantize, torch_predictor
-    from tasks.ingest import ingest, load_ingested
-    from tasks.train import set_threads
 
     config = load_config(overrides=args.overrides)
     set_threads(None)

@@ -183,10 +183,10 @@ def _init_store(overrides: list[str]) -> float:
     any earlier run in a store has: the rounds measure what every run costs, not what the
     first run in a new store pays once. Returns that one-time cost (imports excluded)."""
     import optuna
+    from sweepflow.tasks.sweep import study_storage
 
     from sweepflow import tracking
     from sweepflow.config import load_config
-    from tasks.sweep import study_storage
 
     start = time.perf_counter()
     tracking.setup(load_config(overrides=overrides))
@@ -197,9 +197,10 @@ def _init_store(overrides: list[str]) -> float:
 def _warm_baseline(overrides: list[str]) -> float:
     """Fit the TF-IDF baseline once, as any earlier run on the same data has: like the
     tokenized data, its test predictions are cached per data. Returns that one-time cost."""
+    from sweepflow.tasks.evaluate import cached_baseline
+    from sweepflow.tasks.ingest import ingest, load_ingested
+
     from sweepflow.config import load_config
-    from tasks.evaluate import cached_baseline
-    from tasks.ingest import ingest, load_ingested
 
     config = load_config(overrides=overrides)
     data = ingest(config)
@@ -230,10 +231,11 @@ def _sweepflow_phases(overrides: list[str], started: float, wall: float) -> dict
 
 
 def _prepare_with(overrides: list[str]) -> Any:
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+
     from bench.common import Prepared
     from sweepflow.config import load_config
-    from tasks.ingest import ingest
-    from tasks.tokenize import tokenize
 
     tokens = tokenize(config := load_config(overrides=overrides), ingest(config))
     return Prepared(tokens.model_dump_json(), tokens.path, tokens.model_path,
@@ -355,8 +357,7 @@ def _replay(curves: dict[int, dict[str, Any]], signal: str, sweep: Any, full: in
     study: the optimizer steps they would have used and the best value of those left to
     complete. As in StepPruning: no pruning before the warm-up nor at a trial's end."""
     import optuna
-
-    from tasks.sweep import make_pruner, warmup_steps
+    from sweepflow.tasks.sweep import make_pruner, warmup_steps
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner(sweep, full))
     spent, kept = 0, float("-inf")
@@ -405,9 +406,10 @@ def warm(ctx: Context) -> dict[str, Any]:
     the second call finds both content-keyed caches."""
     import os
 
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+
     from sweepflow.config import load_config
-    from tasks.ingest import ingest
-    from tasks.tokenize import tokenize
 
     config = load_config()
     times = []

@@ -19,13 +19,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
 
-    from flows.sweep import sweep_flow
+    from sweepflow.flows.sweep import sweep_flow
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.sweep import create_study
+    from sweepflow.tasks.team import local_workers
+    from sweepflow.tasks.tokenize import tokenize
+
     from sweepflow import tracking
     from sweepflow.config import load_config
-    from tasks.ingest import ingest
-    from tasks.sweep import create_study
-    from tasks.team import local_workers
-    from tasks.tokenize import tokenize
 
     config = load_config(overrides=args.overrides)
     tokens = tokenize(config, ingest(config))

@@ -81,10 +81,10 @@ def free_port() -> int:
 def _enqueue(overrides: list[str]) -> None:
     """The study of this contender, created now, holding the 8 param sets as WAITING trials."""
     import optuna
+    from sweepflow.tasks.sweep import create_study
 
     from sweepflow.config import load_config
     from sweepflow.storage import open_storage
-    from tasks.sweep import create_study
 
     config = load_config(overrides=overrides)
     ref = create_study(config)

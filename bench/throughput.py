@@ -22,7 +22,7 @@ LEARNING_RATE = 5e-5
 
 def _train_split(path: str) -> Any:
     """The tokenized train split as a datasets.Dataset (input_ids, attention_mask, label)."""
-    from tasks.tokenize import load_tokenized
+    from sweepflow.tasks.tokenize import load_tokenized
 
     return load_tokenized(path)["train"].remove_columns(["length"])
 
@@ -41,11 +41,11 @@ def run_sweepflow(overrides: list[str], clock: StepClock) -> dict[str, Any]:
     the batched MLflow logger; one validation per epoch (paused out of the timing)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import MLFlowLogger
+    from sweepflow.tasks.tokenize import TokenizedData
+    from sweepflow.tasks.train import fit, resolve_precision
 
     from sweepflow import tracking
     from sweepflow.config import load_config
-    from tasks.tokenize import TokenizedData
-    from tasks.train import fit, resolve_precision
 
     config = load_config(overrides=overrides)
     prepared = prepare_from(overrides)
@@ -88,14 +88,13 @@ def run_sweepflow(overrides: list[str], clock: StepClock) -> dict[str, Any]:
 
 
 def _hf_trainer(overrides: list[str], clock: StepClock, **tuned: Any) -> dict[str, Any]:
+    from sweepflow.tasks.tokenize import load_tokenizer
     from transformers import (
         DataCollatorWithPadding,
         Trainer,
         TrainerCallback,
         TrainingArguments,
     )
-
-    from tasks.tokenize import load_tokenizer
 
     prepared = prepare_from(overrides)
     tokenizer = load_tokenizer(prepared.model_path)
@@ -120,7 +119,7 @@ def _hf_trainer(overrides: list[str], clock: StepClock, **tuned: Any) -> dict[st
 
 def _hf_train_split(path: str, tuned: dict[str, Any]) -> Any:
     """With length grouping, keep the precomputed `length` column the sampler reads."""
-    from tasks.tokenize import load_tokenized
+    from sweepflow.tasks.tokenize import load_tokenized
 
     split = load_tokenized(path)["train"]
     return split if tuned else split.remove_columns(["length"])
@@ -138,10 +137,9 @@ def run_hf_tuned(overrides: list[str], clock: StepClock) -> dict[str, Any]:
 
 def run_bare(overrides: list[str], clock: StepClock) -> dict[str, Any]:
     """A plain PyTorch loop: shuffled DataLoader, dynamic padding, AdamW, bf16 autocast."""
+    from sweepflow.tasks.tokenize import load_tokenizer
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
-
-    from tasks.tokenize import load_tokenizer
 
     prepared = prepare_from(overrides)
     model = _hf_model(prepared.model_path, clock).train()

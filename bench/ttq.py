@@ -49,9 +49,10 @@ def overrides_for(sizes: Any, seed: int, train: int, epochs: int) -> list[str]:
 
 def prepare_seed(overrides: list[str]) -> dict[str, int]:
     """Ingest + tokenize in the parent (each child then finds the caches)."""
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+
     from sweepflow.config import load_config
-    from tasks.ingest import ingest
-    from tasks.tokenize import tokenize
 
     config = load_config(overrides=overrides)
     return dict(tokenize(config, ingest(config)).data.sizes)

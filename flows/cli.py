@@ -48,8 +48,9 @@ def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig
 def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
     """Before any work: the stores are readable, and what a dead process left RUNNING on
     them is closed (one line says so)."""
+    from sweepflow.tasks.sweep import study_storage
+
     from sweepflow import reaper, stores, tracking
-    from tasks.sweep import study_storage
 
     uri = tracking.tracking_uri(cfg)
     storage = study_storage(cfg) if study else None
@@ -74,9 +75,9 @@ def _interrupted() -> NoReturn:
 
 def _user_error(err: Exception) -> None:
     """Exit with one line if `err` is a user error; return otherwise."""
-    from tasks.ingest import DataError
-    from tasks.sweep_report import NoCompleteTrial
-    from tasks.team import TeamError
+    from sweepflow.tasks.ingest import DataError
+    from sweepflow.tasks.sweep_report import NoCompleteTrial
+    from sweepflow.tasks.team import TeamError
 
     if isinstance(err, ConfigError):  # also found once the store is read (pruning signal)
         _fail("config error", err, 2)
@@ -101,9 +102,9 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     try:
         _open_store(cfg)
         tempserver.start()
-        from flows.pipeline import pipeline_flow
-        from tasks.summary import print_summary
-        from tasks.team import local_workers
+        from sweepflow.flows.pipeline import pipeline_flow
+        from sweepflow.tasks.summary import print_summary
+        from sweepflow.tasks.team import local_workers
 
         with local_workers(cfg):  # sweep.workers > 1: Prefect workers here for the sweep
             summary = pipeline_flow(cfg)
@@ -123,7 +124,7 @@ def serve(config: ConfigOpt = None, overrides: Overrides = None,
                                                    "tracking.experiment).")] = None) -> None:
     """Serve the pipeline as a Prefect deployment on schedule.cron or schedule.interval."""
     cfg = _config(config, overrides)
-    from flows.serve import ServeError, pipeline_schedule, prefect_api, serve_pipeline
+    from sweepflow.flows.serve import ServeError, pipeline_schedule, prefect_api, serve_pipeline
 
     try:
         pipeline_schedule(cfg)
@@ -231,9 +232,14 @@ def predict(args: Texts = None, config: ConfigOpt = None,
         TextColumn,
         TimeElapsedColumn,
     )
-
-    from tasks.predict import PredictError, check_texts, default_model, load_model, read_texts
-    from tasks.predict import predict as label_texts
+    from sweepflow.tasks.predict import (
+        PredictError,
+        check_texts,
+        default_model,
+        load_model,
+        read_texts,
+    )
+    from sweepflow.tasks.predict import predict as label_texts
 
     overrides, texts = _split_overrides(args or [])
     cfg = _config(config, overrides)
@@ -276,8 +282,8 @@ def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
                 port: Annotated[int, typer.Option(help="Port.")] = 5001) -> None:
     """Serve a registered model over HTTP with MLflow's scoring server: POST
     {"inputs": ["text", ...]} to /invocations; labels and probabilities come back."""
-    from tasks.register import champion_uri
-    from tasks.serving import ServeError, serve_command, serve_env, served_model
+    from sweepflow.tasks.register import champion_uri
+    from sweepflow.tasks.serving import ServeError, serve_command, serve_env, served_model
 
     cfg = _config(config, overrides)
     uri = model or champion_uri(cfg)
@@ -308,9 +314,10 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
             png: Annotated[Path | None, typer.Option(
                 help="Write the same figure as PNG.")] = None) -> None:
     """Compare the last N sweeps side by side: trials, scores, params, time, data."""
+    from sweepflow.tasks import compare as cmp
+    from sweepflow.tasks.sweep import study_storage
+
     from sweepflow import tracking
-    from tasks import compare as cmp
-    from tasks.sweep import study_storage
 
     cfg = _config(config, overrides)
     try:

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.runtime import flow_run
+from sweepflow.flows.sweep import sweep_flow
+from sweepflow.tasks.compress import compress_task
+from sweepflow.tasks.evaluate import evaluate_task
+from sweepflow.tasks.ingest import ingest_task
+from sweepflow.tasks.lineage import log_lineage_task, run_tags
+from sweepflow.tasks.register import register_task
+from sweepflow.tasks.summary import PipelineSummary, summarize
+from sweepflow.tasks.sweep import create_study_task
+from sweepflow.tasks.tokenize import tokenize_task
 
-from flows.sweep import sweep_flow
 from sweepflow import paths, tracking
 from sweepflow.config import SweepflowConfig, load_config
-from tasks.compress import compress_task
-from tasks.evaluate import evaluate_task
-from tasks.ingest import ingest_task
-from tasks.lineage import log_lineage_task, run_tags
-from tasks.register import register_task
-from tasks.summary import PipelineSummary, summarize
-from tasks.sweep import create_study_task
-from tasks.tokenize import tokenize_task
 
 
 @flow(name="pipeline")

@@ -69,7 +69,9 @@ def serve_pipeline(config: SweepflowConfig, name: str | None = None) -> None:
     path (flow.serve would pickle the flow by value and lose its annotations' names).
     """
     schedule = pipeline_schedule(config)
-    from flows.pipeline import pipeline_flow  # torch & co. load only once the config is good
+    from sweepflow.flows.pipeline import (
+        pipeline_flow,  # torch & co. load only once the config is good
+    )
 
     deployment = pipeline_flow.to_deployment(
         name=name or config.tracking.experiment,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from prefect import flow
+from sweepflow.tasks.sweep import StudyRef, create_study_task, run_trial_task
+from sweepflow.tasks.sweep_report import SweepResult, summarize_sweep_task
+from sweepflow.tasks.team import run_team_task
+from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import paths
 from sweepflow.config import SweepflowConfig
-from tasks.sweep import StudyRef, create_study_task, run_trial_task
-from tasks.sweep_report import SweepResult, summarize_sweep_task
-from tasks.team import run_team_task
-from tasks.tokenize import TokenizedData
 
 
 @flow(name="sweep")

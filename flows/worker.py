@@ -5,12 +5,12 @@ deployment that a team sweep creates (tasks/team.py)."""
 from __future__ import annotations
 
 from prefect import flow
+from sweepflow.tasks.sweep import StudyRef
+from sweepflow.tasks.team import TeamPlan, work_task
+from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import paths
 from sweepflow.config import SweepflowConfig
-from tasks.sweep import StudyRef
-from tasks.team import TeamPlan, work_task
-from tasks.tokenize import TokenizedData
 
 
 @flow(name="trial-worker")

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sweepflow.paths import CONF_DIR
+from sweepflow.paths import CONF_DIR, project_dir
 
 BUNDLED = "bundled"
 
@@ -370,13 +370,16 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     conf_dir: Path = CONF_DIR,
 ) -> SweepflowConfig:
-    """Compose base.yaml -> file -> local.yaml (both in `conf_dir`) -> overrides; validate."""
+    """Compose base.yaml -> file -> local.yaml -> overrides; validate. `config_file` is a path,
+    or the name of a packaged experiment (`quick` for conf/experiments/quick.yaml); local.yaml
+    is read from `conf_dir` and from the working folder's conf/."""
     layers = [_load_yaml(conf_dir / "base.yaml")]
     if config_file:
-        layers.append(_load_yaml(Path(config_file)))
-    local = conf_dir / "local.yaml"
-    if local.is_file():
-        layers.append(_load_yaml(local))
+        layers.append(_load_yaml(experiment_file(config_file, conf_dir)))
+    for local in dict.fromkeys([conf_dir / "local.yaml", project_dir() / "conf" / "local.yaml"]):
+        if local.is_file():
+            layers.append(_load_yaml(local))
+            break
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
@@ -386,6 +389,16 @@ def load_config(
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot compose config: {err}") from err
     return validate_config(merged)
+
+
+def experiment_file(config_file: str | Path, conf_dir: Path = CONF_DIR) -> Path:
+    """A config file's path: as given when it exists, else a packaged experiment by name."""
+    path = Path(config_file)
+    if path.is_file():
+        return path
+    named = conf_dir / "experiments" / f"{path.stem}.yaml"
+    return named if named.is_file() and path.parent in (Path("."), Path("conf/experiments"),
+                                                        Path("experiments")) else path
 
 
 def validate_config(data: Any) -> SweepflowConfig:

@@ -45,7 +45,7 @@ QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 ENV = {
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,sweepflow",  # our logs reach the Prefect UI too
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "sweepflow",  # our logs reach the Prefect UI too
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "TOKENIZERS_PARALLELISM": "false",
     # The temporary server's telemetry heartbeat fails offline ("database is locked").

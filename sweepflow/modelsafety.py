@@ -21,18 +21,18 @@ skips the check for a model whose source you trust.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import zipfile
 from pathlib import Path
 
 import yaml
 
-from sweepflow.paths import ROOT
 from sweepflow.usererrors import UnsafeModel
 
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".bin", ".pt", ".pth", ".ckpt", ".dill",
                    ".cloudpickle", ".npy", ".npz"}
 SAFE_FLAVORS = {"transformers", "python_function", "onnx"}
-OUR_PACKAGES = ("sweepflow", "tasks", "flows")
+OUR_PACKAGES = ("sweepflow", "sweepflow.tasks", "sweepflow.flows")
 HINT = "; load it only if you trust its source: sweepflow predict --trust-model"
 
 
@@ -41,7 +41,9 @@ def _sha(path: Path) -> str:
 
 
 def _our_code() -> set[str]:
-    return {_sha(p) for pkg in OUR_PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    folders = [Path(d) for pkg in OUR_PACKAGES
+               for d in importlib.util.find_spec(pkg).submodule_search_locations]
+    return {_sha(p) for folder in folders for p in folder.rglob("*.py")}
 
 
 def _looks_pickled(path: Path) -> bool:

@@ -1,20 +1,25 @@
-"""Where things live: the project root, conf/, and the local store under mlruns/."""
+"""Where things live: the packaged conf/, the user's project folder, and the local store."""
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = ROOT / "conf"
+# conf/ ships inside the package as sweepflow.conf (the checkout's conf/ in an editable install).
+CONF_DIR = Path(str(importlib.resources.files("sweepflow.conf")))
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def project_dir() -> Path:
+    """The user's project: the working folder (where `mlruns/` and `conf/local.yaml` live)."""
+    return Path.cwd()
 
 
 def store_dir() -> Path:
-    """The local store: MLflow database and artifacts, Optuna studies, caches.
-
-    SWEEPFLOW_HOME moves it (tests point it into tmp_path).
-    """
-    return Path(os.environ.get("SWEEPFLOW_HOME", ROOT / "mlruns")).resolve()
+    """The local store: MLflow database and artifacts, Optuna studies, caches: ./mlruns, as
+    MLflow's own default. SWEEPFLOW_HOME moves it (tests point it into tmp_path)."""
+    return Path(os.environ.get("SWEEPFLOW_HOME", project_dir() / "mlruns")).resolve()
 
 
 _shared: dict[str, Path] = {}  # "dir" -> store.shared_dir of the running flow

@@ -8,6 +8,7 @@ atexit hook closes any that a hard exit skipped.
 from __future__ import annotations
 
 import atexit
+import importlib.metadata
 import logging
 import os
 import subprocess
@@ -25,7 +26,7 @@ from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
 from sweepflow import cost, owner
 from sweepflow.config import SweepflowConfig
-from sweepflow.paths import ROOT, store_dir
+from sweepflow.paths import PACKAGE_DIR, store_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,11 @@ def setup(config: SweepflowConfig) -> str:
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True,
                              text=True, timeout=5, check=True)
         return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    except (OSError, subprocess.SubprocessError):  # an installed wheel: its version
+        return f"sweepflow-{importlib.metadata.version('sweepflow')}"
 
 
 def log_cost(uri: str, run_id: str, meter: cost.Meter) -> None:

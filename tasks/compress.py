@@ -24,17 +24,17 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
+from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.evaluate import pip_requirements, scores
+from sweepflow.tasks.ingest import load_ingested
+from sweepflow.tasks.register import RegistryResult, registered_name
+from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
+from sweepflow.tasks.train import set_threads
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.onnx_classifier import ClassifierSpec, OnnxClassifier, softmax
-from tasks.clean import LABEL, TEXT
-from tasks.evaluate import pip_requirements, scores
-from tasks.ingest import load_ingested
-from tasks.register import RegistryResult, registered_name
-from tasks.tokenize import TokenizedData, load_tokenizer
-from tasks.train import set_threads
 
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "sweepflow" / "pyfunc_model.py"
 Predictor = Callable[[list[str]], np.ndarray]  # texts -> (n, labels) probabilities

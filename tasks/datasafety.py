@@ -20,7 +20,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from sweepflow.paths import ROOT
+from sweepflow.paths import project_dir
 
 KEYWORDS = ("project", "home", "tempdir", "packages")
 
@@ -39,7 +39,7 @@ def allowed_roots(entries: list[str]) -> list[Path]:
     roots: list[Path] = []
     for entry in entries:
         if entry == "project":
-            roots.append(ROOT)
+            roots.append(project_dir())
         elif entry == "home":
             roots.append(Path.home())
         elif entry == "tempdir":

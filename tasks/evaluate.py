@@ -22,17 +22,17 @@ from sklearn.metrics import (
     classification_report,
     precision_recall_fscore_support,
 )
+from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.ingest import IngestResult, load_ingested
+from sweepflow.tasks.sweep_report import SweepResult
+from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
+from sweepflow.tasks.train import load_rows, make_loader, resolve_precision, set_threads
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.hashing import code_version, hash_json
 from sweepflow.paths import cache_dir
-from tasks.clean import LABEL, TEXT
-from tasks.ingest import IngestResult, load_ingested
-from tasks.sweep_report import SweepResult
-from tasks.tokenize import TokenizedData, load_tokenizer
-from tasks.train import load_rows, make_loader, resolve_precision, set_threads
 
 log = logging.getLogger(__name__)
 

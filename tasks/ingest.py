@@ -19,14 +19,21 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
+from sweepflow.tasks.clean import (
+    LABEL,
+    TEXT,
+    CleanReport,
+    clean_split,
+    describe_cleaning,
+    remove_overlap,
+)
+from sweepflow.tasks.datasafety import UnsafePath, check_allowed, first_ragged_line, safe_reason
 
 from sweepflow import cache
 from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
 from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
 from sweepflow.paths import cache_dir
-from tasks.clean import LABEL, TEXT, CleanReport, clean_split, describe_cleaning, remove_overlap
-from tasks.datasafety import UnsafePath, check_allowed, first_ragged_line, safe_reason
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +436,7 @@ def ingest_key(config: SweepflowConfig) -> str:
         "source": source_fingerprint(source, config.data),
         "data": config.data.model_dump(mode="json"),
         "seed": config.seed,
-        "code": code_version("tasks.ingest", "tasks.clean"),
+        "code": code_version("sweepflow.tasks.ingest", "sweepflow.tasks.clean"),
     })[:20]
 
 

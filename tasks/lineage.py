@@ -12,12 +12,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 from prefect import task
+from sweepflow.tasks.clean import TEXT
+from sweepflow.tasks.ingest import IngestResult, load_ingested
+from sweepflow.tasks.tokenize import TokenizedData, load_tokenized
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
-from tasks.clean import TEXT
-from tasks.ingest import IngestResult, load_ingested
-from tasks.tokenize import TokenizedData, load_tokenized
 
 CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
 

@@ -104,8 +104,7 @@ def default_model(config: SweepflowConfig) -> tuple[str, str]:
     """(model URI, what it is): the champion's int8 twin when the registry holds one for the
     current champion, else the champion."""
     from mlflow.exceptions import MlflowException
-
-    from tasks.register import CHAMPION, registered_name
+    from sweepflow.tasks.register import CHAMPION, registered_name
 
     name = registered_name(config)
     fp32 = f"models:/{name}@{CHAMPION}"

@@ -26,11 +26,11 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
+from sweepflow.tasks.evaluate import PREDICTIONS_ARTIFACT, EvalResult, Scores, TestPredictions
+from sweepflow.tasks.significance import Comparison, compare_predictions
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
-from tasks.evaluate import PREDICTIONS_ARTIFACT, EvalResult, Scores, TestPredictions
-from tasks.significance import Comparison, compare_predictions
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sweepflow.tasks.compress import PYFUNC_CODE
+
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.onnx_classifier import ClassifierSpec
 from sweepflow.paths import store_dir
-from tasks.compress import PYFUNC_CODE
 
 EXAMPLE = ["what a great day", "the bus was late again"]
 

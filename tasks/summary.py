@@ -6,12 +6,12 @@ from __future__ import annotations
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from sweepflow.tasks.evaluate import EvalResult
+from sweepflow.tasks.register import RegistryResult
+from sweepflow.tasks.sweep_report import SweepResult
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
-from tasks.evaluate import EvalResult
-from tasks.register import RegistryResult
-from tasks.sweep_report import SweepResult
 
 
 class PipelineSummary(BaseModel):

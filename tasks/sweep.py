@@ -27,6 +27,16 @@ from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
+from sweepflow.tasks.guards import REASON_TAG, Diverged, DivergenceGuard
+from sweepflow.tasks.pruning import (
+    SIGNAL_ATTR,
+    StepPruning,
+    make_pruner,
+    pruning_signal,
+    trial_steps,
+)
+from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
+from sweepflow.tasks.train import fit
 
 from sweepflow import cache, interrupts, owner, storage, tracking
 from sweepflow.config import (
@@ -40,10 +50,6 @@ from sweepflow.config import (
 from sweepflow.console import report
 from sweepflow.hashing import hash_json
 from sweepflow.paths import models_dir
-from tasks.guards import REASON_TAG, Diverged, DivergenceGuard
-from tasks.pruning import SIGNAL_ATTR, StepPruning, make_pruner, pruning_signal, trial_steps
-from tasks.tokenize import TokenizedData, load_tokenizer
-from tasks.train import fit
 
 log = logging.getLogger(__name__)
 

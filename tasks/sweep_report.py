@@ -13,14 +13,14 @@ import optuna
 from optuna.trial import TrialState
 from prefect import task
 from pydantic import BaseModel
+from sweepflow.tasks.pruning import SIGNAL_ATTR
+from sweepflow.tasks.sweep import BASIS_ATTR, basis, best_on_basis, trial_model_dir
+from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import cache, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.storage import open_storage
-from tasks.pruning import SIGNAL_ATTR
-from tasks.sweep import BASIS_ATTR, basis, best_on_basis, trial_model_dir
-from tasks.tokenize import TokenizedData
 
 log = logging.getLogger(__name__)
 

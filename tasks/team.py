@@ -32,19 +32,19 @@ from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
+from sweepflow.tasks.pruning import trial_steps
+from sweepflow.tasks.sweep import StudyRef, TrialResult, load_study, outcome_line, run_asked
+from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import paths, storage, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.stack import stop
-from tasks.pruning import trial_steps
-from tasks.sweep import StudyRef, TrialResult, load_study, outcome_line, run_asked
-from tasks.tokenize import TokenizedData
 
 log = logging.getLogger(__name__)
 
 FLOW_NAME = "trial-worker"
-ENTRYPOINT = "flows.worker.trial_worker_flow"
+ENTRYPOINT = "sweepflow.flows.worker.trial_worker_flow"
 SWEEP_TAG = "sweepflow.sweep_id"  # MLflow tag and Optuna user attr: which sweep ran the trial
 WORKER_TAG = "sweepflow.worker"  # host:pid of the process that ran the trial
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -12,6 +12,8 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
+from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.ingest import IngestResult
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sweepflow import cache
@@ -19,8 +21,6 @@ from sweepflow.config import BUNDLED, SweepflowConfig
 from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
 from sweepflow.paths import cache_dir
-from tasks.clean import LABEL, TEXT
-from tasks.ingest import IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def tokenize_key(config: SweepflowConfig, data: IngestResult) -> str:
         "data": data.digest,
         "tokenizer": hash_files(tokenizer_files(model_path)),
         "tokenize": config.tokenize.model_dump(mode="json"),
-        "code": code_version("tasks.tokenize", "tasks.ingest"),
+        "code": code_version("sweepflow.tasks.tokenize", "sweepflow.tasks.ingest"),
     })[:20]
 
 

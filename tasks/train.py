@@ -15,6 +15,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import Logger
+from sweepflow.tasks.batching import MEGA_BATCHES, BucketedBatchSampler
+from sweepflow.tasks.clean import LABEL
+from sweepflow.tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import (
@@ -27,9 +30,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from sweepflow.config import Batching, TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.memory import keep_freed_memory
-from tasks.batching import MEGA_BATCHES, BucketedBatchSampler
-from tasks.clean import LABEL
-from tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 
 log = logging.getLogger(__name__)
 

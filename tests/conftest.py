@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,sweepflow")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sweepflow")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from sweepflow.paths import ROOT
+from tests import ROOT
 
 LONG_TRIAL = ["train.max_epochs=200", "train.early_stopping_patience=1000", "sweep.pruner=none",
               "sweep.n_trials=1"]
@@ -38,13 +38,14 @@ def cli_env(store: Path, api_url: str | None = None, **extra: str) -> dict[str, 
 
 
 def start_cli(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sweepflow.flows.cli", *args], cwd=ROOT,
+                            env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def run_cli(args: list[str], env: dict[str, str], stdin: str | None = None
             ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "sweepflow.flows.cli", *args], cwd=ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=600)
 
 

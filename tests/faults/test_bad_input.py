@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL
+from sweepflow.flows.cli import app
 from typer.testing import CliRunner
 
-from flows.cli import app
 from tests.faults.conftest import cli_env, run_cli
 
 runner = CliRunner()
@@ -85,8 +85,9 @@ def test_symlink_outside_allowed_dirs_is_refused_without_content(tiny_overrides,
 
 def test_dropped_rows_are_reported_with_their_reason(tiny_overrides, tmp_path):
     """Rows without a label and empty texts are dropped, and the run says so."""
+    from sweepflow.tasks.ingest import describe, ingest
+
     from sweepflow.config import load_config
-    from tasks.ingest import describe, ingest
     from tests.conftest import make_frame
 
     df = make_frame()

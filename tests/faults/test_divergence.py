@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import optuna
 from mlflow.tracking import MlflowClient
+from sweepflow.flows.cli import app
 from typer.testing import CliRunner
 
-from flows.cli import app
 from sweepflow import tracking
 from sweepflow.config import load_config
 
@@ -38,9 +38,9 @@ def test_exploding_loss_fails_the_trials_and_registers_nothing(tiny_overrides, s
 
 def test_single_class_best_weights_fail_the_trial(tiny_config):
     """The tiny model after 14 steps predicts one class: with the guard on, FAIL."""
-    from tasks.ingest import ingest
-    from tasks.sweep import create_study, run_trial
-    from tasks.tokenize import tokenize
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.sweep import create_study, run_trial
+    from sweepflow.tasks.tokenize import tokenize
 
     config = tiny_config.model_copy(update={"sweep": tiny_config.sweep.model_copy(
         update={"fail_single_class": True, "n_trials": 1})})

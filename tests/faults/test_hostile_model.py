@@ -7,9 +7,9 @@ import os
 
 import mlflow
 import pytest
+from sweepflow.flows.cli import app
 from typer.testing import CliRunner
 
-from flows.cli import app
 from sweepflow.modelsafety import check_model
 from sweepflow.usererrors import UnsafeModel
 

@@ -7,12 +7,12 @@ import json
 
 import mlflow
 import pytest
+from sweepflow.flows.cli import app
+from sweepflow.tasks.evaluate import log_model
 from typer.testing import CliRunner
 
-from flows.cli import app
 from sweepflow import tracking
 from sweepflow.config import load_config
-from tasks.evaluate import log_model
 
 runner = CliRunner()
 

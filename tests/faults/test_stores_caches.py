@@ -13,11 +13,11 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from sweepflow.flows.cli import app
 from typer.testing import CliRunner
 
-from flows.cli import app
 from sweepflow import cache
-from sweepflow.paths import ROOT
+from tests import ROOT
 
 runner = CliRunner()
 
@@ -44,8 +44,8 @@ def test_truncated_store_is_named_before_any_work(tiny_overrides, store, which):
 CACHE_SCRIPT = """
 import sys
 from sweepflow.config import load_config
-from tasks.ingest import ingest
-from tasks.tokenize import tokenize
+from sweepflow.tasks.ingest import ingest
+from sweepflow.tasks.tokenize import tokenize
 config = load_config(overrides=sys.argv[1:])
 print(tokenize(config, ingest(config)).path)
 """
@@ -72,10 +72,10 @@ DISK_FULL_SCRIPT = """
 import resource, signal, sys
 import optuna
 from sweepflow.config import load_config
-from tasks.ingest import ingest
-from tasks.sweep import TrialResult, basis, create_study, load_study, tell
-from tasks.tokenize import tokenize
-from tasks.train import TextClassifier
+from sweepflow.tasks.ingest import ingest
+from sweepflow.tasks.sweep import TrialResult, basis, create_study, load_study, tell
+from sweepflow.tasks.tokenize import tokenize
+from sweepflow.tasks.train import TextClassifier
 
 config = load_config(overrides=sys.argv[1:])
 tokens = tokenize(config, ingest(config))

@@ -24,7 +24,7 @@ NOISE = ("GPU available", "litlogger", "LOAD REPORT", "A new study created",
 def _run(args: list[str], store: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
            "SWEEPFLOW_HOME": str(store), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "sweepflow.flows.cli", *args], env=env, text=True,
                           capture_output=True, timeout=600)
 
 

@@ -10,13 +10,13 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
+from sweepflow.flows.cli import _split_overrides, app
+from sweepflow.flows.pipeline import pipeline_flow
+from sweepflow.tasks.summary import print_summary
 from typer.testing import CliRunner
 
-from flows.cli import _split_overrides, app
-from flows.pipeline import pipeline_flow
 from sweepflow import tracking
 from sweepflow.config import load_config
-from tasks.summary import print_summary
 
 LABELS = {"negative", "neutral", "positive"}
 runner = CliRunner()

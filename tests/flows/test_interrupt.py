@@ -11,10 +11,10 @@ import time
 import optuna
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
+from sweepflow.tasks.sweep import study_storage
 
 from sweepflow import tracking
 from sweepflow.config import load_config
-from tasks.sweep import study_storage
 
 
 def _running_trial_runs(uri: str, experiment: str) -> list[str]:
@@ -32,7 +32,8 @@ def test_ctrl_c_closes_runs_and_trials(tiny_overrides, store):
     config = load_config(overrides=overrides)
     uri = tracking.tracking_uri(config)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "SWEEPFLOW_HOME": str(store)}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *overrides], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "sweepflow.flows.cli", "run", *overrides],
+                            env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 180

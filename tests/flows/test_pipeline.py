@@ -10,12 +10,12 @@ import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from sweepflow.flows.pipeline import pipeline_flow
+from sweepflow.tasks.ingest import DataError
+from sweepflow.tasks.sweep import study_storage
 
-from flows.pipeline import pipeline_flow
 from sweepflow import tracking
 from sweepflow.config import load_config
-from tasks.ingest import DataError
-from tasks.sweep import study_storage
 
 
 def _runs(config) -> pd.DataFrame:
@@ -92,10 +92,9 @@ def test_a_study_continued_on_other_data_picks_its_best_on_that_data(tiny_config
     assert Path(first.sweep.model_dir).exists()  # the old data's best is kept for that data
     assert Path(first.sweep.model_dir).parent != Path(second.sweep.model_dir).parent
 def test_run_refuses_a_second_pruning_signal_with_a_config_error(tiny_overrides):
+    from sweepflow.flows.cli import app
+    from sweepflow.tasks.sweep import create_study
     from typer.testing import CliRunner
-
-    from flows.cli import app
-    from tasks.sweep import create_study
 
     create_study(load_config(overrides=[*tiny_overrides, "sweep.pruner_signal=loss"]))
     result = CliRunner().invoke(app, ["run", *tiny_overrides])

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from sweepflow.flows.cli import app
+from sweepflow.flows.pipeline import pipeline_flow
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.pipeline import pipeline_flow
 from sweepflow.config import load_config
-from sweepflow.paths import ROOT
+from tests import ROOT
 from tests.flows.servers import BIN, answers, clean_env, free_port, started, tail, wait_for
 
 SERVER_TIMEOUT = 90  # seconds for `prefect server start` to answer /api/health

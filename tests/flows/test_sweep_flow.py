@@ -6,12 +6,12 @@ from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
+from sweepflow.flows.sweep import sweep_flow
+from sweepflow.tasks.ingest import ingest
+from sweepflow.tasks.sweep import study_storage
+from sweepflow.tasks.tokenize import tokenize
 
-from flows.sweep import sweep_flow
 from sweepflow import tracking
-from tasks.ingest import ingest
-from tasks.sweep import study_storage
-from tasks.tokenize import tokenize
 
 
 def test_sweep_subflow_runs_alone(tiny_config):

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 from mlflow.tracking import MlflowClient
+from sweepflow.flows.pipeline import pipeline_flow
 
-from flows.pipeline import pipeline_flow
 from sweepflow import tracking
 from tests.flows.servers import BIN, answers, clean_env, free_port, started, wait_for
 

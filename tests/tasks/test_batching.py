@@ -9,9 +9,8 @@ import random
 import lightning.pytorch as pl
 import pytest
 import torch
+from sweepflow.tasks.batching import BucketedBatchSampler, padding_share
 from torch.utils.data import DataLoader, Dataset
-
-from tasks.batching import BucketedBatchSampler, padding_share
 
 
 def lengths(n: int = 1000, seed: int = 0) -> list[int]:
@@ -93,9 +92,9 @@ def test_lightning_draws_a_new_order_each_epoch():
 
 @pytest.mark.parametrize("batching", ["shuffle", "bucketed", "grouped"])
 def test_the_configured_batching_feeds_the_train_loader(tiny_config, batching):
-    from tasks.ingest import ingest
-    from tasks.tokenize import tokenize
-    from tasks.train import load_rows, make_loader
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+    from sweepflow.tasks.train import load_rows, make_loader
 
     tokens = tokenize(tiny_config, ingest(tiny_config))
     rows = load_rows(tokens.path)["train"]
@@ -106,9 +105,9 @@ def test_the_configured_batching_feeds_the_train_loader(tiny_config, batching):
 
 
 def test_bucket_batches_sets_the_chunk_of_the_bucketed_sampler(tiny_config):
-    from tasks.ingest import ingest
-    from tasks.tokenize import tokenize
-    from tasks.train import load_rows, make_loader
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+    from sweepflow.tasks.train import load_rows, make_loader
 
     assert tiny_config.train.bucket_batches == 8  # the default (conf/base.yaml)
     tokens = tokenize(tiny_config, ingest(tiny_config))

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sweepflow.flows.cli import app
+from sweepflow.tasks.compress import compress, predict_labels, torch_predictor
 from typer.testing import CliRunner
 
-from flows.cli import app
 from sweepflow import tracking
 from sweepflow.config import load_config
-from tasks.compress import compress, predict_labels, torch_predictor
 
 OPTIONS = ["compress.enabled=true", "compress.latency_texts=10",
            "compress.throughput_batches=2", "compress.max_text_chars=200"]
@@ -44,8 +44,8 @@ def three_label_model(tiny_model_dir, tmp_path):
 
 
 def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, three_label_model):
-    from tasks.ingest import ingest, load_ingested
-    from tasks.tokenize import tokenize
+    from sweepflow.tasks.ingest import ingest, load_ingested
+    from sweepflow.tasks.tokenize import tokenize
 
     tiny_model_dir = three_label_model
     tokens = tokenize(compress_config, ingest(compress_config))
@@ -99,9 +99,9 @@ def test_predict_defaults_to_the_int8_twin_of_the_champion(compress_config, over
                                                            three_label_model):
     """No --model: the champion's int8 twin when the registry holds one for the current
     champion (tag sweepflow.fp32_version), else the champion itself."""
-    from tasks.ingest import ingest
-    from tasks.register import registered_name
-    from tasks.tokenize import tokenize
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.register import registered_name
+    from sweepflow.tasks.tokenize import tokenize
 
     tokens = tokenize(compress_config, ingest(compress_config))
     with tracking.managed_run(compress_config, "sweep-tiny") as run_id:

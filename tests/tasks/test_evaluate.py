@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from tasks.evaluate import baseline_predictions, confusion_figure, scores
+from sweepflow.tasks.evaluate import baseline_predictions, confusion_figure, scores
+
 from tests.conftest import make_frame
 
 
@@ -8,11 +9,10 @@ def test_predictions_map_back_to_their_test_rows(tiny_config, tiny_model_dir):
     """Inference runs in length-sorted batches; each prediction must land on its own row:
     the batched result equals the model applied to each test text alone."""
     import torch
-
-    from tasks.evaluate import predict_test
-    from tasks.ingest import ingest
-    from tasks.tokenize import load_tokenized, tokenize
-    from tasks.train import fit
+    from sweepflow.tasks.evaluate import predict_test
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import load_tokenized, tokenize
+    from sweepflow.tasks.train import fit
 
     tokens = tokenize(tiny_config, ingest(tiny_config))
     learns = {"learning_rate": 3e-3, "max_epochs": 6}  # macro-F1 about 0.55: several classes
@@ -42,9 +42,10 @@ def test_baseline_learns_tiny_data_and_confusion_png(tmp_path):
 
 
 def test_baseline_is_cached_per_data_and_seed(tiny_config):
+    from sweepflow.tasks.evaluate import cached_baseline
+    from sweepflow.tasks.ingest import ingest, load_ingested
+
     from sweepflow.paths import cache_dir
-    from tasks.evaluate import cached_baseline
-    from tasks.ingest import ingest, load_ingested
 
     data = ingest(tiny_config)
     dd = load_ingested(data)

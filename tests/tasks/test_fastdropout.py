@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import torch
+from sweepflow.tasks.ingest import ingest
+from sweepflow.tasks.tokenize import tokenize
+from sweepflow.tasks.train import fit
 from transformers import AutoModelForSequenceClassification
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from sweepflow.fastdropout import ATTENTION, FastDropout, attention, keep_mask, speed_up_dropout
-from tasks.ingest import ingest
-from tasks.tokenize import tokenize
-from tasks.train import fit
 
 
 def test_keep_mask_drops_p_in_every_lane():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sweepflow.tasks.ingest import DataError, ingest, load_ingested, load_splits
 
 from sweepflow.config import load_config
-from tasks.ingest import DataError, ingest, load_ingested, load_splits
 from tests.conftest import make_frame
 
 

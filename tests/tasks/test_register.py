@@ -8,11 +8,11 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from sweepflow.tasks.evaluate import PREDICTIONS_ARTIFACT, Scores, TestPredictions, scores
+from sweepflow.tasks.register import CHALLENGER, CHAMPION, Champion, decide, register
 
 from sweepflow import tracking
 from sweepflow.config import load_config
-from tasks.evaluate import PREDICTIONS_ARTIFACT, Scores, TestPredictions, scores
-from tasks.register import CHALLENGER, CHAMPION, Champion, decide, register
 
 
 def _scores(f1: float) -> Scores:

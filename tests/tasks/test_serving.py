@@ -11,14 +11,14 @@ import time
 import httpx
 import pytest
 from mlflow.tracking import MlflowClient
+from sweepflow.flows.cli import app
+from sweepflow.tasks.evaluate import Scores, log_model
+from sweepflow.tasks.register import champion_uri, register
+from sweepflow.tasks.serving import serve_command, serve_env, served_model
 from typer.testing import CliRunner
 
-from flows.cli import app
 from sweepflow import tracking
 from sweepflow.config import load_config
-from tasks.evaluate import Scores, log_model
-from tasks.register import champion_uri, register
-from tasks.serving import serve_command, serve_env, served_model
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
-
-from tasks.significance import compare_predictions, macro_f1_rows
+from sweepflow.tasks.significance import compare_predictions, macro_f1_rows
 
 
 def _labels(n: int = 900, seed: int = 0) -> np.ndarray:

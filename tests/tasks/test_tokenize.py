@@ -3,9 +3,10 @@ from __future__ import annotations
 import logging
 import shutil
 
+from sweepflow.tasks.ingest import ingest
+from sweepflow.tasks.tokenize import load_tokenized, tokenize, tokenize_key
+
 from sweepflow.config import load_config
-from tasks.ingest import ingest
-from tasks.tokenize import load_tokenized, tokenize, tokenize_key
 
 
 def test_tokenize_unpadded_truncated_with_stats(tiny_config):
@@ -21,8 +22,8 @@ def test_tokenize_unpadded_truncated_with_stats(tiny_config):
 
 def ingest_texts_ids(config, data):
     """Every split's texts, tokenized without truncation (what the stats describe)."""
-    from tasks.ingest import load_ingested
-    from tasks.tokenize import load_tokenizer, resolve_model
+    from sweepflow.tasks.ingest import load_ingested
+    from sweepflow.tasks.tokenize import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(config.model.name_or_path))
     texts = [t for split in load_ingested(data).values() for t in split["text"]]
@@ -34,7 +35,7 @@ def test_cache_hits_when_unchanged_and_misses_when_changed(tiny_config, tiny_ove
     data = ingest(tiny_config)
     key = tokenize_key(tiny_config, data)
     first = tokenize(tiny_config, data)
-    with caplog.at_level(logging.INFO, logger="tasks.tokenize"):
+    with caplog.at_level(logging.INFO, logger="sweepflow.tasks.tokenize"):
         assert tokenize(tiny_config, data) == first
     assert "cache hit" in caplog.text
     longer = load_config(overrides=[*tiny_overrides, "tokenize.max_length=32"])
@@ -51,7 +52,7 @@ def test_cache_hits_when_unchanged_and_misses_when_changed(tiny_config, tiny_ove
 
 def test_truncation_warning(tiny_overrides, caplog):
     config = load_config(overrides=[*tiny_overrides, "tokenize.max_length=8"])
-    with caplog.at_level(logging.WARNING, logger="tasks.tokenize"):
+    with caplog.at_level(logging.WARNING, logger="sweepflow.tasks.tokenize"):
         tokens = tokenize(config, ingest(config))
     assert tokens.stats.share_truncated > 0.05
     assert "truncated" in caplog.text

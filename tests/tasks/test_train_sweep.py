@@ -8,13 +8,13 @@ from typing import Any
 
 import optuna
 import pytest
+from sweepflow.tasks.ingest import ingest
+from sweepflow.tasks.pruning import make_pruner, trial_steps
+from sweepflow.tasks.sweep import create_study, grid_space, make_sampler, run_trial, suggest
+from sweepflow.tasks.tokenize import tokenize
+from sweepflow.tasks.train import fit, resolve_precision
 
 from sweepflow.config import ConfigError, load_config
-from tasks.ingest import ingest
-from tasks.pruning import make_pruner, trial_steps
-from tasks.sweep import create_study, grid_space, make_sampler, run_trial, suggest
-from tasks.tokenize import tokenize
-from tasks.train import fit, resolve_precision
 
 
 def test_precision_auto_follows_the_hardware():
@@ -140,7 +140,7 @@ def test_a_study_keeps_its_pruning_signal(tiny_config):
 def test_the_kept_model_is_the_best_trial_on_its_data(tiny_config):
     """A better trial replaces the kept model, a worse one does not, and trials on other data
     never count: the folder always belongs to Optuna's best trial on this basis."""
-    from tasks.sweep import (
+    from sweepflow.tasks.sweep import (
         BASIS_ATTR,
         TrialResult,
         basis,
@@ -150,7 +150,7 @@ def test_the_kept_model_is_the_best_trial_on_its_data(tiny_config):
         load_study,
         trial_model_dir,
     )
-    from tasks.train import TextClassifier
+    from sweepflow.tasks.train import TextClassifier
 
     tokens = tokenize(tiny_config, ingest(tiny_config))
     ref = create_study(tiny_config)

@@ -10,9 +10,9 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from sweepflow.tasks.team import finished_count, next_step
 
 from sweepflow.config import ConfigError, load_config
-from tasks.team import finished_count, next_step
 from tests.flows.servers import clean_env
 from tests.team.conftest import sweepflow_cmd
 

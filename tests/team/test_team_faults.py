@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.pool import NullPool
+from sweepflow.tasks.team import WORKER_TAG, finished_count
 
 from sweepflow.stack import (
     database_url,
@@ -26,7 +27,6 @@ from sweepflow.stack import (
     service,
 )
 from sweepflow.storage import CONNECTIONS_PER_PROCESS
-from tasks.team import WORKER_TAG, finished_count
 from tests.flows.servers import free_port, started, tail, wait_for
 from tests.team.conftest import ConnectionWatch, drop_databases, sweepflow_cmd
 

@@ -1,0 +1,1 @@
+"""The packaged defaults: base.yaml and experiments/*.yaml (installed as sweepflow.conf)."""
