@@ -2,10 +2,10 @@
 
 By default a SQLite file in the local store (one process, one trial at a time). With
 `sweep.storage: postgresql://…` the study lives in PostgreSQL, shared by every worker on every
-machine: an RDBStorage with a small connection pool (`pool_pre_ping` drops connections the
-server closed), a heartbeat per running trial, and Optuna's retry callback, so a trial whose
+machine: an RDBStorage without a connection pool (a connection per operation, none held
+between operations), a heartbeat per running trial, and Optuna's retry callback, so a trial whose
 worker died is failed once its heartbeat is `grace_period` old and re-queued with the same
-params. One storage object (one pool) per process and URL.
+params. One storage object per process and URL.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,10 +31,12 @@ from sweepflow.usererrors import StoreError
 
 log = logging.getLogger(__name__)
 
-# Per process: at most pool_size + max_overflow connections to the study's database.
-POOL = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True, "pool_recycle": 1800,
-        "pool_timeout": 60}
-CONNECTIONS_PER_PROCESS = POOL["pool_size"] + POOL["max_overflow"]
+# No pool: a connection per operation, closed after it. A worker holds none between its
+# operations (the database's 100 connections serve many more idle workers; measured in
+# bench/control_plane.py) and at most 3 at once: the study lock's, a query's and the
+# heartbeat thread's. A restarted server costs nothing stale to drop.
+POOL = {"poolclass": NullPool}
+CONNECTIONS_PER_PROCESS = 3
 
 
 def storage_url(sweep: SweepConfig | None = None) -> str:
@@ -65,7 +68,8 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -
             # heartbeat_interval is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
-                url, engine_kwargs=dict(POOL), heartbeat_interval=heartbeat_interval,
+                url, engine_kwargs={**POOL, **waiting_connect(url, grace_period)},
+                heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
     except SQLAlchemyError as err:
@@ -74,6 +78,43 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -
         raise StoreError(f"sweep.storage={shown}: cannot open the study database ({reason}); "
                          "create the database (`sweepflow stack` creates sweepflow_optuna) "
                          "or fix the URL") from None
+
+
+# The server is away (restart, failover), not the URL wrong: worth waiting for.
+_AWAY = ("connection refused", "could not connect", "server closed the connection",
+         "the database system is starting up", "the database system is shutting down",
+         "the database system is in recovery mode", "no such file or directory",
+         "terminating connection", "connection timed out")
+
+
+def waiting_connect(url: str, budget: float) -> dict:
+    """Engine kwargs whose connections wait for a PostgreSQL server that is away, retrying
+    with backoff (0.5 s doubling to 8 s) for up to `budget` seconds (sweep.grace_period),
+    one warning line per outage; a wrong URL, database or password fails at once."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() != "psycopg2":
+        return {}
+    import psycopg2
+
+    args = parsed.translate_connect_args(username="user", database="dbname") | dict(parsed.query)
+
+    def connect() -> object:
+        deadline, delay, warned = time.monotonic() + budget, 0.5, False
+        while True:
+            try:
+                return psycopg2.connect(**args)
+            except psycopg2.OperationalError as err:
+                away = any(s in str(err).lower() for s in _AWAY)
+                if not away or time.monotonic() + delay > deadline:
+                    raise
+                if not warned:
+                    log.warning("study database away (%s); retrying for up to %.0f s",
+                                str(err).strip().splitlines()[0], budget)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    return {"creator": connect}
 
 
 @contextmanager
