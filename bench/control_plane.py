@@ -1,13 +1,16 @@
 """The team control plane under many workers, without training:
 `python -m bench.control_plane [--clients 8,32,100] [--seconds 40]` (needs PostgreSQL).
 
-Starts the real stack (PostgreSQL databases, MLflow server; `sweepflow.stack`) and drives the
+Starts the real stack (PostgreSQL databases in a private cluster with the default 100
+connections, MLflow and Prefect servers; `sweepflow.stack`) and drives the
 trial worker's protocol from N concurrent lightweight clients (threads in a few processes,
 each client with its own storage object, as separate worker processes have): reap stale
 trials and ask under the study lock, owner/basis attributes and 3 suggested params, a
 heartbeat, an MLflow child run with its params, 3 validation reports and metrics, the model
 hand-off (a small file published by rename) and tell under the study lock. Reports per level:
-per-trial coordination latency p50/p95, trials per second sustained, connection errors, and
+per-trial coordination latency p50/p95, trials per second sustained (`--pace 0`, clients
+back to back: the capacity; `--pace S`: each client "trains" S seconds on average between
+trials, an offered load of clients / S trials per second), connection errors, and
 the peak connections per database (pg_stat_activity sampled every 0.25 s).
 """
 
@@ -31,8 +34,11 @@ PROCESSES = 4
 
 
 def _client(url: str, study: str, mlflow_uri: str, exp_id: str, shared: Path, stop_at: float,
-            out: list) -> None:
-    """One worker's protocol in a loop until `stop_at`; appends (seconds, error) per trial."""
+            pace: float, out: list) -> None:
+    """One worker's protocol in a loop until `stop_at`; appends (seconds, error) per trial.
+    `pace`: mean seconds of "training" between trials (0: back to back, the capacity)."""
+    import random
+
     import optuna
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -43,6 +49,8 @@ def _client(url: str, study: str, mlflow_uri: str, exp_id: str, shared: Path, st
     rdb = optuna.storages.RDBStorage(url, engine_kwargs=dict(st.POOL), heartbeat_interval=30,
                                      grace_period=120)
     client = MlflowClient(mlflow_uri)
+    if pace:
+        time.sleep(random.uniform(0, pace))  # the workers do not start in step
     while time.time() < stop_at:
         start = time.perf_counter()
         try:
@@ -77,6 +85,8 @@ def _client(url: str, study: str, mlflow_uri: str, exp_id: str, shared: Path, st
                     study_obj.tell(trial, 0.2)
             client.set_terminated(rid, "FINISHED")
             out.append((time.perf_counter() - start, None))
+            if pace:
+                time.sleep(random.expovariate(1 / pace))
         except Exception as err:  # noqa: BLE001 - counted and reported
             out.append((time.perf_counter() - start, f"{type(err).__name__}: {err}"[:200]))
             time.sleep(1)
@@ -109,13 +119,17 @@ def _peaks(server: str, dbs: list[str], stop: threading.Event, peak: dict[str, i
         with conn.cursor() as cur:
             cur.execute("SELECT datname, count(*) FROM pg_stat_activity WHERE datname = ANY(%s)"
                         " GROUP BY datname", (dbs,))
-            for name, count in cur.fetchall():
+            rows = cur.fetchall()
+            for name, count in rows:
                 peak[name] = max(peak.get(name, 0), count)
+            peak["all"] = max(peak.get("all", 0), sum(c for _, c in rows))
     conn.close()
 
 
-def level(stack: Any, server: str, clients: int, seconds: float, home: Path) -> dict:
-    """One load level on a fresh study; the clients start together and stop at one time."""
+def level(stack: Any, server: str, study_server: str, clients: int, seconds: float,
+          home: Path, pace: float = 0.0) -> dict:
+    """One load level on a fresh study (reached through `study_server`: PgBouncer or the
+    server itself); the clients start together and stop at one time."""
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -123,7 +137,7 @@ def level(stack: Any, server: str, clients: int, seconds: float, home: Path) -> 
 
     db = f"sf_cp_{uuid.uuid4().hex[:10]}"
     ensure_databases(server, [db])
-    url = database_url(server, db)
+    url = database_url(study_server, db)
     study = f"cp-{clients}"
     optuna.create_study(study_name=study, storage=url, direction="maximize")
     exp_id = MlflowClient(stack.mlflow_url).create_experiment(f"cp-{uuid.uuid4().hex[:8]}")
@@ -131,32 +145,40 @@ def level(stack: Any, server: str, clients: int, seconds: float, home: Path) -> 
     shared.mkdir()
     peak: dict[str, int] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=_peaks, args=(server, [db, stack.mlflow_db], stop, peak))
+    dbs = [db, stack.mlflow_db, stack.prefect_db]
+    watcher = threading.Thread(target=_peaks, args=(server, dbs, stop, peak))
     watcher.start()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     stop_at = time.time() + 20 + seconds  # 20 s for the processes to start
     per = [clients // PROCESSES + (i < clients % PROCESSES) for i in range(PROCESSES)]
     procs = [ctx.Process(target=_process, args=(n, (url, study, stack.mlflow_url, exp_id,
-                                                    shared, stop_at), queue))
+                                                    shared, stop_at, pace), queue))
              for n in per if n]
     for proc in procs:
         proc.start()
-    results = [r for _ in procs for r in queue.get()]
-    for proc in procs:
-        proc.join()
+    try:
+        results = [r for _ in procs for r in queue.get()]
+    finally:  # also on Ctrl-C: no client left behind
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.exitcode is None:
+                proc.kill()
     stop.set()
     watcher.join()
     drop_databases(server, [db])
     ok = sorted(s for s, e in results if e is None)
     errors = [e for _, e in results if e is not None]
     q = statistics.quantiles(ok, n=20) if len(ok) >= 2 else [float("nan")] * 19
-    return {"clients": clients, "trials": len(ok), "errors": len(errors),
+    return {"clients": clients, "pace_s": pace, "pgbouncer": study_server != server,
+            "trials": len(ok), "errors": len(errors),
             "first_error": errors[0] if errors else None,
             "p50_s": round(statistics.median(ok), 3) if ok else None,
             "p95_s": round(q[18], 3), "trials_per_s": round(len(ok) / seconds, 2),
             "peak_connections": {"optuna": peak.get(db, 0),
-                                 "mlflow": peak.get(stack.mlflow_db, 0)}}
+                                 "mlflow": peak.get(stack.mlflow_db, 0),
+                                 "prefect": peak.get(stack.prefect_db, 0),
+                                 "all": peak.get("all", 0)}}
 
 
 def main() -> None:
@@ -164,23 +186,29 @@ def main() -> None:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--clients", default="8,32,100")
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--bouncer-pool", type=int, default=40,
+                        help="PgBouncer's server connections for the study (0: no PgBouncer)")
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="mean seconds between a client's trials (0: back to back)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "control_plane.json"))
     args = parser.parse_args()
-    from sweepflow.stack import drop_databases, pg_server_url, started_stack
+    from sweepflow.stack import started_stack
     from tests.flows.servers import free_port
+    from tests.team.pgcluster import pgbouncer, private_cluster
 
-    server, prefix = pg_server_url(), f"sf_cpb_{uuid.uuid4().hex[:8]}"
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    # A private cluster with PostgreSQL's default 100 connections: the shared server's
+    # connections stay free, and the peak is measured against the default limit.
+    with tempfile.TemporaryDirectory() as tmp, private_cluster(100) as cluster:
         home = Path(tmp)
-        try:
-            with started_stack(home, prefix, mlflow_port=free_port(),
-                               prefect_port=free_port()) as stack:
-                for n in (int(c) for c in args.clients.split(",")):
-                    rows.append(level(stack, server, n, args.seconds, home))
-                    print(json.dumps(rows[-1]), flush=True)
-        finally:
-            drop_databases(server, [f"{prefix}_{k}" for k in ("optuna", "mlflow", "prefect")])
+        with started_stack(home, "sf_cpb", mlflow_port=free_port(), prefect_port=free_port(),
+                           server=cluster.url) as stack, \
+                pgbouncer(cluster, args.bouncer_pool) as bouncer:
+            for n in (int(c) for c in args.clients.split(",")):
+                study_server = bouncer if args.bouncer_pool else cluster.url
+                rows.append(level(stack, cluster.url, study_server, n, args.seconds, home,
+                                  args.pace))
+                print(json.dumps(rows[-1]), flush=True)
     load = os.getloadavg()
     Path(args.out).write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                 time.gmtime()),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import random
 import threading
 import time
 import warnings
@@ -171,21 +172,37 @@ def _lock_key(name: str) -> int:
 
 @contextmanager
 def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
-    """Serialise "look at the study, then create or ask" across processes and machines: a
-    PostgreSQL advisory lock keyed on the study name (released by the server if the holder
-    dies). Nothing to do for SQLite, which has one process at a time."""
+    """Serialise "look at the study, then create, ask or tell" across processes and machines:
+    a PostgreSQL advisory lock keyed on the study name (released by the server if the holder
+    dies). A waiter holds no connection: it tries the lock, and if another worker has it,
+    closes its connection and tries again after a short jittered backoff (up to 0.5 s), so
+    100 workers waiting for one lock do not take 100 of the server's connections. Nothing to
+    do for SQLite, which has one process at a time."""
     if not isinstance(storage, RDBStorage) or storage.engine.dialect.name != "postgresql":
         yield
         return
-    key = _lock_key(study_name)
-    with storage.engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        conn.commit()
+    key, delay = _lock_key(study_name), 0.005
+    while True:
+        conn = storage.engine.connect()
         try:
-            yield
-        finally:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if got:
+            break
+        conn.close()
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.5)
+    try:
+        yield
+    finally:
+        try:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             conn.commit()
+        finally:
+            conn.close()  # closing ends the lock too, should the unlock fail
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
