@@ -20,7 +20,9 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -49,8 +51,8 @@ def _client(url: str, study: str, mlflow_uri: str, exp_id: str, shared: Path, st
     rdb = optuna.storages.RDBStorage(url, engine_kwargs=dict(st.POOL), heartbeat_interval=30,
                                      grace_period=120)
     client = MlflowClient(mlflow_uri)
-    if pace:
-        time.sleep(random.uniform(0, pace))  # the workers do not start in step
+    if pace:  # the workers do not start in step
+        time.sleep(max(0.0, min(random.uniform(0, pace), stop_at - time.time())))
     while time.time() < stop_at:
         start = time.perf_counter()
         try:
@@ -85,8 +87,8 @@ def _client(url: str, study: str, mlflow_uri: str, exp_id: str, shared: Path, st
                     study_obj.tell(trial, 0.2)
             client.set_terminated(rid, "FINISHED")
             out.append((time.perf_counter() - start, None))
-            if pace:
-                time.sleep(random.expovariate(1 / pace))
+            if pace:  # "training", cut at the end of the window
+                time.sleep(max(0.0, min(random.expovariate(1 / pace), stop_at - time.time())))
         except Exception as err:  # noqa: BLE001 - counted and reported
             out.append((time.perf_counter() - start, f"{type(err).__name__}: {err}"[:200]))
             time.sleep(1)
@@ -192,6 +194,7 @@ def main() -> None:
                         help="mean seconds between a client's trials (0: back to back)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "control_plane.json"))
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the cluster on kill
     from sweepflow.stack import started_stack
     from tests.flows.servers import free_port
     from tests.team.pgcluster import pgbouncer, private_cluster
