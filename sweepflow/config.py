@@ -163,7 +163,6 @@ class SweepConfig(_Model):
     pruner_reduction_factor: int = Field(ge=2)  # halving/hyperband: 1 in this many goes on
     metric: Literal["val/f1_macro", "val/accuracy", "val/loss"]
     direction: Literal["maximize", "minimize"]
-    fail_single_class: bool  # a trial whose best weights predict one class ends FAIL
     space: dict[str, Param]
     # Team mode (docs/team-mode.md): a shared study, trial workers placed by Prefect.
     storage: str | None  # Optuna storage URL; None = SQLite in the store
@@ -260,6 +259,7 @@ class RegistryConfig(_Model):
                     "test/recall_macro"]
     promotion: Literal["significant", "better", "manual"]
     alpha: float = Field(gt=0, lt=1)
+    refuse_single_class: bool  # a model predicting one class on test is not registered
 
 
 class CompressConfig(_Model):
