@@ -75,9 +75,9 @@ def _interrupted() -> NoReturn:
 
 def _user_error(err: Exception) -> None:
     """Exit with one line if `err` is a user error; return otherwise."""
+    from sweepflow.flows.team import TeamError
     from sweepflow.tasks.ingest import DataError
     from sweepflow.tasks.sweep_report import NoCompleteTrial
-    from sweepflow.tasks.team import TeamError
 
     if isinstance(err, ConfigError):  # also found once the store is read (pruning signal)
         _fail("config error", err, 2)
@@ -103,8 +103,8 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
         _open_store(cfg)
         tempserver.start()
         from sweepflow.flows.pipeline import pipeline_flow
+        from sweepflow.flows.team import local_workers
         from sweepflow.tasks.summary import print_summary
-        from sweepflow.tasks.team import local_workers
 
         with local_workers(cfg):  # sweep.workers > 1: Prefect workers here for the sweep
             summary = pipeline_flow(cfg)
