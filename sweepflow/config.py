@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sweepflow.encoding import LongText
 from sweepflow.paths import CONF_DIR, project_dir
 
 BUNDLED = "bundled"
@@ -81,7 +82,25 @@ class ModelConfig(_Model):
 
 
 class TokenizeConfig(_Model):
+    """How texts become tokens; longer texts: sweepflow/encoding.py."""
+
     max_length: int = Field(ge=8, le=8192)
+    truncation: Literal["head", "tail", "head_tail"]
+    head_share: float = Field(ge=0, le=1)  # head_tail: share of the tokens kept from the head
+    long_text: Literal["truncate", "chunk"]
+    stride: int = Field(ge=0)  # chunk: tokens shared by neighbouring windows
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TokenizeConfig:
+        if self.long_text == "chunk" and self.stride > self.max_length // 2:
+            raise ValueError(f"tokenize.stride={self.stride} must be at most half of "
+                             f"tokenize.max_length={self.max_length}")
+        return self
+
+    def long_texts(self) -> LongText:
+        return LongText(max_length=self.max_length, truncation=self.truncation,
+                        head_share=self.head_share, long_text=self.long_text,
+                        stride=self.stride)
 
 
 Batching = Literal["shuffle", "bucketed", "grouped"]

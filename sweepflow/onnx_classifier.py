@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from sweepflow.encoding import LongText, encode, mean_by_doc
 
 SPEC_FILE = "classifier.json"
 
@@ -24,6 +28,15 @@ class ClassifierSpec:
     labels: list[str]
     max_length: int  # tokens per text (longer texts are truncated, like in training)
     max_chars: int  # longer texts are refused
+    truncation: str = "head"  # how longer texts become tokens: sweepflow/encoding.py
+    head_share: float = 0.25
+    long_text: str = "truncate"
+    stride: int = 16
+
+    def long_texts(self) -> LongText:
+        return LongText(max_length=self.max_length, truncation=self.truncation,
+                        head_share=self.head_share, long_text=self.long_text,
+                        stride=self.stride)
 
     def save(self, folder: Path) -> Path:
         path = folder / SPEC_FILE
@@ -46,6 +59,18 @@ def check_texts(texts: list[str], max_chars: int) -> None:
         if len(text) > max_chars:
             raise InputError(f"text {i} has {len(text):,} characters, over the limit of "
                              f"{max_chars:,}")
+
+
+def text_probabilities(tokenizer: Any, lt: LongText, texts: list[str],
+                       tensors: str, logits: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """(len(texts), labels) probabilities: the texts encoded as in training (truncated, or
+    in windows whose probabilities are averaged per text), `logits` run on the encoding."""
+    if lt.plain:
+        enc = tokenizer(texts, truncation=True, max_length=lt.max_length, padding=True,
+                        return_tensors=tensors)
+        return softmax(logits(enc))
+    enc, docs = encode(tokenizer, texts, lt, padding=True, return_tensors=tensors)
+    return mean_by_doc(softmax(logits(enc)), docs, len(texts))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -76,12 +101,12 @@ class OnnxClassifier:
         out = np.empty((len(texts), len(self.spec.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], truncation=True,
-                                 max_length=self.spec.max_length, padding=True,
-                                 return_tensors="np")
-            feed = {name: enc[name].astype(np.int64) for name in self.inputs}
-            out[idx] = softmax(self.session.run(None, feed)[0])
+            out[idx] = text_probabilities(self.tokenizer, self.spec.long_texts(),
+                                          [texts[i] for i in idx], "np", self._logits)
         return out
+
+    def _logits(self, enc: Any) -> np.ndarray:
+        return self.session.run(None, {n: enc[n].astype(np.int64) for n in self.inputs})[0]
 
 
 class TorchClassifier:
@@ -99,7 +124,6 @@ class TorchClassifier:
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         check_texts(texts, self.spec.max_chars)
-        enc = self.tokenizer(texts, truncation=True, max_length=self.spec.max_length,
-                             padding=True, return_tensors="pt")
         with self.torch.inference_mode():
-            return softmax(self.model(**enc).logits.float().numpy())
+            return text_probabilities(self.tokenizer, self.spec.long_texts(), texts, "pt",
+                                      lambda enc: self.model(**enc).logits.float().numpy())

@@ -34,7 +34,12 @@ from sweepflow.tasks.train import set_threads
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
-from sweepflow.onnx_classifier import ClassifierSpec, OnnxClassifier, softmax
+from sweepflow.onnx_classifier import (
+    ClassifierSpec,
+    OnnxClassifier,
+    softmax,
+    text_probabilities,
+)
 
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "sweepflow" / "pyfunc_model.py"
 Predictor = Callable[[list[str]], np.ndarray]  # texts -> (n, labels) probabilities
@@ -96,19 +101,26 @@ def quantize(fp32: Path, out: Path) -> Path:
     return out
 
 
-def torch_predictor(model_dir: Path, max_length: int) -> Predictor:
-    """The full-precision model as it is served: PyTorch fp32, same tokenizer."""
+def torch_predictor(model_dir: Path, max_length: int, spec: ClassifierSpec | None = None
+                    ) -> Predictor:
+    """The full-precision model as it is served: PyTorch fp32, same tokenizer (and the
+    spec's long-text handling)."""
     from transformers import AutoModelForSequenceClassification
 
     set_threads(None)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    return module_predictor(model, load_tokenizer(str(model_dir)), max_length)
+    return module_predictor(model, load_tokenizer(str(model_dir)), max_length, spec)
 
 
-def module_predictor(model: torch.nn.Module, tokenizer: Any, max_length: int) -> Predictor:
+def module_predictor(model: torch.nn.Module, tokenizer: Any, max_length: int,
+                     spec: ClassifierSpec | None = None) -> Predictor:
     """Texts -> softmax probabilities of a loaded PyTorch classifier, under inference mode."""
 
     def run(texts: list[str]) -> np.ndarray:
+        if spec is not None and not spec.long_texts().plain:
+            with torch.inference_mode():
+                return text_probabilities(tokenizer, spec.long_texts(), texts, "pt",
+                                          lambda enc: model(**enc).logits.float().numpy())
         enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
                         return_tensors="pt")
         with torch.inference_mode():
@@ -172,7 +184,7 @@ def measure(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     texts, y_true = list(dd["test"][TEXT]), np.asarray(dd["test"][LABEL])
     spec = ClassifierSpec.load(Path(artifacts["spec"]))
     int8 = OnnxClassifier(Path(artifacts["onnx"]), Path(artifacts["tokenizer"]), spec)
-    fp32_run = torch_predictor(model_dir, tokens.max_length)
+    fp32_run = torch_predictor(model_dir, tokens.max_length, spec)
     fp32_size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     return (footprint(fp32_run, texts, predict_labels(fp32_run, texts), y_true, fp32_size,
                       config),
@@ -247,8 +259,10 @@ def register_int8(config: SweepflowConfig, model_uri: str, registry: RegistryRes
 
 def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
              registry: RegistryResult | None, run_id: str) -> CompressResult:
+    lt = tokens.long_texts()
     spec = ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
-                          max_chars=config.compress.max_text_chars)
+                          max_chars=config.compress.max_text_chars, truncation=lt.truncation,
+                          head_share=lt.head_share, long_text=lt.long_text, stride=lt.stride)
     with tempfile.TemporaryDirectory(prefix="sweepflow-int8-") as tmp:
         artifacts = build_int8(model_dir, Path(tmp), spec)
         fp32, int8 = measure(config, tokens, model_dir, artifacts)

@@ -31,6 +31,7 @@ from transformers import AutoModelForSequenceClassification, pipeline
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
+from sweepflow.encoding import mean_by_doc
 from sweepflow.hashing import code_version, hash_json
 from sweepflow.paths import cache_dir
 
@@ -93,6 +94,7 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
     order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
+    chunked = tokens.chunked  # windows: their probabilities are averaged per text
     mode = resolve_precision(precision)
     dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float16
     out = []
@@ -101,8 +103,13 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
         for batch in track(loader, description="evaluate"):
             batch.pop("labels")
             batch = {k: v.to(device) for k, v in batch.items()}
-            out.append(model(**batch).logits.argmax(-1).cpu().numpy())
+            logits = model(**batch).logits
+            out.append((logits.float().softmax(-1) if chunked else logits.argmax(-1)
+                        ).cpu().numpy())
     flat = np.concatenate(out)
+    if chunked:
+        docs = np.asarray(rows.docs)[order]
+        return mean_by_doc(flat, docs, tokens.data.sizes["test"]).argmax(-1)
     for i, idx in enumerate(order):
         preds[idx] = flat[i]
     return preds

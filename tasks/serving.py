@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from sweepflow.tasks.compress import PYFUNC_CODE
+from sweepflow.tasks.predict import training_long_text
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
@@ -70,9 +71,11 @@ def wrap_transformers(config: SweepflowConfig, model_uri: str, info: object) -> 
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=f"{tmp}/src"))
         binary = local / info.flavors["transformers"].get("model_binary", "model")
         labels = json.loads((binary / "config.json").read_text())["id2label"]
+        lt = training_long_text(info.run_id, config.tokenize.max_length)
         spec = ClassifierSpec(labels=[labels[str(i)] for i in range(len(labels))],
-                              max_length=config.tokenize.max_length,
-                              max_chars=config.compress.max_text_chars)
+                              max_length=lt.max_length, max_chars=config.compress.max_text_chars,
+                              truncation=lt.truncation, head_share=lt.head_share,
+                              long_text=lt.long_text, stride=lt.stride)
         with tracking.no_mlflow_prints():
             mlflow.pyfunc.save_model(
                 path=f"{tmp}/model", python_model=str(PYFUNC_CODE), input_example=EXAMPLE,

@@ -159,8 +159,11 @@ def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
 def basis(tokens: TokenizedData) -> str:
     """What makes two trials' models comparable: the same splits (data digest), the same base
     model and the same tokenization."""
-    return hash_json({"data": tokens.data.digest, "model": tokens.model_path,
-                      "max_length": tokens.max_length})[:12]
+    key = {"data": tokens.data.digest, "model": tokens.model_path,
+           "max_length": tokens.max_length}
+    if tokens.long is not None:  # other truncation or chunks: other models
+        key["long"] = tokens.long.__dict__
+    return hash_json(key)[:12]
 
 
 def rank(study: optuna.Study, value: float, number: int) -> tuple[float, int]:

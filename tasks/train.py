@@ -65,6 +65,7 @@ class Rows(Dataset):
         self.attention_mask = cols["attention_mask"]
         self.labels = cols[LABEL]
         self.lengths = cols["length"]
+        self.docs = cols.get("doc")  # chunks: the text each window comes from
 
     def __len__(self) -> int:
         return len(self.labels)
