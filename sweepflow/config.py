@@ -53,7 +53,8 @@ class DataConfig(_Model):
     revision: str | None
     encoding: str | None
     splits: SplitNames
-    text_column: str
+    text_column: str | list[str]  # a list of two columns: a sentence pair
+    text_pair_column: str | None  # the second text of a sentence pair
     label_column: str
     labels: list[str | int] | dict[str | int, str] | None
     val_fraction: float = Field(gt=0, lt=1)
@@ -72,9 +73,21 @@ class DataConfig(_Model):
                     f"split names must be train/validation/test, got {sorted(unknown)}")
             if "train" not in self.path:
                 raise ValueError("a mapping of split files needs a 'train' file")
+        if isinstance(self.text_column, list) and (len(self.text_column) != 2
+                                                   or self.text_pair_column):
+            raise ValueError("data.text_column takes one column, or a list of two (a "
+                             "sentence pair; then no data.text_pair_column)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1")
         return self
+
+
+    @property
+    def text_columns(self) -> tuple[str, str | None]:
+        """(text column, pair column or None)."""
+        if isinstance(self.text_column, list):
+            return self.text_column[0], self.text_column[1]
+        return self.text_column, self.text_pair_column
 
 
 class ModelConfig(_Model):
@@ -311,6 +324,9 @@ class SweepflowConfig(_Model):
     @model_validator(mode="after")
     def _space_fits_train(self) -> SweepflowConfig:
         check_space_against_train(self.train, self.sweep.space)
+        if self.data.text_columns[1] and not self.tokenize.long_texts().plain:
+            raise ValueError("sentence pairs are truncated by the tokenizer (longest first): "
+                             "tokenize.truncation=head and tokenize.long_text=truncate only")
         return self
 
     def flat(self) -> dict[str, str]:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from sweepflow import modelsafety, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.encoding import LongText
-from sweepflow.onnx_classifier import text_probabilities
+from sweepflow.onnx_classifier import Text, chars, text_probabilities
 
 BATCH = 64
 CHUNK = 1024  # texts per call of the model (progress is reported per chunk)
@@ -48,6 +48,7 @@ class PredictError(RuntimeError):
 class Prediction(BaseModel):
     model_config = ConfigDict(frozen=True)
     text: str
+    text_pair: str | None = None  # sentence pairs only (left out of the JSON line otherwise)
     label: str
     probability: float
 
@@ -64,8 +65,9 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def read_texts(path: Path, text_column: str) -> list[str]:
-    """Texts of a file (or of stdin for `-`), each a string, never parsed."""
+def read_texts(path: Path, text_column: str) -> list[Text]:
+    """Texts of a file (or of stdin for `-`), each a string, never parsed; a .csv / .jsonl
+    file with columns text and text_pair gives sentence pairs."""
     if str(path) == "-":
         return _lines(sys.stdin.read())
     if not path.is_file():
@@ -80,16 +82,21 @@ def read_texts(path: Path, text_column: str) -> list[str]:
                  else pd.read_json(path, lines=True, dtype=False))
     except (ValueError, pd.errors.ParserError) as err:
         raise PredictError(f"cannot read {path}: {type(err).__name__}") from None
+    if "text_pair" in frame.columns and "text" in frame.columns:  # sentence pairs
+        return [(str(a), str(b)) for a, b in zip(frame["text"], frame["text_pair"],
+                                                 strict=True)]
     if text_column not in frame.columns:
         raise PredictError(f"{path} has no column '{text_column}' (data.text_column); "
                            f"columns: {list(frame.columns)}")
     return [str(t) for t in frame[text_column].tolist()]
 
 
-def check_texts(texts: list[str]) -> None:
+def check_texts(texts: list[Text]) -> None:
     for i, text in enumerate(texts, 1):
-        if not str(text).strip():
-            raise PredictError(f"text {i} is empty: give a text to label")
+        for side, value in zip(("text", "text_pair"), text if isinstance(text, tuple)
+                               else (text,), strict=False):
+            if not str(value).strip():
+                raise PredictError(f"{side} {i} is empty: give a text to label")
 
 
 def training_long_text(run_id: str | None, default: int) -> LongText:
@@ -183,7 +190,7 @@ def predict(loaded: LoadedModel, texts: list[str], batch_size: int = BATCH,
     """The top label of each text and its probability, in the order of `texts`;
     `progress(n)` is called after every chunk of n texts."""
     check_texts(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # like lengths together
+    order = sorted(range(len(texts)), key=lambda i: chars(texts[i]))  # like lengths together
     out: list[Prediction | None] = [None] * len(texts)
     for start in range(0, len(order), CHUNK):
         idx = order[start:start + CHUNK]
@@ -203,12 +210,19 @@ def _predict_pyfunc(loaded: LoadedModel, texts: list[str]) -> list[Prediction]:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    if pairs:  # each side cut to half of what the model accepts
+        half = loaded.max_length // 2
+        frame = pd.DataFrame({"text": [t[0][:half] for t in texts],
+                              "text_pair": [t[1][:half] for t in texts]})
+    else:
+        frame = pd.DataFrame({"text": [t[:loaded.max_length] for t in texts]})
     try:
-        frame = loaded.model.predict(pd.DataFrame({"text": [t[:loaded.max_length]
-                                                            for t in texts]}))
+        frame = loaded.model.predict(frame)
     except MlflowException as err:  # e.g. the int8 model refusing an oversized text
         raise PredictError(f"the model refused the input: {err.message}") from None
-    return [Prediction(text=t, label=str(label), probability=float(score))
+    return [Prediction(text=t[0] if pairs else t, text_pair=t[1] if pairs else None,
+                       label=str(label), probability=float(score))
             for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]
 
 
@@ -222,6 +236,8 @@ def _predict_transformers(loaded: LoadedModel, texts: list[str], batch_size: int
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
+            if isinstance(chunk[0], tuple):
+                raise PredictError("this model labels single texts, not sentence pairs")
             cut = [t[:MAX_TEXT_CHARS] for t in chunk]
             if loaded.long is not None and not loaded.long.plain:
                 probs = torch.from_numpy(text_probabilities(

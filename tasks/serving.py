@@ -25,6 +25,8 @@ from sweepflow.onnx_classifier import ClassifierSpec
 from sweepflow.paths import store_dir
 
 EXAMPLE = ["what a great day", "the bus was late again"]
+# A python_function model written by sweepflow (models from code, or a saved PythonModel).
+CLASSIFIER_LOADERS = ("mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model")
 
 
 class ServeError(RuntimeError):
@@ -49,7 +51,7 @@ def served_model(config: SweepflowConfig, model_uri: str) -> str:
     classifier model, else the folder of its wrapped copy."""
     info = model_info(config, model_uri)
     pyfunc = info.flavors.get("python_function", {})
-    if pyfunc.get("loader_module") == "mlflow.pyfunc.model" and "transformers" not in \
+    if pyfunc.get("loader_module") in CLASSIFIER_LOADERS and "transformers" not in \
             info.flavors:
         return model_uri
     if "transformers" in info.flavors:

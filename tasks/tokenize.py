@@ -12,7 +12,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
-from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.clean import LABEL, TEXT, TEXT_PAIR
 from sweepflow.tasks.ingest import IngestResult
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -49,6 +49,7 @@ class TokenizedData(BaseModel):
     max_length: int
     stats: TokenStats
     long: LongText | None = None  # head truncation, one row per text when None
+    pair: bool = False  # sentence pairs (text, text_pair)
 
     def long_texts(self) -> LongText:
         return self.long or LongText(max_length=self.max_length)
@@ -130,6 +131,26 @@ def tokenize_splits(
     return out.remove_columns(["full_length"]), full
 
 
+def tokenize_pairs(dd: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase,
+                   max_length: int) -> tuple[datasets.DatasetDict, np.ndarray]:
+    """Sentence pairs as the tokenizer joins them ([CLS] a [SEP] b [SEP], token types 0/1),
+    truncated longest-first as run_glue.py does."""
+
+    def encode(batch: dict) -> dict:
+        full = tokenizer(batch[TEXT], batch[TEXT_PAIR], truncation=False,
+                         return_attention_mask=False, return_token_type_ids=False)
+        enc = tokenizer(batch[TEXT], batch[TEXT_PAIR], truncation="longest_first",
+                        max_length=max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "token_type_ids": enc["token_type_ids"],
+                "length": [len(ids) for ids in enc["input_ids"]],
+                "full_length": [len(ids) for ids in full["input_ids"]]}
+
+    out = dd.map(encode, batched=True, batch_size=1000, desc="tokenize", keep_in_memory=True)
+    full = np.concatenate([np.asarray(out[s]["full_length"]) for s in out])
+    return out.remove_columns(["full_length"]), full
+
+
 def tokenize_long(dd: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, lt: LongText
                   ) -> tuple[datasets.DatasetDict, np.ndarray]:
     """tail / head_tail truncation or chunks (sweepflow/encoding.py): rows carry `doc`, the
@@ -164,7 +185,9 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     model_path = resolve_model(config.model.name_or_path)
     dd = datasets.load_from_disk(str(Path(data.path) / "data"))
     lt = config.tokenize.long_texts()
-    if lt.plain:  # the default path, untouched: one tokenizer call with its own truncation
+    if TEXT_PAIR in dd["train"].column_names:
+        tokenized, full = tokenize_pairs(dd, load_tokenizer(model_path), lt.max_length)
+    elif lt.plain:  # the default path, untouched: one tokenizer call with its own truncation
         tokenized, full = tokenize_splits(dd, load_tokenizer(model_path), lt.max_length)
     else:
         tokenized, full = tokenize_long(dd, load_tokenizer(model_path), lt)
@@ -177,7 +200,8 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
         )
     result = TokenizedData(path=str(out_dir), key=key, data=data, model_path=model_path,
                            max_length=config.tokenize.max_length, stats=stats,
-                           long=None if lt.plain else lt)
+                           long=None if lt.plain else lt,
+                           pair=TEXT_PAIR in dd["train"].column_names)
 
     def build(tmp: Path) -> None:
         tokenized.save_to_disk(str(tmp / "data"))
@@ -191,8 +215,8 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
 def load_tokenized(path: str) -> datasets.DatasetDict:
     """Loaded once per process and shared by every trial of a sweep."""
     dd = datasets.load_from_disk(str(Path(path) / "data"))
-    docs = ["doc"] if "doc" in dd["train"].column_names else []
-    return dd.with_format(columns=["input_ids", "attention_mask", LABEL, "length", *docs])
+    extra = [c for c in ("doc", "token_type_ids") if c in dd["train"].column_names]
+    return dd.with_format(columns=["input_ids", "attention_mask", LABEL, "length", *extra])
 
 
 @task(name="tokenize", cache_policy=NO_CACHE)

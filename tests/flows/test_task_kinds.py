@@ -54,3 +54,42 @@ def test_long_documents_in_chunks_end_to_end(tiny_overrides):
     assert (spec["long_text"], spec["stride"], spec["max_length"]) == ("chunk", 2, 8)
     frame = mlflow.pyfunc.load_model(served).predict([LONG, "awful hate"])
     assert set(frame["label"]) <= LABELS and len(frame) == 2
+
+
+def test_sentence_pairs_end_to_end(tiny_overrides, tmp_path):
+    from tests.tasks.test_pairs import make_pairs
+
+    path = tmp_path / "pairs.csv"
+    make_pairs().to_csv(path, index=False)
+    overrides = [*tiny_overrides, f"data.path={path}", "data.text_column=[sentence1, sentence2]",
+                 "data.label_column=label", "sweep.n_trials=1", "compress.enabled=true",
+                 "compress.latency_texts=5", "compress.throughput_batches=1",
+                 "compress.max_f1_drop=1"]
+    config = load_config(overrides=overrides)
+    summary = pipeline_flow(config)
+    assert summary.registry is not None and summary.registry.version == 1
+    info = mlflow.models.get_model_info(summary.evaluation.model_uri)
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["text", "text_pair"]
+    aliases = MlflowClient(tracking.tracking_uri(config)).get_registered_model("tiny").aliases
+    assert aliases["champion"] == 1 and aliases["champion-int8"] == 2
+    pairs = {"same", "different"}
+
+    for model in ([], ["--model", champion_uri(config)]):  # int8 twin, then the full model
+        result = runner.invoke(app, ["predict", *overrides, *model, "great love", "--pair",
+                                     "happy best", "awful hate", "--pair", "the road"])
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [(p["text"], p["text_pair"]) for p in lines] == [
+            ("great love", "happy best"), ("awful hate", "the road")]
+        assert all(p["label"] in pairs and 0 < p["probability"] <= 1 for p in lines)
+    (tmp_path / "pairs.jsonl").write_text('{"text": "nice fun", "text_pair": "sad angry"}\n')
+    result = runner.invoke(app, ["predict", *overrides, "--file", str(tmp_path / "pairs.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["text_pair"] == "sad angry"
+    result = runner.invoke(app, ["predict", *overrides, "great love", "--pair", " "])
+    assert result.exit_code == 1 and "text_pair 1 is empty" in result.output
+
+    served = served_model(config, champion_uri(config))  # what `serve-model` serves
+    frame = mlflow.pyfunc.load_model(served).predict(
+        [{"text": "great love", "text_pair": "happy best"}])
+    assert set(frame["label"]) <= pairs and len(frame) == 1
