@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
-from sweepflow.tasks.guards import REASON_TAG, Diverged, DivergenceGuard
+from sweepflow.tasks.guards import NOTE_TAG, REASON_TAG, DivergenceGuard
 from sweepflow.tasks.pruning import (
     SIGNAL_ATTR,
     StepPruning,
@@ -74,6 +74,7 @@ class TrialResult(BaseModel):
     seconds: float
     run_id: str
     error: str | None = None
+    note: str | None = None  # e.g. "single-class predictions at step 4" (still complete)
 
 
 def study_storage(config: SweepflowConfig | None = None) -> str:
@@ -159,8 +160,11 @@ def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
 def basis(tokens: TokenizedData) -> str:
     """What makes two trials' models comparable: the same splits (data digest), the same base
     model and the same tokenization."""
-    return hash_json({"data": tokens.data.digest, "model": tokens.model_path,
-                      "max_length": tokens.max_length})[:12]
+    key = {"data": tokens.data.digest, "model": tokens.model_path,
+           "max_length": tokens.max_length}
+    if tokens.long is not None:  # other truncation or chunks: other models
+        key["long"] = tokens.long.__dict__
+    return hash_json(key)[:12]
 
 
 def rank(study: optuna.Study, value: float, number: int) -> tuple[float, int]:
@@ -283,9 +287,6 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         try:
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
-            degenerate = guard.single_class_reason(fitted.best_step)
-            if degenerate and config.sweep.fail_single_class:
-                raise Diverged(degenerate)
         except Exception as err:
             if isinstance(err, UpdateFinishedTrialError) or not still_running(study, trial):
                 raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
@@ -304,13 +305,19 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         state = "pruned" if pruning.pruned_at is not None else "complete"
         if fitted.best_value is None:
             state = "failed"
+        note = guard.single_class_note(fitted.best_step)  # a poor model, not a failure
+        if note:
+            trial.set_user_attr("note", note)
         result = TrialResult(number=trial.number, state=state, value=fitted.best_value,
                              params=params, steps=fitted.steps,
-                             seconds=time.perf_counter() - start, run_id=run_id)
+                             seconds=time.perf_counter() - start, run_id=run_id, note=note)
         tell(study, trial, result, module, fitted.state, tokens,
              storage.open_storage(ref.storage, config.sweep))
-        client.log_batch(run_id, tags=[tracking.RunTag("optuna.state", state),
-                                       tracking.RunTag("optuna.steps", str(result.steps))])
+        tags = [tracking.RunTag("optuna.state", state),
+                tracking.RunTag("optuna.steps", str(result.steps))]
+        if note:
+            tags.append(tracking.RunTag(NOTE_TAG, note))
+        client.log_batch(run_id, tags=tags)
     return result
 
 
@@ -400,8 +407,9 @@ def outcome_line(result: TrialResult, metric: str, total_steps: int) -> str:
     value = "-" if result.value is None else f"{result.value:.4f}"
     where = (f"pruned at step {result.steps} of {total_steps}" if result.state == "pruned"
              else f"complete, {result.steps} steps")
+    note = f" ({result.note})" if result.note else ""
     return (f"trial {result.number} {where} in {result.seconds:.0f} s: best {metric} {value}"
-            f"  [{params}]")
+            f"{note}  [{params}]")
 
 
 @task(name="train-trial", cache_policy=NO_CACHE)
