@@ -113,7 +113,8 @@ def decide(score: float, digest: str, champion: Champion | None, metric: str,
         return Verdict(decision="not_comparable",
                        reason=f"{v} was scored on test data {champion.digest}, this model on "
                               f"{digest}, and it could not be re-scored on these rows"
-                              f"{f' ({why_not})' if why_not else ''}: champion kept")
+                              f"{f' ({why_not})' if why_not else ''}: scores are not comparable, "
+                              "champion kept")
     if champion.digest != digest:
         v += " re-scored on these test rows"
     if promotion == "significant":

@@ -213,8 +213,8 @@ def warm_start(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef
         best = best[:min(config.sweep.warm_start, config.sweep.n_trials)]
         for trial in best:
             params = {k: v for k, v in trial.params.items() if k in config.sweep.space}
-            study.enqueue_trial(params, user_attrs={WARM_ATTR: f"{previous}#{trial.number}"},
-                                skip_if_exists=True)
+            # Not skip_if_exists: yesterday's trial with these params is what it matches.
+            study.enqueue_trial(params, user_attrs={WARM_ATTR: f"{previous}#{trial.number}"})
     return best
 
 
