@@ -20,9 +20,9 @@ def main() -> None:
     args = parser.parse_intermixed_args()
 
     from sweepflow.flows.sweep import sweep_flow
+    from sweepflow.flows.team import local_workers
     from sweepflow.tasks.ingest import ingest
     from sweepflow.tasks.sweep import create_study
-    from sweepflow.tasks.team import local_workers
     from sweepflow.tasks.tokenize import tokenize
 
     from sweepflow import tracking

@@ -75,9 +75,9 @@ def _interrupted() -> NoReturn:
 
 def _user_error(err: Exception) -> None:
     """Exit with one line if `err` is a user error; return otherwise."""
+    from sweepflow.flows.team import TeamError
     from sweepflow.tasks.ingest import DataError
     from sweepflow.tasks.sweep_report import NoCompleteTrial
-    from sweepflow.tasks.team import TeamError
 
     if isinstance(err, ConfigError):  # also found once the store is read (pruning signal)
         _fail("config error", err, 2)
@@ -103,8 +103,8 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
         _open_store(cfg)
         tempserver.start()
         from sweepflow.flows.pipeline import pipeline_flow
+        from sweepflow.flows.team import local_workers
         from sweepflow.tasks.summary import print_summary
-        from sweepflow.tasks.team import local_workers
 
         with local_workers(cfg):  # sweep.workers > 1: Prefect workers here for the sweep
             summary = pipeline_flow(cfg)
@@ -214,6 +214,10 @@ def predict(args: Texts = None, config: ConfigOpt = None,
                 help="MLflow model URI or folder [default: models:/<registry.model_name or "
                      "tracking.experiment>@champion-int8 when it is the int8 twin of the "
                      "champion, else @champion].")] = None,
+            pair: Annotated[list[str] | None, typer.Option(
+                "--pair", help="The second text of a sentence pair, once per TEXT in order "
+                               "(a pair model); a .csv / .jsonl file gives pairs in columns "
+                               "text and text_pair.")] = None,
             file: Annotated[Path | None, typer.Option(
                 "--file", "-f", help="More texts: one per line, or the data.text_column of "
                                      "a .csv / .jsonl file; '-' reads stdin.")] = None,
@@ -247,7 +251,12 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     try:
         if "-" in texts:
             texts = [t for t in texts if t != "-"] + read_texts(Path("-"), "")
-        texts += read_texts(file, cfg.data.text_column) if file else []
+        if pair:
+            if len(pair) != len(texts):
+                raise PredictError(f"{len(texts)} texts and {len(pair)} --pair texts: give "
+                                   "one --pair per text")
+            texts = list(zip(texts, pair, strict=True))
+        texts += read_texts(file, cfg.data.text_columns[0]) if file else []
         if not texts:
             raise PredictError("no text: give TEXT arguments, --file FILE or - (stdin)")
         check_texts(texts)
@@ -269,7 +278,7 @@ def predict(args: Texts = None, config: ConfigOpt = None,
         errors.print(f"[red]{err.kind}:[/red] {err}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     for prediction in predictions:
-        typer.echo(json.dumps(prediction.model_dump(), ensure_ascii=False))
+        typer.echo(json.dumps(prediction.model_dump(exclude_none=True), ensure_ascii=False))
 
 
 @app.command("serve-model")

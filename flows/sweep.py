@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from prefect import flow
+from sweepflow.flows.team import run_team_task
 from sweepflow.tasks.sweep import StudyRef, create_study_task, run_trial_task, warm_start_task
 from sweepflow.tasks.sweep_report import SweepResult, summarize_sweep_task
-from sweepflow.tasks.team import run_team_task
 from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import paths

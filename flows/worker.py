@@ -1,6 +1,6 @@
 """A trial worker: one process pulling trials from a sweep's shared study until it holds the
 sweep's number of finished trials. Run by Prefect workers from the `trial-worker/<pool>`
-deployment that a team sweep creates (tasks/team.py)."""
+deployment that a team sweep creates (flows/team.py)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sweepflow.encoding import LongText
 from sweepflow.paths import CONF_DIR, project_dir
 
 BUNDLED = "bundled"
@@ -52,7 +53,8 @@ class DataConfig(_Model):
     revision: str | None
     encoding: str | None
     splits: SplitNames
-    text_column: str
+    text_column: str | list[str]  # a list of two columns: a sentence pair
+    text_pair_column: str | None  # the second text of a sentence pair
     label_column: str
     labels: list[str | int] | dict[str | int, str] | None
     val_fraction: float = Field(gt=0, lt=1)
@@ -71,9 +73,21 @@ class DataConfig(_Model):
                     f"split names must be train/validation/test, got {sorted(unknown)}")
             if "train" not in self.path:
                 raise ValueError("a mapping of split files needs a 'train' file")
+        if isinstance(self.text_column, list) and (len(self.text_column) != 2
+                                                   or self.text_pair_column):
+            raise ValueError("data.text_column takes one column, or a list of two (a "
+                             "sentence pair; then no data.text_pair_column)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1")
         return self
+
+
+    @property
+    def text_columns(self) -> tuple[str, str | None]:
+        """(text column, pair column or None)."""
+        if isinstance(self.text_column, list):
+            return self.text_column[0], self.text_column[1]
+        return self.text_column, self.text_pair_column
 
 
 class ModelConfig(_Model):
@@ -81,7 +95,25 @@ class ModelConfig(_Model):
 
 
 class TokenizeConfig(_Model):
+    """How texts become tokens; longer texts: sweepflow/encoding.py."""
+
     max_length: int = Field(ge=8, le=8192)
+    truncation: Literal["head", "tail", "head_tail"]
+    head_share: float = Field(ge=0, le=1)  # head_tail: share of the tokens kept from the head
+    long_text: Literal["truncate", "chunk"]
+    stride: int = Field(ge=0)  # chunk: tokens shared by neighbouring windows
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TokenizeConfig:
+        if self.long_text == "chunk" and self.stride > self.max_length // 2:
+            raise ValueError(f"tokenize.stride={self.stride} must be at most half of "
+                             f"tokenize.max_length={self.max_length}")
+        return self
+
+    def long_texts(self) -> LongText:
+        return LongText(max_length=self.max_length, truncation=self.truncation,
+                        head_share=self.head_share, long_text=self.long_text,
+                        stride=self.stride)
 
 
 Batching = Literal["shuffle", "bucketed", "grouped"]
@@ -165,7 +197,6 @@ class SweepConfig(_Model):
     pruner_reduction_factor: int = Field(ge=2)  # halving/hyperband: 1 in this many goes on
     metric: Literal["val/f1_macro", "val/accuracy", "val/loss"]
     direction: Literal["maximize", "minimize"]
-    fail_single_class: bool  # a trial whose best weights predict one class ends FAIL
     space: dict[str, Param]
     # Team mode (docs/team-mode.md): a shared study, trial workers placed by Prefect.
     storage: str | None  # Optuna storage URL; None = SQLite in the store
@@ -262,6 +293,7 @@ class RegistryConfig(_Model):
                     "test/recall_macro"]
     promotion: Literal["significant", "better", "manual"]
     alpha: float = Field(gt=0, lt=1)
+    refuse_single_class: bool  # a model predicting one class on test is not registered
 
 
 class DriftConfig(_Model):
@@ -305,6 +337,9 @@ class SweepflowConfig(_Model):
     @model_validator(mode="after")
     def _space_fits_train(self) -> SweepflowConfig:
         check_space_against_train(self.train, self.sweep.space)
+        if self.data.text_columns[1] and not self.tokenize.long_texts().plain:
+            raise ValueError("sentence pairs are truncated by the tokenizer (longest first): "
+                             "tokenize.truncation=head and tokenize.long_text=truncate only")
         return self
 
     def flat(self) -> dict[str, str]:

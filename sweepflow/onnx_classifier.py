@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from sweepflow.encoding import LongText, encode, mean_by_doc
+
 SPEC_FILE = "classifier.json"
+Text = str | tuple[str, str]  # a text, or a sentence pair (text, text_pair)
+
+
+def chars(text: Text) -> int:
+    return len(text) if isinstance(text, str) else len(text[0]) + len(text[1])
 
 
 class InputError(ValueError):
@@ -24,6 +33,16 @@ class ClassifierSpec:
     labels: list[str]
     max_length: int  # tokens per text (longer texts are truncated, like in training)
     max_chars: int  # longer texts are refused
+    truncation: str = "head"  # how longer texts become tokens: sweepflow/encoding.py
+    head_share: float = 0.25
+    long_text: str = "truncate"
+    stride: int = 16
+    pair: bool = False  # inputs are sentence pairs (text, text_pair)
+
+    def long_texts(self) -> LongText:
+        return LongText(max_length=self.max_length, truncation=self.truncation,
+                        head_share=self.head_share, long_text=self.long_text,
+                        stride=self.stride)
 
     def save(self, folder: Path) -> Path:
         path = folder / SPEC_FILE
@@ -35,17 +54,40 @@ class ClassifierSpec:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def check_texts(texts: list[str], max_chars: int) -> None:
-    """Empty, blank or oversized texts are refused by position (from 1) rather than guessed
-    at."""
+def check_texts(texts: list[Text], max_chars: int, pair: bool = False) -> None:
+    """Empty, blank or oversized texts (or pair sides) are refused by position (from 1)
+    rather than guessed at."""
     for i, text in enumerate(texts, 1):
-        if not isinstance(text, str):
-            raise InputError(f"text {i} is not a string ({type(text).__name__})")
-        if not text.strip():
-            raise InputError(f"text {i} is empty")
-        if len(text) > max_chars:
-            raise InputError(f"text {i} has {len(text):,} characters, over the limit of "
+        sides = text if isinstance(text, tuple) else (text,)
+        if pair != isinstance(text, tuple) or len(sides) != (2 if pair else 1):
+            want = "a pair (text, text_pair)" if pair else "a single text"
+            raise InputError(f"text {i}: this model takes {want}")
+        for side, value in zip(("text", "text_pair"), sides, strict=False):
+            if not isinstance(value, str):
+                raise InputError(f"{side} {i} is not a string ({type(value).__name__})")
+            if not value.strip():
+                raise InputError(f"{side} {i} is empty")
+        if chars(text) > max_chars:
+            raise InputError(f"text {i} has {chars(text):,} characters, over the limit of "
                              f"{max_chars:,}")
+
+
+def text_probabilities(tokenizer: Any, lt: LongText, texts: list[Text],
+                       tensors: str, logits: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """(len(texts), labels) probabilities: the texts encoded as in training (truncated, or
+    in windows whose probabilities are averaged per text; pairs joined by the tokenizer and
+    truncated longest-first), `logits` run on the encoding."""
+    if texts and isinstance(texts[0], tuple):
+        enc = tokenizer([t[0] for t in texts], [t[1] for t in texts],
+                        truncation="longest_first", max_length=lt.max_length, padding=True,
+                        return_tensors=tensors)
+        return softmax(logits(enc))
+    if lt.plain:
+        enc = tokenizer(texts, truncation=True, max_length=lt.max_length, padding=True,
+                        return_tensors=tensors)
+        return softmax(logits(enc))
+    enc, docs = encode(tokenizer, texts, lt, padding=True, return_tensors=tensors)
+    return mean_by_doc(softmax(logits(enc)), docs, len(texts))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -68,20 +110,20 @@ class OnnxClassifier:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
         self.spec = spec
 
-    def probabilities(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def probabilities(self, texts: list[Text], batch_size: int = 32) -> np.ndarray:
         """(n, labels) softmax probabilities of the texts, checked first; run in batches of
         like-length texts so little padding is computed."""
-        check_texts(texts, self.spec.max_chars)
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        check_texts(texts, self.spec.max_chars, self.spec.pair)
+        order = np.argsort([chars(t) for t in texts], kind="stable")
         out = np.empty((len(texts), len(self.spec.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], truncation=True,
-                                 max_length=self.spec.max_length, padding=True,
-                                 return_tensors="np")
-            feed = {name: enc[name].astype(np.int64) for name in self.inputs}
-            out[idx] = softmax(self.session.run(None, feed)[0])
+            out[idx] = text_probabilities(self.tokenizer, self.spec.long_texts(),
+                                          [texts[i] for i in idx], "np", self._logits)
         return out
+
+    def _logits(self, enc: Any) -> np.ndarray:
+        return self.session.run(None, {n: enc[n].astype(np.int64) for n in self.inputs})[0]
 
 
 class TorchClassifier:
@@ -97,9 +139,8 @@ class TorchClassifier:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
         self.spec = spec
 
-    def probabilities(self, texts: list[str]) -> np.ndarray:
-        check_texts(texts, self.spec.max_chars)
-        enc = self.tokenizer(texts, truncation=True, max_length=self.spec.max_length,
-                             padding=True, return_tensors="pt")
+    def probabilities(self, texts: list[Text]) -> np.ndarray:
+        check_texts(texts, self.spec.max_chars, self.spec.pair)
         with self.torch.inference_mode():
-            return softmax(self.model(**enc).logits.float().numpy())
+            return text_probabilities(self.tokenizer, self.spec.long_texts(), texts, "pt",
+                                      lambda enc: self.model(**enc).logits.float().numpy())

@@ -24,13 +24,25 @@ from sweepflow.onnx_classifier import (
     ClassifierSpec,
     InputError,
     OnnxClassifier,
+    Text,
     TorchClassifier,
 )
 
 
-def as_texts(model_input: Any) -> list[str]:
+def as_texts(model_input: Any) -> list[Text]:
+    """Texts, or sentence pairs as (text, text_pair): a DataFrame with columns text and
+    text_pair, or records {"text": ..., "text_pair": ...}."""
     if isinstance(model_input, str):
         return [model_input]
+    if isinstance(model_input, dict):
+        model_input = [model_input]
+    if isinstance(model_input, pd.DataFrame) and "text_pair" in model_input.columns:
+        model_input = model_input.to_dict("records")
+    if isinstance(model_input, list) and model_input and isinstance(model_input[0], dict):
+        try:
+            return [(r["text"], r["text_pair"]) for r in model_input]
+        except (KeyError, TypeError):
+            raise InputError('a sentence pair is {"text": ..., "text_pair": ...}') from None
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] != 1:
             raise InputError(f"expected one column of texts, got {list(model_input.columns)}")

@@ -11,7 +11,15 @@ import pandas as pd
 from sweepflow.config import CleanConfig
 
 TEXT = "text"
+TEXT_PAIR = "text_pair"  # the second text of a sentence pair
 LABEL = "label"
+
+
+def text_key(df: pd.DataFrame) -> pd.Series:
+    """What makes two rows the same text: the text, or both texts of a pair."""
+    if TEXT_PAIR in df:
+        return df[TEXT] + "\x1f" + df[TEXT_PAIR]
+    return df[TEXT]
 
 
 @dataclass
@@ -46,6 +54,10 @@ def clean_split(
     cleaned = texts.map(lambda t: normalise(str(t), cfg.fix_unicode)).astype("string")
     report.add(split, "changed_by_normalisation", int((cleaned != texts).sum()))
     df = df.assign(**{TEXT: cleaned})
+    if TEXT_PAIR in df:  # the second text of a pair is cleaned the same way
+        pairs = df[TEXT_PAIR].astype("string").fillna("")
+        df = df.assign(**{TEXT_PAIR: pairs.map(lambda t: normalise(str(t), cfg.fix_unicode)
+                                               ).astype("string")})
     steps = [
         ("dropped_empty", cfg.drop_empty, lambda d: d[TEXT].str.len() > 0),
         ("dropped_too_short", cfg.min_chars is not None,
@@ -54,7 +66,7 @@ def clean_split(
          lambda d: d[TEXT].str.len() <= (cfg.max_chars or 0)),
         ("dropped_low_confidence", cfg.min_confidence is not None,
          lambda d: pd.to_numeric(d["confidence"], errors="coerce") >= cfg.min_confidence),
-        ("dropped_duplicates", cfg.drop_duplicates, lambda d: ~d[TEXT].duplicated()),
+        ("dropped_duplicates", cfg.drop_duplicates, lambda d: ~text_key(d).duplicated()),
     ]
     for name, enabled, keep in steps:
         if enabled:
@@ -77,12 +89,13 @@ def remove_overlap(
     for split in order:
         df = out[split]
         leak = pd.Series(False, index=df.index)
+        key = text_key(df)
         for other, texts in kept.items():
-            hit = df[TEXT].isin(texts) & ~leak
+            hit = key.isin(texts) & ~leak
             report.add(split, f"dropped_overlap_with_{other}", int(hit.sum()))
             leak |= hit
         out[split] = df[~leak].reset_index(drop=True)
-        kept[split] = set(out[split][TEXT])
+        kept[split] = set(text_key(out[split]))
     return out
 
 

@@ -24,8 +24,8 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
-from sweepflow.tasks.clean import LABEL, TEXT
-from sweepflow.tasks.evaluate import pip_requirements, scores
+from sweepflow.tasks.clean import LABEL
+from sweepflow.tasks.evaluate import input_example, model_inputs, pip_requirements, scores
 from sweepflow.tasks.ingest import load_ingested
 from sweepflow.tasks.register import RegistryResult, registered_name
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
@@ -34,7 +34,13 @@ from sweepflow.tasks.train import set_threads
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
-from sweepflow.onnx_classifier import ClassifierSpec, OnnxClassifier, softmax
+from sweepflow.onnx_classifier import (
+    ClassifierSpec,
+    OnnxClassifier,
+    chars,
+    softmax,
+    text_probabilities,
+)
 
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "sweepflow" / "pyfunc_model.py"
 Predictor = Callable[[list[str]], np.ndarray]  # texts -> (n, labels) probabilities
@@ -96,19 +102,26 @@ def quantize(fp32: Path, out: Path) -> Path:
     return out
 
 
-def torch_predictor(model_dir: Path, max_length: int) -> Predictor:
-    """The full-precision model as it is served: PyTorch fp32, same tokenizer."""
+def torch_predictor(model_dir: Path, max_length: int, spec: ClassifierSpec | None = None
+                    ) -> Predictor:
+    """The full-precision model as it is served: PyTorch fp32, same tokenizer (and the
+    spec's long-text handling)."""
     from transformers import AutoModelForSequenceClassification
 
     set_threads(None)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    return module_predictor(model, load_tokenizer(str(model_dir)), max_length)
+    return module_predictor(model, load_tokenizer(str(model_dir)), max_length, spec)
 
 
-def module_predictor(model: torch.nn.Module, tokenizer: Any, max_length: int) -> Predictor:
+def module_predictor(model: torch.nn.Module, tokenizer: Any, max_length: int,
+                     spec: ClassifierSpec | None = None) -> Predictor:
     """Texts -> softmax probabilities of a loaded PyTorch classifier, under inference mode."""
 
     def run(texts: list[str]) -> np.ndarray:
+        if spec is not None and (spec.pair or not spec.long_texts().plain):
+            with torch.inference_mode():
+                return text_probabilities(tokenizer, spec.long_texts(), texts, "pt",
+                                          lambda enc: model(**enc).logits.float().numpy())
         enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
                         return_tensors="pt")
         with torch.inference_mode():
@@ -146,7 +159,7 @@ def footprint(run: Predictor, texts: list[str], preds: np.ndarray, y_true: np.nd
 
 def predict_labels(run: Predictor, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Label indices of all texts, batched by length so little padding is computed."""
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    order = np.argsort([chars(t) for t in texts], kind="stable")
     out = np.empty(len(texts), dtype=np.int64)
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
@@ -169,10 +182,10 @@ def measure(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
             artifacts: dict[str, str]) -> tuple[Footprint, Footprint]:
     """Both models on the whole test split, then timed on the same sampled texts."""
     dd = load_ingested(tokens.data)
-    texts, y_true = list(dd["test"][TEXT]), np.asarray(dd["test"][LABEL])
+    texts, y_true = model_inputs(dd["test"]), np.asarray(dd["test"][LABEL])
     spec = ClassifierSpec.load(Path(artifacts["spec"]))
     int8 = OnnxClassifier(Path(artifacts["onnx"]), Path(artifacts["tokenizer"]), spec)
-    fp32_run = torch_predictor(model_dir, tokens.max_length)
+    fp32_run = torch_predictor(model_dir, tokens.max_length, spec)
     fp32_size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     return (footprint(fp32_run, texts, predict_labels(fp32_run, texts), y_true, fp32_size,
                       config),
@@ -222,8 +235,7 @@ def log_int8_model(config: SweepflowConfig, run_id: str, artifacts: dict[str, st
     with tracking.active_run(config, run_id), tracking.no_mlflow_prints():
         info = mlflow.pyfunc.log_model(
             name="model-int8", python_model=str(PYFUNC_CODE), artifacts=artifacts,
-            input_example=["what a great day", "the bus was late again"],
-            pip_requirements=reqs)
+            input_example=input_example(Path(artifacts["spec"])), pip_requirements=reqs)
     return info.model_uri
 
 
@@ -247,8 +259,11 @@ def register_int8(config: SweepflowConfig, model_uri: str, registry: RegistryRes
 
 def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
              registry: RegistryResult | None, run_id: str) -> CompressResult:
+    lt = tokens.long_texts()
     spec = ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
-                          max_chars=config.compress.max_text_chars)
+                          max_chars=config.compress.max_text_chars, truncation=lt.truncation,
+                          head_share=lt.head_share, long_text=lt.long_text, stride=lt.stride,
+                          pair=tokens.pair)
     with tempfile.TemporaryDirectory(prefix="sweepflow-int8-") as tmp:
         artifacts = build_int8(model_dir, Path(tmp), spec)
         fp32, int8 = measure(config, tokens, model_dir, artifacts)

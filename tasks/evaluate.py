@@ -22,7 +22,7 @@ from sklearn.metrics import (
     classification_report,
     precision_recall_fscore_support,
 )
-from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.clean import LABEL, TEXT, TEXT_PAIR
 from sweepflow.tasks.ingest import IngestResult, load_ingested
 from sweepflow.tasks.sweep_report import SweepResult
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
@@ -31,7 +31,9 @@ from transformers import AutoModelForSequenceClassification, pipeline
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
+from sweepflow.encoding import mean_by_doc
 from sweepflow.hashing import code_version, hash_json
+from sweepflow.onnx_classifier import ClassifierSpec
 from sweepflow.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
     order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
+    chunked = tokens.chunked  # windows: their probabilities are averaged per text
     mode = resolve_precision(precision)
     dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float16
     out = []
@@ -101,8 +104,13 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
         for batch in track(loader, description="evaluate"):
             batch.pop("labels")
             batch = {k: v.to(device) for k, v in batch.items()}
-            out.append(model(**batch).logits.argmax(-1).cpu().numpy())
+            logits = model(**batch).logits
+            out.append((logits.float().softmax(-1) if chunked else logits.argmax(-1)
+                        ).cpu().numpy())
     flat = np.concatenate(out)
+    if chunked:
+        docs = np.asarray(rows.docs)[order]
+        return mean_by_doc(flat, docs, tokens.data.sizes["test"]).argmax(-1)
     for i, idx in enumerate(order):
         preds[idx] = flat[i]
     return preds
@@ -123,6 +131,20 @@ def baseline_predictions(train_texts: list[str], train_y: np.ndarray, test_texts
     return clf.predict(test_texts)
 
 
+def model_inputs(split: Any) -> list:
+    """A split's inputs as the served model takes them: texts, or (text, text_pair) pairs."""
+    if TEXT_PAIR in split.column_names:
+        return list(zip(split[TEXT], split[TEXT_PAIR], strict=True))
+    return list(split[TEXT])
+
+
+def baseline_texts(split: Any) -> list[str]:
+    """The baseline reads a pair as one text: both sides joined."""
+    if TEXT_PAIR in split.column_names:
+        return [f"{a} [SEP] {b}" for a, b in zip(split[TEXT], split[TEXT_PAIR], strict=True)]
+    return split[TEXT]
+
+
 def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
     """The baseline's test predictions, kept per (train split, test split, seed, this code):
     a scheduled re-run on unchanged data skips the fit (1.4 s on the default data)."""
@@ -131,8 +153,8 @@ def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
     path = cache_dir("baseline") / f"{key}.npy"
     if path.is_file():
         return np.load(path)
-    pred = baseline_predictions(dd["train"][TEXT], np.asarray(dd["train"][LABEL]),
-                                dd["test"][TEXT], seed)
+    pred = baseline_predictions(baseline_texts(dd["train"]), np.asarray(dd["train"][LABEL]),
+                                baseline_texts(dd["test"]), seed)
     fd, tmp = tempfile.mkstemp(suffix=".npy.tmp", dir=path.parent)  # unique per process
     try:
         with os.fdopen(fd, "wb") as f:
@@ -159,6 +181,32 @@ def pip_requirements() -> list[str]:
 
     pins = [f"{p}=={version(p).split('+')[0]}" for p in ("transformers", "tokenizers", "torch")]
     return [*pins, f"mlflow=={version('mlflow')}"]
+
+
+def input_example(spec_file: Path) -> list:
+    spec = ClassifierSpec.load(spec_file)
+    if spec.pair:
+        return [{"text": "what a great day", "text_pair": "the sun is out"},
+                {"text": "the bus was late again", "text_pair": "it came on time"}]
+    return ["what a great day", "the bus was late again"]
+
+
+def log_classifier(model_dir: Path, tokens: TokenizedData, max_chars: int,
+                   name: str = "model") -> str:
+    """Sentence pairs: the text classifier MLflow model (sweepflow/pyfunc_model.py, models
+    from code) over the safetensors weights, which takes {"text", "text_pair"} records."""
+    from sweepflow.tasks.compress import PYFUNC_CODE
+
+    spec = ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
+                          max_chars=max_chars, pair=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = spec.save(Path(tmp))
+        with tracking.no_mlflow_prints():
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=str(PYFUNC_CODE), input_example=input_example(spec_file),
+                artifacts={"transformers": str(model_dir), "tokenizer": str(model_dir),
+                           "spec": str(spec_file)}, pip_requirements=pip_requirements())
+    return info.model_uri
 
 
 def log_model(model_dir: Path, tokens: TokenizedData, name: str = "model") -> str:
@@ -200,7 +248,8 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     client.log_batch(parent_run_id,
                      metrics=[tracking.Metric(k, v, now, 0) for k, v in metrics.items()])
     with tracking.active_run(config, parent_run_id):
-        model_uri = log_model(model_dir, tokens)
+        model_uri = (log_classifier(model_dir, tokens, config.compress.max_text_chars)
+                     if tokens.pair else log_model(model_dir, tokens))
     return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
                       test_digest=tokens.data.split_digests["test"], report=per_class,
                       classes_predicted=len(np.unique(y_model)),

@@ -1,8 +1,12 @@
-"""Divergence is not success: a Lightning callback stops a trial whose loss is not finite
-or has exploded (validation loss over 10 x chance level, ln(classes): a model confidently
-wrong), and remembers how many classes each validation predicted, so a trial whose best
-weights predict a single class ends FAIL instead of COMPLETE (never kept, evaluated or
-registered)."""
+"""Divergence is not success, and a poor model is not a divergence.
+
+A Lightning callback stops a trial whose loss is not finite or has exploded (validation loss
+over 10 x chance level, ln(classes): a model confidently wrong): that trial ends FAIL. It also
+remembers how many classes each validation predicted. A trial whose best weights predict a
+single class trained without numerical failure: it ends COMPLETE with its real (low) score,
+so Optuna's sampler learns from it, and its outcome line says "single-class predictions at
+step N". The registry, not the sweep, keeps such a model out (`registry.refuse_single_class`,
+tasks/register.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 REASON_TAG = "sweepflow.fail_reason"  # on the trial's MLflow run
+NOTE_TAG = "sweepflow.note"  # e.g. single-class predictions, on a trial that completed
 EXPLODED = 10  # a validation loss this many times chance level (ln classes) has diverged
 
 
@@ -54,10 +59,10 @@ class DivergenceGuard(Callback):
                            "training diverged; try a lower learning rate")
         self.classes_at[trainer.global_step] = len(self._seen)
 
-    def single_class_reason(self, best_step: int) -> str | None:
-        """Why the weights kept at `best_step` are degenerate, or None."""
+    def single_class_note(self, best_step: int) -> str | None:
+        """"single-class predictions at step N" when the weights kept at `best_step` label
+        the whole validation split with one class, else None."""
         n = self.classes_at.get(best_step)
         if n is not None and n < 2:
-            return (f"its best weights (step {best_step}) predict a single class on the "
-                    "validation split (a degenerate model; sweep.fail_single_class)")
+            return f"single-class predictions at step {best_step}"
         return None

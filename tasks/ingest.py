@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from sweepflow.tasks.clean import (
     LABEL,
     TEXT,
+    TEXT_PAIR,
     CleanReport,
     clean_split,
     describe_cleaning,
@@ -233,7 +234,10 @@ def read_splits(cfg: DataConfig, source: Source) -> dict[str, pd.DataFrame]:
         loaded = _load_files(source, cfg.encoding or default)
     if "train" not in loaded:
         raise DataError(f"{source.description} has no '{cfg.splits.train}' split")
-    wanted = {cfg.text_column: TEXT, cfg.label_column: LABEL}
+    text_column, pair_column = cfg.text_columns
+    wanted = {text_column: TEXT, cfg.label_column: LABEL}
+    if pair_column:
+        wanted[pair_column] = TEXT_PAIR
     if cfg.clean.confidence_column:
         wanted[cfg.clean.confidence_column] = "confidence"
     frames = {}
@@ -250,8 +254,22 @@ def read_splits(cfg: DataConfig, source: Source) -> dict[str, pd.DataFrame]:
         frame = ds.select_columns(list(wanted)).to_pandas().rename(columns=wanted)
         if isinstance(feature, datasets.ClassLabel):  # Hub ints with names: keep the names
             frame[LABEL] = [feature.int2str(int(i)) for i in frame[LABEL]]
+        if pair_column:
+            check_pair_sides(frame, (text_column, pair_column), source.description, split)
         frames[split] = frame
     return frames
+
+
+def check_pair_sides(frame: pd.DataFrame, columns: tuple[str, str], source: str,
+                     split: str) -> None:
+    """A sentence pair needs both sides: an empty one is an error naming column and row
+    (row 1 = the first data row of the split), not a row silently dropped."""
+    for ours, theirs in zip((TEXT, TEXT_PAIR), columns, strict=True):
+        empty = frame[ours].isna() | (frame[ours].astype("string").str.strip() == "")
+        if empty.any():
+            row = int(empty.to_numpy().argmax()) + 1
+            raise DataError(f"column '{theirs}' of {source} (split {split}) is empty in row "
+                            f"{row}: a sentence pair needs both texts")
 
 
 def _label_key(value: Any) -> str:
@@ -361,6 +379,10 @@ def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
 
 def split_digest(df: pd.DataFrame) -> str:
     h = hashlib.sha256()
+    if TEXT_PAIR in df:  # a pair: both texts (single texts keep their digests)
+        for text, pair, label in zip(df[TEXT], df[TEXT_PAIR], df[LABEL], strict=True):
+            h.update(f"{label}\t{text}\t{pair}\n".encode())
+        return h.hexdigest()[:16]
     for text, label in zip(df[TEXT], df[LABEL], strict=True):
         h.update(f"{label}\t{text}\n".encode())
     return h.hexdigest()[:16]
@@ -368,11 +390,13 @@ def split_digest(df: pd.DataFrame) -> str:
 
 def save_splits(data: PreparedData, out_dir: Path) -> IngestResult:
     """Write the splits and their metadata atomically: a temp folder renamed into place."""
-    features = datasets.Features(
-        {TEXT: datasets.Value("string"), LABEL: datasets.ClassLabel(names=data.label_names)}
-    )
+    columns = {TEXT: datasets.Value("string"), LABEL: datasets.ClassLabel(
+        names=data.label_names)}
+    if TEXT_PAIR in data.splits["train"]:
+        columns = {TEXT: columns[TEXT], TEXT_PAIR: datasets.Value("string"), LABEL: columns[LABEL]}
+    features = datasets.Features(columns)
     dd = datasets.DatasetDict({
-        split: datasets.Dataset.from_pandas(df[[TEXT, LABEL]], features=features,
+        split: datasets.Dataset.from_pandas(df[list(columns)], features=features,
                                             preserve_index=False)
         for split, df in data.splits.items()
     })

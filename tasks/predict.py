@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict
 
 from sweepflow import modelsafety, tracking
 from sweepflow.config import SweepflowConfig
+from sweepflow.encoding import LongText
+from sweepflow.onnx_classifier import Text, chars, text_probabilities
 
 BATCH = 64
 CHUNK = 1024  # texts per call of the model (progress is reported per chunk)
@@ -46,6 +48,7 @@ class PredictError(RuntimeError):
 class Prediction(BaseModel):
     model_config = ConfigDict(frozen=True)
     text: str
+    text_pair: str | None = None  # sentence pairs only (left out of the JSON line otherwise)
     label: str
     probability: float
 
@@ -55,14 +58,16 @@ class LoadedModel:
     model: Any  # a transformers model, or an MLflow pyfunc model
     tokenizer: Any | None
     max_length: int  # tokens (transformers); characters a pyfunc model accepts (pyfunc)
+    long: LongText | None = None  # transformers: how its training run treated long texts
 
 
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def read_texts(path: Path, text_column: str) -> list[str]:
-    """Texts of a file (or of stdin for `-`), each a string, never parsed."""
+def read_texts(path: Path, text_column: str) -> list[Text]:
+    """Texts of a file (or of stdin for `-`), each a string, never parsed; a .csv / .jsonl
+    file with columns text and text_pair gives sentence pairs."""
     if str(path) == "-":
         return _lines(sys.stdin.read())
     if not path.is_file():
@@ -77,27 +82,36 @@ def read_texts(path: Path, text_column: str) -> list[str]:
                  else pd.read_json(path, lines=True, dtype=False))
     except (ValueError, pd.errors.ParserError) as err:
         raise PredictError(f"cannot read {path}: {type(err).__name__}") from None
+    if "text_pair" in frame.columns and "text" in frame.columns:  # sentence pairs
+        return [(str(a), str(b)) for a, b in zip(frame["text"], frame["text_pair"],
+                                                 strict=True)]
     if text_column not in frame.columns:
         raise PredictError(f"{path} has no column '{text_column}' (data.text_column); "
                            f"columns: {list(frame.columns)}")
     return [str(t) for t in frame[text_column].tolist()]
 
 
-def check_texts(texts: list[str]) -> None:
+def check_texts(texts: list[Text]) -> None:
     for i, text in enumerate(texts, 1):
-        if not str(text).strip():
-            raise PredictError(f"text {i} is empty: give a text to label")
+        for side, value in zip(("text", "text_pair"), text if isinstance(text, tuple)
+                               else (text,), strict=False):
+            if not str(value).strip():
+                raise PredictError(f"{side} {i} is empty: give a text to label")
 
 
-def _training_max_length(local: Path, default: int) -> int:
-    """tokenize.max_length of the run that logged the model (MLmodel run_id), else default."""
+def training_long_text(run_id: str | None, default: int) -> LongText:
+    """tokenize.* (max_length, truncation, chunks) of the run that logged a model, else head
+    truncation at `default` (a model from elsewhere: its run may be unknown)."""
     try:
-        run_id = yaml.safe_load((local / "MLmodel").read_text()).get("run_id")
-        client = tracking.MlflowClient()
-        value = client.get_run(run_id).data.params.get("tokenize.max_length") if run_id else None
-    except Exception:  # noqa: BLE001 - a model from elsewhere: its run may be unknown
-        value = None
-    return int(value) if value else default
+        params = tracking.MlflowClient().get_run(run_id).data.params if run_id else {}
+    except Exception:  # noqa: BLE001
+        params = {}
+    lt = LongText(max_length=int(params.get("tokenize.max_length") or default))
+    return LongText(max_length=lt.max_length,
+                    truncation=params.get("tokenize.truncation", lt.truncation),
+                    head_share=float(params.get("tokenize.head_share", lt.head_share)),
+                    long_text=params.get("tokenize.long_text", lt.long_text),
+                    stride=int(params.get("tokenize.stride", lt.stride)))
 
 
 def default_model(config: SweepflowConfig) -> tuple[str, str]:
@@ -144,8 +158,10 @@ def load_model(config: SweepflowConfig, model_uri: str, trust: bool = False) -> 
     if (local / "MLmodel").is_file():
         flavors = yaml.safe_load((local / "MLmodel").read_text()).get("flavors") or {}
     if "transformers" in flavors or not flavors:
+        run_id = yaml.safe_load((local / "MLmodel").read_text()).get("run_id") if flavors \
+            else None
         return _load_transformers(local, flavors.get("transformers") or {},
-                                  _training_max_length(local, config.tokenize.max_length))
+                                  training_long_text(run_id, config.tokenize.max_length))
     pyfunc = mlflow.pyfunc.load_model(str(local))
     try:  # sweepflow's own classifier says how many characters it accepts
         spec = pyfunc.unwrap_python_model().classifier.spec
@@ -154,7 +170,7 @@ def load_model(config: SweepflowConfig, model_uri: str, trust: bool = False) -> 
     return LoadedModel(pyfunc, None, getattr(spec, "max_chars", MAX_TEXT_CHARS))
 
 
-def _load_transformers(local: Path, flavor: dict, max_length: int) -> LoadedModel:
+def _load_transformers(local: Path, flavor: dict, lt: LongText) -> LoadedModel:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     weights = local / flavor.get("model_binary", ".")
@@ -163,8 +179,10 @@ def _load_transformers(local: Path, flavor: dict, max_length: int) -> LoadedMode
         tokenizer_dir if tokenizer_dir.is_dir() else weights, use_fast=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         weights, use_safetensors=True, trust_remote_code=False).eval()
-    limit = getattr(model.config, "max_position_embeddings", max_length)
-    return LoadedModel(model, tokenizer, min(max_length, limit))
+    limit = getattr(model.config, "max_position_embeddings", lt.max_length)
+    if lt.max_length > limit:
+        lt = LongText(**{**lt.__dict__, "max_length": limit})
+    return LoadedModel(model, tokenizer, lt.max_length, lt)
 
 
 def predict(loaded: LoadedModel, texts: list[str], batch_size: int = BATCH,
@@ -172,7 +190,7 @@ def predict(loaded: LoadedModel, texts: list[str], batch_size: int = BATCH,
     """The top label of each text and its probability, in the order of `texts`;
     `progress(n)` is called after every chunk of n texts."""
     check_texts(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # like lengths together
+    order = sorted(range(len(texts)), key=lambda i: chars(texts[i]))  # like lengths together
     out: list[Prediction | None] = [None] * len(texts)
     for start in range(0, len(order), CHUNK):
         idx = order[start:start + CHUNK]
@@ -192,12 +210,19 @@ def _predict_pyfunc(loaded: LoadedModel, texts: list[str]) -> list[Prediction]:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    if pairs:  # each side cut to half of what the model accepts
+        half = loaded.max_length // 2
+        frame = pd.DataFrame({"text": [t[0][:half] for t in texts],
+                              "text_pair": [t[1][:half] for t in texts]})
+    else:
+        frame = pd.DataFrame({"text": [t[:loaded.max_length] for t in texts]})
     try:
-        frame = loaded.model.predict(pd.DataFrame({"text": [t[:loaded.max_length]
-                                                            for t in texts]}))
+        frame = loaded.model.predict(frame)
     except MlflowException as err:  # e.g. the int8 model refusing an oversized text
         raise PredictError(f"the model refused the input: {err.message}") from None
-    return [Prediction(text=t, label=str(label), probability=float(score))
+    return [Prediction(text=t[0] if pairs else t, text_pair=t[1] if pairs else None,
+                       label=str(label), probability=float(score))
             for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]
 
 
@@ -211,10 +236,18 @@ def _predict_transformers(loaded: LoadedModel, texts: list[str], batch_size: int
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            batch = loaded.tokenizer([t[:MAX_TEXT_CHARS] for t in chunk], padding=True,
-                                     truncation=True, max_length=loaded.max_length,
-                                     return_tensors="pt")
-            best, ids = loaded.model(**batch).logits.softmax(-1).max(-1)
+            if isinstance(chunk[0], tuple):
+                raise PredictError("this model labels single texts, not sentence pairs")
+            cut = [t[:MAX_TEXT_CHARS] for t in chunk]
+            if loaded.long is not None and not loaded.long.plain:
+                probs = torch.from_numpy(text_probabilities(
+                    loaded.tokenizer, loaded.long, cut, "pt",
+                    lambda enc: loaded.model(**enc).logits.float().numpy()))
+            else:
+                batch = loaded.tokenizer(cut, padding=True, truncation=True,
+                                         max_length=loaded.max_length, return_tensors="pt")
+                probs = loaded.model(**batch).logits.softmax(-1)
+            best, ids = probs.max(-1)
             out += [Prediction(text=t, label=str(labels[k]), probability=p)
                     for t, p, k in zip(chunk, best.tolist(), ids.tolist(), strict=True)]
     return out

@@ -317,8 +317,9 @@ def degenerate(config: SweepflowConfig, evaluation: EvalResult) -> str | None:
     predicted on test), or None."""
     if not all(math.isfinite(v) for v in evaluation.model.model_dump().values()):
         return "its test scores are not finite"
-    if config.sweep.fail_single_class and (evaluation.classes_predicted or 2) < 2:
-        return "it predicts a single class on the test split (sweep.fail_single_class)"
+    if config.registry.refuse_single_class and (evaluation.classes_predicted or 2) < 2:
+        return ("it predicts a single class on the test split "
+                "(registry.refuse_single_class)")
     return None
 
 

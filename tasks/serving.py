@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from sweepflow.tasks.compress import PYFUNC_CODE
+from sweepflow.tasks.predict import training_long_text
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
@@ -24,6 +25,8 @@ from sweepflow.onnx_classifier import ClassifierSpec
 from sweepflow.paths import store_dir
 
 EXAMPLE = ["what a great day", "the bus was late again"]
+# A python_function model written by sweepflow (models from code, or a saved PythonModel).
+CLASSIFIER_LOADERS = ("mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model")
 
 
 class ServeError(RuntimeError):
@@ -48,7 +51,7 @@ def served_model(config: SweepflowConfig, model_uri: str) -> str:
     classifier model, else the folder of its wrapped copy."""
     info = model_info(config, model_uri)
     pyfunc = info.flavors.get("python_function", {})
-    if pyfunc.get("loader_module") == "mlflow.pyfunc.model" and "transformers" not in \
+    if pyfunc.get("loader_module") in CLASSIFIER_LOADERS and "transformers" not in \
             info.flavors:
         return model_uri
     if "transformers" in info.flavors:
@@ -70,9 +73,11 @@ def wrap_transformers(config: SweepflowConfig, model_uri: str, info: object) -> 
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=f"{tmp}/src"))
         binary = local / info.flavors["transformers"].get("model_binary", "model")
         labels = json.loads((binary / "config.json").read_text())["id2label"]
+        lt = training_long_text(info.run_id, config.tokenize.max_length)
         spec = ClassifierSpec(labels=[labels[str(i)] for i in range(len(labels))],
-                              max_length=config.tokenize.max_length,
-                              max_chars=config.compress.max_text_chars)
+                              max_length=lt.max_length, max_chars=config.compress.max_text_chars,
+                              truncation=lt.truncation, head_share=lt.head_share,
+                              long_text=lt.long_text, stride=lt.stride)
         with tracking.no_mlflow_prints():
             mlflow.pyfunc.save_model(
                 path=f"{tmp}/model", python_model=str(PYFUNC_CODE), input_example=EXAMPLE,

@@ -22,12 +22,13 @@ from typing import Any
 
 import optuna
 from lightning.pytorch.loggers import MLFlowLogger
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
-from sweepflow.tasks.guards import REASON_TAG, Diverged, DivergenceGuard
+from sweepflow.tasks.guards import NOTE_TAG, REASON_TAG, DivergenceGuard
 from sweepflow.tasks.pruning import (
     BASIS_ATTR,
     SIGNAL_ATTR,
@@ -74,6 +75,7 @@ class TrialResult(BaseModel):
     seconds: float
     run_id: str
     error: str | None = None
+    note: str | None = None  # e.g. "single-class predictions at step 4" (still complete)
 
 
 def study_storage(config: SweepflowConfig | None = None) -> str:
@@ -159,8 +161,11 @@ def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
 def basis(tokens: TokenizedData) -> str:
     """What makes two trials' models comparable: the same splits (data digest), the same base
     model and the same tokenization."""
-    return hash_json({"data": tokens.data.digest, "model": tokens.model_path,
-                      "max_length": tokens.max_length})[:12]
+    key = {"data": tokens.data.digest, "model": tokens.model_path,
+           "max_length": tokens.max_length}
+    if tokens.long is not None:  # other truncation or chunks: other models
+        key["long"] = tokens.long.__dict__
+    return hash_json(key)[:12]
 
 
 def rank(study: optuna.Study, value: float, number: int) -> tuple[float, int]:
@@ -299,7 +304,7 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
     try:
         return _train_trial(config, tokens, ref, study, trial, params, parent_run_id, start,
                             tags)
-    except TrialFailed as err:
+    except (TrialFailed, TrialTaken) as err:
         return TrialResult(number=trial.number, state="failed", value=None, params=params,
                            steps=0, seconds=time.perf_counter() - start, run_id=err.run_id,
                            error=str(err))
@@ -322,10 +327,9 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         try:
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
-            degenerate = guard.single_class_reason(fitted.best_step)
-            if degenerate and config.sweep.fail_single_class:
-                raise Diverged(degenerate)
         except Exception as err:
+            if isinstance(err, UpdateFinishedTrialError) or not still_running(study, trial):
+                raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
             study.tell(trial, state=TrialState.FAIL)
             client.log_batch(run_id, tags=[
@@ -333,19 +337,27 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                 tracking.RunTag(REASON_TAG, f"{type(err).__name__}: {err}"[:4000])])
             raise TrialFailed(trial.number, run_id, err) from err
         except BaseException:  # Ctrl-C: the trial must not stay RUNNING in the study either
-            study.tell(trial, state=TrialState.FAIL)
+            if still_running(study, trial):
+                trial.set_user_attr("fail_reason", "interrupted")
+                study.tell(trial, state=TrialState.FAIL)
             client.set_tag(run_id, "optuna.state", "interrupted")
             raise
         state = "pruned" if pruning.pruned_at is not None else "complete"
         if fitted.best_value is None:
             state = "failed"
+        note = guard.single_class_note(fitted.best_step)  # a poor model, not a failure
+        if note:
+            trial.set_user_attr("note", note)
         result = TrialResult(number=trial.number, state=state, value=fitted.best_value,
                              params=params, steps=fitted.steps,
-                             seconds=time.perf_counter() - start, run_id=run_id)
+                             seconds=time.perf_counter() - start, run_id=run_id, note=note)
         tell(study, trial, result, module, fitted.state, tokens,
              storage.open_storage(ref.storage, config.sweep))
-        client.log_batch(run_id, tags=[tracking.RunTag("optuna.state", state),
-                                       tracking.RunTag("optuna.steps", str(result.steps))])
+        tags = [tracking.RunTag("optuna.state", state),
+                tracking.RunTag("optuna.steps", str(result.steps))]
+        if note:
+            tags.append(tracking.RunTag(NOTE_TAG, note))
+        client.log_batch(run_id, tags=tags)
     return result
 
 
@@ -353,23 +365,66 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
          state: dict | None, tokens: TokenizedData, shared: Any = None) -> None:
     """Tell the study the outcome; a complete trial's model is saved first if it is the best
     on its basis, and the models it beat are removed after. `shared`: the opened storage
-    (open_storage), whose study lock serialises this across workers."""
-    if result.state != "complete":
-        study.tell(trial, state=TrialState.PRUNED if result.state == "pruned"
-                   else TrialState.FAIL)
-        return
-    key = basis(tokens)
+    (open_storage), whose study lock serialises this across workers. A trial that is no
+    longer RUNNING (failed on its heartbeat while this worker was cut off, and retried) is
+    refused with TrialTaken: nothing is told, kept or dropped."""
     # Keep, tell and drop under the study's lock: two workers finishing at once agree with
-    # Optuna on the best (ties included) and never remove each other's kept model.
+    # Optuna on the best (ties included) and never remove each other's kept model; the
+    # reapers fail stale trials under the same lock, so "still running" holds until told.
     with storage.study_lock(shared, study.study_name):
+        if not still_running(study, trial):
+            raise TrialTaken(trial.number, result.run_id)
+        if result.state != "complete":
+            if result.state == "failed":  # a live worker's failure (see team.close_stale_runs)
+                trial.set_user_attr("fail_reason", result.error or "no validation score")
+            _tell_or_taken(study, trial, result, state=TrialState.PRUNED
+                           if result.state == "pruned" else TrialState.FAIL)
+            return
+        key = basis(tokens)
         try:
             kept = keep_if_best(study, key, result, module, state, tokens)
-        except BaseException:
+        except BaseException as err:
+            trial.set_user_attr("fail_reason", f"model not kept: {type(err).__name__}: {err}"
+                                [:1000])
             study.tell(trial, state=TrialState.FAIL)
             raise
-        study.tell(trial, result.value)
+        try:
+            _tell_or_taken(study, trial, result, values=result.value)
+        except TrialTaken:  # failed by a reaper that did not take the lock
+            if kept:
+                shutil.rmtree(trial_model_dir(study.study_name, key, trial.number),
+                              ignore_errors=True)
+            raise
         if kept:
             drop_beaten_models(study, key)
+
+
+def _tell_or_taken(study: optuna.Study, trial: optuna.Trial, result: TrialResult,
+                   **outcome: Any) -> None:
+    try:
+        study.tell(trial, **outcome)
+    except UpdateFinishedTrialError as err:
+        raise TrialTaken(trial.number, result.run_id) from err
+
+
+def still_running(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the study still holds the trial as RUNNING (read from the storage now)."""
+    opened = optuna.storages.get_storage(study._storage)  # noqa: SLF001 - Study has no getter
+    number = opened.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)  # noqa: SLF001
+    return opened.get_trial(number).state == TrialState.RUNNING
+
+
+class TrialTaken(tracking.RunKilled):
+    """The late result of a trial the study no longer holds as RUNNING: Optuna failed it on
+    its heartbeat (its worker was cut off or paused past sweep.grace_period) and queued its
+    params again. Refused; the MLflow run ends KILLED with this reason."""
+
+    def __init__(self, number: int, run_id: str) -> None:
+        super().__init__(
+            f"late result refused: trial {number} was failed on its heartbeat while this "
+            "worker was out of reach (network partition, paused process) and its params were "
+            "queued again; nothing of this run was told to the study or kept")
+        self.number, self.run_id = number, run_id
 
 
 class TrialFailed(RuntimeError):
@@ -402,8 +457,9 @@ def outcome_line(result: TrialResult, metric: str, total_steps: int) -> str:
     value = "-" if result.value is None else f"{result.value:.4f}"
     where = (f"pruned at step {result.steps} of {total_steps}" if result.state == "pruned"
              else f"complete, {result.steps} steps")
+    note = f" ({result.note})" if result.note else ""
     return (f"trial {result.number} {where} in {result.seconds:.0f} s: best {metric} {value}"
-            f"  [{params}]")
+            f"{note}  [{params}]")
 
 
 @task(name="train-trial", cache_policy=NO_CACHE)

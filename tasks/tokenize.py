@@ -12,13 +12,14 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
-from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.clean import LABEL, TEXT, TEXT_PAIR
 from sweepflow.tasks.ingest import IngestResult
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sweepflow import cache
 from sweepflow.config import BUNDLED, SweepflowConfig
 from sweepflow.console import report
+from sweepflow.encoding import LongText, encode
 from sweepflow.hashing import code_version, hash_files, hash_json
 from sweepflow.paths import cache_dir
 
@@ -47,6 +48,15 @@ class TokenizedData(BaseModel):
     model_path: str
     max_length: int
     stats: TokenStats
+    long: LongText | None = None  # head truncation, one row per text when None
+    pair: bool = False  # sentence pairs (text, text_pair)
+
+    def long_texts(self) -> LongText:
+        return self.long or LongText(max_length=self.max_length)
+
+    @property
+    def chunked(self) -> bool:
+        return self.long is not None and self.long.long_text == "chunk"
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -121,6 +131,49 @@ def tokenize_splits(
     return out.remove_columns(["full_length"]), full
 
 
+def tokenize_pairs(dd: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase,
+                   max_length: int) -> tuple[datasets.DatasetDict, np.ndarray]:
+    """Sentence pairs as the tokenizer joins them ([CLS] a [SEP] b [SEP], token types 0/1),
+    truncated longest-first as run_glue.py does."""
+
+    def encode(batch: dict) -> dict:
+        full = tokenizer(batch[TEXT], batch[TEXT_PAIR], truncation=False,
+                         return_attention_mask=False, return_token_type_ids=False)
+        enc = tokenizer(batch[TEXT], batch[TEXT_PAIR], truncation="longest_first",
+                        max_length=max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "token_type_ids": enc["token_type_ids"],
+                "length": [len(ids) for ids in enc["input_ids"]],
+                "full_length": [len(ids) for ids in full["input_ids"]]}
+
+    out = dd.map(encode, batched=True, batch_size=1000, desc="tokenize", keep_in_memory=True)
+    full = np.concatenate([np.asarray(out[s]["full_length"]) for s in out])
+    return out.remove_columns(["full_length"]), full
+
+
+def tokenize_long(dd: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, lt: LongText
+                  ) -> tuple[datasets.DatasetDict, np.ndarray]:
+    """tail / head_tail truncation or chunks (sweepflow/encoding.py): rows carry `doc`, the
+    index of their text in the split (windows of one text share it)."""
+
+    def rows(batch: dict, indices: list[int]) -> dict:
+        full = tokenizer(batch[TEXT], truncation=False, return_attention_mask=False)
+        enc, docs = encode(tokenizer, batch[TEXT], lt)
+        first = [i == 0 or docs[i - 1] != d for i, d in enumerate(docs)]
+        return {
+            "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "length": [len(ids) for ids in enc["input_ids"]],
+            LABEL: [batch[LABEL][d] for d in docs], "doc": [indices[d] for d in docs],
+            "full_length": [len(full["input_ids"][d]) if f else -1
+                            for d, f in zip(docs, first, strict=True)],
+        }
+
+    out = dd.map(rows, batched=True, batch_size=1000, with_indices=True, desc="tokenize",
+                 keep_in_memory=True, remove_columns=[TEXT, LABEL])
+    full = np.concatenate([np.asarray(out[s]["full_length"]) for s in out])
+    return out.remove_columns(["full_length"]), full[full >= 0]
+
+
 def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     """Tokenize once per key; an existing folder for the key is reused."""
     key = tokenize_key(config, data)
@@ -131,16 +184,24 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     log.info("tokenize cache miss: %s", key)
     model_path = resolve_model(config.model.name_or_path)
     dd = datasets.load_from_disk(str(Path(data.path) / "data"))
-    tokenized, full = tokenize_splits(dd, load_tokenizer(model_path), config.tokenize.max_length)
+    lt = config.tokenize.long_texts()
+    if TEXT_PAIR in dd["train"].column_names:
+        tokenized, full = tokenize_pairs(dd, load_tokenizer(model_path), lt.max_length)
+    elif lt.plain:  # the default path, untouched: one tokenizer call with its own truncation
+        tokenized, full = tokenize_splits(dd, load_tokenizer(model_path), lt.max_length)
+    else:
+        tokenized, full = tokenize_long(dd, load_tokenizer(model_path), lt)
     stats = token_stats(full, config.tokenize.max_length)
-    if stats.share_truncated > TRUNCATION_WARN_SHARE:
+    if stats.share_truncated > TRUNCATION_WARN_SHARE and lt.long_text == "truncate":
         log.warning(
             "%.1f%% of texts are longer than tokenize.max_length=%d and get truncated "
             "(p95 = %.0f tokens); consider raising it",
             100 * stats.share_truncated, config.tokenize.max_length, stats.p95,
         )
     result = TokenizedData(path=str(out_dir), key=key, data=data, model_path=model_path,
-                           max_length=config.tokenize.max_length, stats=stats)
+                           max_length=config.tokenize.max_length, stats=stats,
+                           long=None if lt.plain else lt,
+                           pair=TEXT_PAIR in dd["train"].column_names)
 
     def build(tmp: Path) -> None:
         tokenized.save_to_disk(str(tmp / "data"))
@@ -154,7 +215,8 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
 def load_tokenized(path: str) -> datasets.DatasetDict:
     """Loaded once per process and shared by every trial of a sweep."""
     dd = datasets.load_from_disk(str(Path(path) / "data"))
-    return dd.with_format(columns=["input_ids", "attention_mask", LABEL, "length"])
+    extra = [c for c in ("doc", "token_type_ids") if c in dd["train"].column_names]
+    return dd.with_format(columns=["input_ids", "attention_mask", LABEL, "length", *extra])
 
 
 @task(name="tokenize", cache_policy=NO_CACHE)
@@ -162,6 +224,10 @@ def tokenize_task(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     """Tokenize once per data digest, tokenizer files, settings and code version."""
     result = tokenize(config, data)
     s = result.stats
-    report.info(f"tokens: p50 {s.p50:.0f}, p95 {s.p95:.0f}, max {s.max}; "
-                f"{100 * s.share_truncated:.1f}% of texts truncated at {result.max_length}")
+    if result.long is None:
+        what = f"{100 * s.share_truncated:.1f}% of texts truncated at {result.max_length}"
+    else:
+        what = (f"{100 * s.share_truncated:.1f}% of texts longer than {result.max_length}: "
+                f"{result.long.describe()}")
+    report.info(f"tokens: p50 {s.p50:.0f}, p95 {s.p95:.0f}, max {s.max}; {what}")
     return result

@@ -65,6 +65,7 @@ class Rows(Dataset):
         self.attention_mask = cols["attention_mask"]
         self.labels = cols[LABEL]
         self.lengths = cols["length"]
+        self.docs = cols.get("doc")  # chunks: the text each window comes from
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,11 +75,23 @@ class Rows(Dataset):
                 "labels": self.labels[i]}
 
 
+class PairRows(Rows):
+    """Sentence pairs: their token types (0 first text, 1 second) go to the model too."""
+
+    def __init__(self, split: Any) -> None:
+        super().__init__(split)
+        self.token_type_ids = split.to_dict()["token_type_ids"]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**super().__getitem__(i), "token_type_ids": self.token_type_ids[i]}
+
+
 @functools.lru_cache(maxsize=2)
 def load_rows(path: str) -> dict[str, Rows]:
     """All splits in memory, once per process: every trial of a sweep reuses them."""
     dd = load_tokenized(path)
-    return {split: Rows(dd[split]) for split in dd}
+    kind = PairRows if "token_type_ids" in dd["train"].column_names else Rows
+    return {split: kind(dd[split]) for split in dd}
 
 
 def make_loader(rows: Rows, tokens: TokenizedData, batch_size: int, train: bool,

@@ -215,3 +215,45 @@ def test_pruning_and_warm_start_are_per_data_version(tiny_config, tiny_overrides
     trial = load_study(ref, config).trials[3]
     assert trial.user_attrs[BASIS_ATTR] == basis(tokens) and trial.user_attrs[
         "warm_start_from"] == "yesterday#0"
+
+
+def test_a_trial_failed_under_a_running_worker_ends_killed_with_the_reason(tiny_config):
+    """A worker cut off past the grace period finds its trial failed (and retried) when it
+    comes back: its result is refused, its MLflow run ends KILLED (not FAILED) with the
+    reason, and no model is kept for it."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+    from sweepflow.tasks.sweep import basis, load_study, run_asked, trial_model_dir
+
+    from sweepflow import tracking
+
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    ref = create_study(tiny_config)
+    study = load_study(ref, tiny_config)
+    trial = study.ask()
+    reaper = optuna.storages.RDBStorage(ref.storage)
+    done = threading.Event()
+
+    def fail_once_suggested() -> None:  # what fail_stale_trials does to a silent worker
+        while not done.is_set():
+            frozen = reaper.get_trial(trial._trial_id)  # noqa: SLF001
+            if frozen.params:
+                reaper.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+                return
+            done.wait(0.05)
+
+    watcher = threading.Thread(target=fail_once_suggested)
+    watcher.start()
+    try:
+        result = run_asked(tiny_config, tokens, ref, study, trial, None)
+    finally:
+        done.set()
+        watcher.join()
+    assert result.state == "failed" and "late result refused" in result.error
+    run = MlflowClient(tracking.tracking_uri(tiny_config)).get_run(result.run_id)
+    assert run.info.status == "KILLED"
+    assert "late result refused" in run.data.tags["error"]
+    assert not trial_model_dir(ref.name, basis(tokens), trial.number).exists()
+    assert reaper.get_trial(trial._trial_id).state == TrialState.FAIL  # noqa: SLF001
