@@ -97,6 +97,16 @@ def make_pruner(cfg: SweepConfig, steps: int | None = None) -> optuna.pruners.Ba
     return optuna.pruners.NopPruner()
 
 
+def is_last_validation(trainer: pl.Trainer, step: int) -> bool:
+    """No validation comes after this one: the next would fall past the trial's last step.
+    With 3 validations per epoch of 250 steps they come at steps 83, 166 and 249, so the
+    last one is not at the last step (the default run once pruned a trial at 249 of 250)."""
+    interval = trainer.val_check_batch
+    if not isinstance(interval, int | float) or math.isinf(interval):
+        interval = 1  # validation once per epoch: its end is the last step
+    return step + interval > trainer.estimated_stepping_batches
+
+
 class StepPruning(Callback):
     """Reports the pruning signal at every validation (step = optimizer step) and stops the
     trainer when the pruner says so, after the warm-up (`pruner_warmup_steps`, or
@@ -121,7 +131,7 @@ class StepPruning(Callback):
             return
         step = trainer.global_step
         self.trial.report(self.sign * float(score), step=step)
-        if step < self.hold_until or step >= trainer.estimated_stepping_batches:
+        if step < self.hold_until or is_last_validation(trainer, step):
             return
         if self.trial.should_prune():
             self.pruned_at = step

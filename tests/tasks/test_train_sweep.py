@@ -123,6 +123,16 @@ def test_loss_signal_prunes_after_the_warmup_and_never_at_the_end(tiny_overrides
     assert trial.state == "complete" and max(reported) <= trial.steps <= total
 
 
+def test_the_last_validation_never_prunes_even_a_step_before_the_end(tiny_overrides):
+    """7 batches, a validation every 3: reports at steps 3, 6, 10, 13 of 14. The one at 13
+    is after the warm-up (90 %: 13) and would be pruned, but no validation follows it: the
+    steps are spent, so the trial completes (issue 25: "pruned at step 249 of 250")."""
+    trial, reported = _prune(tiny_overrides, 0.9)
+    assert max(reported) < trial_steps(load_config(overrides=tiny_overrides).train,
+                                       trial_rows(tiny_overrides))
+    assert trial.state == "complete"
+
+
 def trial_rows(overrides: list[str]) -> int:
     config = load_config(overrides=overrides)
     return ingest(config).sizes["train"]
