@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import OFFLINE_ENV, ROOT, apply_env, bench_env, write_json
 
 SECTIONS = ("quality", "load", "throughput", "overhead", "pruning", "warm", "tracking",
-            "quality_long", "team", "predict")
+            "quality_long", "team", "predict", "checks")
 NEEDS_PREFECT = {"overhead", "pruning"}
 
 os.environ.update(OFFLINE_ENV)  # before transformers or datasets are imported
@@ -55,8 +55,9 @@ def quality_sizes(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         key, value = (part.strip() for part in item.split("=", 1))
-        name = key if key.startswith(("long_", "load_", "team_")) else f"quality_{key}"
-        if "+" in value or name.endswith("contenders"):  # contenders=sweepflow+reference
+        name = key if key.startswith(("long_", "load_", "team_", "checks_")) \
+            else f"quality_{key}"
+        if "+" in value or name.endswith(("contenders", "sets", "seeds")):  # a+b
             out[name] = tuple(int(v) if v.isdigit() else v for v in value.split("+") if v)
         else:
             out[name] = float(value) if "." in value else int(value)

@@ -49,6 +49,13 @@ class Sizes:
     long_contenders: tuple[str, ...] = ("sweepflow", "reference")
     team_contenders: tuple[str, ...] = ("embedded", "servers_1x2", "team_2x1", "servers_1x1")
     load_rounds: int = 2
+    # issue 25 point 3: the trial-level default on check sets of other shapes
+    checks_sets: tuple[str, ...] = ("airline2", "posts")
+    checks_contenders: tuple[str, ...] = ("speed", "reference", "speed_shuffle",
+                                          "speed_stock_dropout", "bf16_only")
+    checks_eval: int = 500
+    checks_checkpoints: int = 4
+    checks_train: int = 0  # training rows; 0 = each check set's own (bench/checksets.py)
 
 
 # The overhead section runs the default experiment's data and schedule (8,000 tweets, one
@@ -63,7 +70,7 @@ QUICK = Sizes(rounds=1, overhead_rounds=1, train=256, eval=128, warmup=2,
               prune_trials=4, prune_train=160, prune_eval=100, prune_epochs=1,
               prune_val_checks=2, prune_seeds=(42,), quality_train=256,
               quality_seeds=(42, 7), quality_checkpoints=2, long_train=256, long_epochs=2,
-              load_rounds=1)
+              load_rounds=1, checks_train=256, checks_eval=100, checks_checkpoints=2)
 
 
 @dataclass
@@ -132,6 +139,12 @@ def load(ctx: Context) -> dict[str, Any]:
     from bench import ttq
 
     return ttq.load(ctx)
+
+
+def checks(ctx: Context) -> dict[str, Any]:
+    from bench import ttq
+
+    return ttq.checks(ctx)
 
 
 # -- 2. overhead -----------------------------------------------------------------------------

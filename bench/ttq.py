@@ -59,14 +59,15 @@ def prepare_seed(overrides: list[str]) -> dict[str, int]:
 
 
 def run_contenders(ctx: Any, names: tuple[str, ...], train: int, epochs: int,
-                   checkpoints: int) -> dict[str, Any]:
+                   checkpoints: int, data: list[str] | None = None) -> dict[str, Any]:
     """Each seed's contenders in turn (order rotated per seed); `quality_parallel` seeds at
-    a time."""
+    a time. `data`: overrides that replace the bundled tweets (a check set)."""
     from concurrent.futures import ThreadPoolExecutor
 
     seeds = ctx.sizes.quality_seeds
     env = contender_env(ctx.env)
-    overrides = {seed: overrides_for(ctx.sizes, seed, train, epochs) for seed in seeds}
+    overrides = {seed: overrides_for(ctx.sizes, seed, train, epochs) + (data or [])
+                 for seed in seeds}
     sizes = {seed: prepare_seed(overrides[seed]) for seed in seeds}
 
     def lane(i: int) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def run_contenders(ctx: Any, names: tuple[str, ...], train: int, epochs: int,
     with ThreadPoolExecutor(ctx.sizes.quality_parallel) as pool:
         lanes = list(pool.map(lane, range(len(seeds))))
     runs = {n: {seed: lanes[i][n] for i, seed in enumerate(seeds)} for n in names}
-    write_json(ctx.home / f"quality-{train}x{epochs}.json", runs)  # kept with --keep
+    write_json(ctx.home / f"quality-{train}x{epochs}-{len(data or [])}.json", runs)
     return {"train_samples": train, "epochs": epochs, "seeds": list(seeds),
             "checkpoints": checkpoints, "split_sizes": sizes,
             "omp_wait_policy": env.get("OMP_WAIT_POLICY", "OpenMP's own"),
@@ -131,6 +132,8 @@ def summarise(runs: dict[str, dict[int, Any]]) -> dict[str, Any]:
 def _ratios(out: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     """sweepflow's time to quality against each other contender's: a contender that never
     reached the quality gives a lower bound (its whole training time)."""
+    if "sweepflow" not in out:  # the check sets compare settings, not sweepflow vs HF
+        return {}
     mine = out["sweepflow"][kind]
     ratios = {}
     for name, s in out.items():
@@ -188,3 +191,25 @@ def load(ctx: Any) -> dict[str, Any]:
     return {"train_samples": s.quality_train, "seed": seed, "walls": walls, "median": median,
             "ratio": median["busy"] / median["alone"],
             "passive_vs_own_idle": median["passive"] / median["alone"]}
+
+
+def checks(ctx: Any) -> dict[str, Any]:
+    """The trial-level speed settings against the reference recipe on the check sets
+    (bench/checksets.py), one factor at a time, every seed; each set's results are written
+    to the temporary folder as soon as it ends."""
+    from bench import checksets
+
+    s = ctx.sizes
+    out: dict[str, Any] = {"contenders": list(s.checks_contenders)}
+    for name in s.checks_sets:
+        check = checksets.CHECK_SETS[name]
+        path = checksets.build(name, ctx.home / "checksets")
+        data = checksets.overrides(check, path, s.checks_eval)
+        ctx.log(f"checks: {name}: {check.description}")
+        start = time.perf_counter()
+        out[name] = {"description": check.description, "max_length": check.max_length,
+                     **run_contenders(ctx, s.checks_contenders, s.checks_train or check.train, 1,
+                                      s.checks_checkpoints, data),
+                     "seconds": time.perf_counter() - start}
+        write_json(ctx.home / f"checks-{name}.json", out[name])
+    return out

@@ -2,10 +2,10 @@
 
 By default a SQLite file in the local store (one process, one trial at a time). With
 `sweep.storage: postgresql://…` the study lives in PostgreSQL, shared by every worker on every
-machine: an RDBStorage with a small connection pool (`pool_pre_ping` drops connections the
-server closed), a heartbeat per running trial, and Optuna's retry callback, so a trial whose
+machine: an RDBStorage without a connection pool (a connection per operation, none held
+between operations), a heartbeat per running trial, and Optuna's retry callback, so a trial whose
 worker died is failed once its heartbeat is `grace_period` old and re-queued with the same
-params. One storage object (one pool) per process and URL.
+params. One storage object per process and URL.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import random
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,10 +32,12 @@ from sweepflow.usererrors import StoreError
 
 log = logging.getLogger(__name__)
 
-# Per process: at most pool_size + max_overflow connections to the study's database.
-POOL = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True, "pool_recycle": 1800,
-        "pool_timeout": 60}
-CONNECTIONS_PER_PROCESS = POOL["pool_size"] + POOL["max_overflow"]
+# No pool: a connection per operation, closed after it. A worker holds none between its
+# operations (the database's 100 connections serve many more idle workers; measured in
+# bench/control_plane.py) and at most 3 at once: the study lock's, a query's and the
+# heartbeat thread's. A restarted server costs nothing stale to drop.
+POOL = {"poolclass": NullPool}
+CONNECTIONS_PER_PROCESS = 3
 
 
 def storage_url(sweep: SweepConfig | None = None) -> str:
@@ -65,7 +69,8 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -
             # heartbeat_interval is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
-                url, engine_kwargs=dict(POOL), heartbeat_interval=heartbeat_interval,
+                url, engine_kwargs={**POOL, **waiting_connect(url, grace_period)},
+                heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
     except SQLAlchemyError as err:
@@ -74,6 +79,43 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -
         raise StoreError(f"sweep.storage={shown}: cannot open the study database ({reason}); "
                          "create the database (`sweepflow stack` creates sweepflow_optuna) "
                          "or fix the URL") from None
+
+
+# The server is away (restart, failover), not the URL wrong: worth waiting for.
+_AWAY = ("connection refused", "could not connect", "server closed the connection",
+         "the database system is starting up", "the database system is shutting down",
+         "the database system is in recovery mode", "no such file or directory",
+         "terminating connection", "connection timed out")
+
+
+def waiting_connect(url: str, budget: float) -> dict:
+    """Engine kwargs whose connections wait for a PostgreSQL server that is away, retrying
+    with backoff (0.5 s doubling to 8 s) for up to `budget` seconds (sweep.grace_period),
+    one warning line per outage; a wrong URL, database or password fails at once."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() != "psycopg2":
+        return {}
+    import psycopg2
+
+    args = parsed.translate_connect_args(username="user", database="dbname") | dict(parsed.query)
+
+    def connect() -> object:
+        deadline, delay, warned = time.monotonic() + budget, 0.5, False
+        while True:
+            try:
+                return psycopg2.connect(**args)
+            except psycopg2.OperationalError as err:
+                away = any(s in str(err).lower() for s in _AWAY)
+                if not away or time.monotonic() + delay > deadline:
+                    raise
+                if not warned:
+                    log.warning("study database away (%s); retrying for up to %.0f s",
+                                str(err).strip().splitlines()[0], budget)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    return {"creator": connect}
 
 
 @contextmanager
@@ -130,21 +172,37 @@ def _lock_key(name: str) -> int:
 
 @contextmanager
 def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
-    """Serialise "look at the study, then create or ask" across processes and machines: a
-    PostgreSQL advisory lock keyed on the study name (released by the server if the holder
-    dies). Nothing to do for SQLite, which has one process at a time."""
+    """Serialise "look at the study, then create, ask or tell" across processes and machines:
+    a PostgreSQL advisory lock keyed on the study name (released by the server if the holder
+    dies). A waiter holds no connection: it tries the lock, and if another worker has it,
+    closes its connection and tries again after a short jittered backoff (up to 0.5 s), so
+    100 workers waiting for one lock do not take 100 of the server's connections. Nothing to
+    do for SQLite, which has one process at a time."""
     if not isinstance(storage, RDBStorage) or storage.engine.dialect.name != "postgresql":
         yield
         return
-    key = _lock_key(study_name)
-    with storage.engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        conn.commit()
+    key, delay = _lock_key(study_name), 0.005
+    while True:
+        conn = storage.engine.connect()
         try:
-            yield
-        finally:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if got:
+            break
+        conn.close()
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.5)
+    try:
+        yield
+    finally:
+        try:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             conn.commit()
+        finally:
+            conn.close()  # closing ends the lock too, should the unlock fail
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

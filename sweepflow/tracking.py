@@ -110,6 +110,11 @@ def log_cost(uri: str, run_id: str, meter: cost.Meter) -> None:
         log.warning("run %s: cost not logged: %s", run_id, err)
 
 
+class RunKilled(Exception):  # noqa: N818 - a way to end a run, not a bug
+    """Ends a managed run KILLED (not FAILED) with the message as its reason: the work was
+    taken away from this process (e.g. its trial was failed and retried elsewhere)."""
+
+
 def _close(uri: str, run_id: str, status: str, error: str | None = None) -> None:
     client = MlflowClient(uri)
     if error:
@@ -148,6 +153,10 @@ def managed_run(
     meter = cost.Meter()
     try:
         yield run_id
+    except RunKilled as err:
+        log_cost(uri, run_id, meter)
+        _close(uri, run_id, "KILLED", str(err))
+        raise
     except Exception as err:
         log_cost(uri, run_id, meter)
         _close(uri, run_id, "FAILED", f"{type(err).__name__}: {err}")

@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 from lightning.pytorch.loggers import MLFlowLogger
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from prefect import task
@@ -29,7 +30,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from sweepflow.tasks.guards import NOTE_TAG, REASON_TAG, DivergenceGuard
 from sweepflow.tasks.pruning import (
+    BASIS_ATTR,
     SIGNAL_ATTR,
+    PerBasisPruner,
     StepPruning,
     make_pruner,
     pruning_signal,
@@ -53,7 +56,6 @@ from sweepflow.paths import models_dir
 
 log = logging.getLogger(__name__)
 
-BASIS_ATTR = "basis"  # trial user attribute: what the trial was trained on (see basis())
 DIGEST_ATTR = "data_digest"
 
 
@@ -140,7 +142,7 @@ def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None
     n = len(opened.get_all_trials(opened.get_study_id_from_name(ref.name), deepcopy=False))
     return optuna.load_study(study_name=ref.name, storage=opened,
                              sampler=make_sampler(config.sweep, config.seed + n),
-                             pruner=make_pruner(config.sweep, steps))
+                             pruner=PerBasisPruner(make_pruner(config.sweep, steps)))
 
 
 def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
@@ -180,6 +182,45 @@ def best_on_basis(study: optuna.Study, key: str) -> FrozenTrial | None:
     if not complete:
         return None
     return max(complete, key=lambda t: rank(study, t.value, t.number))
+
+
+WARM_ATTR = "warm_start_from"  # trial user attribute: the basis whose best params it re-tries
+
+
+def previous_basis(study: optuna.Study, key: str) -> str | None:
+    """The training basis of the study's latest complete trial on other data, or None when
+    this basis already has trials (it was warm-started, or continues)."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.user_attrs.get(BASIS_ATTR) == key or t.state == TrialState.WAITING
+           for t in trials):
+        return None
+    other = [t for t in trials if t.state == TrialState.COMPLETE
+             and t.user_attrs.get(BASIS_ATTR) not in (None, key)]
+    return max(other, key=lambda t: t.number).user_attrs[BASIS_ATTR] if other else None
+
+
+def warm_start(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef
+               ) -> list[FrozenTrial]:
+    """On a new data version, enqueue the params of the previous version's best
+    `sweep.warm_start` trials, so the night's first trials are the known-good ones."""
+    if config.sweep.warm_start == 0:
+        return []
+    study = load_study(ref, config)
+    key = basis(tokens)
+    shared = storage.open_storage(ref.storage, config.sweep)
+    with storage.study_lock(shared, ref.name):  # two workers: one warm start
+        previous = previous_basis(study, key)
+        if previous is None:
+            return []
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.user_attrs.get(BASIS_ATTR) == previous]
+        best = sorted(complete, key=lambda t: rank(study, t.value, t.number), reverse=True)
+        best = best[:min(config.sweep.warm_start, config.sweep.n_trials)]
+        for trial in best:
+            params = {k: v for k, v in trial.params.items() if k in config.sweep.space}
+            # Not skip_if_exists: yesterday's trial with these params is what it matches.
+            study.enqueue_trial(params, user_attrs={WARM_ATTR: f"{previous}#{trial.number}"})
+    return best
 
 
 def trial_model_dir(study: str, key: str, number: int) -> Path:
@@ -263,7 +304,7 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
     try:
         return _train_trial(config, tokens, ref, study, trial, params, parent_run_id, start,
                             tags)
-    except TrialFailed as err:
+    except (TrialFailed, TrialTaken) as err:
         return TrialResult(number=trial.number, state="failed", value=None, params=params,
                            steps=0, seconds=time.perf_counter() - start, run_id=err.run_id,
                            error=str(err))
@@ -287,6 +328,8 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
         except Exception as err:
+            if isinstance(err, UpdateFinishedTrialError) or not still_running(study, trial):
+                raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
             study.tell(trial, state=TrialState.FAIL)
             client.log_batch(run_id, tags=[
@@ -294,7 +337,9 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                 tracking.RunTag(REASON_TAG, f"{type(err).__name__}: {err}"[:4000])])
             raise TrialFailed(trial.number, run_id, err) from err
         except BaseException:  # Ctrl-C: the trial must not stay RUNNING in the study either
-            study.tell(trial, state=TrialState.FAIL)
+            if still_running(study, trial):
+                trial.set_user_attr("fail_reason", "interrupted")
+                study.tell(trial, state=TrialState.FAIL)
             client.set_tag(run_id, "optuna.state", "interrupted")
             raise
         state = "pruned" if pruning.pruned_at is not None else "complete"
@@ -320,29 +365,82 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
          state: dict | None, tokens: TokenizedData, shared: Any = None) -> None:
     """Tell the study the outcome; a complete trial's model is saved first if it is the best
     on its basis, and the models it beat are removed after. `shared`: the opened storage
-    (open_storage), whose study lock serialises this across workers."""
-    if result.state != "complete":
-        study.tell(trial, state=TrialState.PRUNED if result.state == "pruned"
-                   else TrialState.FAIL)
-        return
-    key = basis(tokens)
+    (open_storage), whose study lock serialises this across workers. A trial that is no
+    longer RUNNING (failed on its heartbeat while this worker was cut off, and retried) is
+    refused with TrialTaken: nothing is told, kept or dropped."""
     # Keep, tell and drop under the study's lock: two workers finishing at once agree with
-    # Optuna on the best (ties included) and never remove each other's kept model.
+    # Optuna on the best (ties included) and never remove each other's kept model; the
+    # reapers fail stale trials under the same lock, so "still running" holds until told.
     with storage.study_lock(shared, study.study_name):
+        if not still_running(study, trial):
+            raise TrialTaken(trial.number, result.run_id)
+        if result.state != "complete":
+            if result.state == "failed":  # a live worker's failure (see team.close_stale_runs)
+                trial.set_user_attr("fail_reason", result.error or "no validation score")
+            _tell_or_taken(study, trial, result, state=TrialState.PRUNED
+                           if result.state == "pruned" else TrialState.FAIL)
+            return
+        key = basis(tokens)
         try:
             kept = keep_if_best(study, key, result, module, state, tokens)
-        except BaseException:
+        except BaseException as err:
+            trial.set_user_attr("fail_reason", f"model not kept: {type(err).__name__}: {err}"
+                                [:1000])
             study.tell(trial, state=TrialState.FAIL)
             raise
-        study.tell(trial, result.value)
+        try:
+            _tell_or_taken(study, trial, result, values=result.value)
+        except TrialTaken:  # failed by a reaper that did not take the lock
+            if kept:
+                shutil.rmtree(trial_model_dir(study.study_name, key, trial.number),
+                              ignore_errors=True)
+            raise
         if kept:
             drop_beaten_models(study, key)
+
+
+def _tell_or_taken(study: optuna.Study, trial: optuna.Trial, result: TrialResult,
+                   **outcome: Any) -> None:
+    try:
+        study.tell(trial, **outcome)
+    except UpdateFinishedTrialError as err:
+        raise TrialTaken(trial.number, result.run_id) from err
+
+
+def still_running(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the study still holds the trial as RUNNING (read from the storage now)."""
+    opened = optuna.storages.get_storage(study._storage)  # noqa: SLF001 - Study has no getter
+    number = opened.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)  # noqa: SLF001
+    return opened.get_trial(number).state == TrialState.RUNNING
+
+
+class TrialTaken(tracking.RunKilled):
+    """The late result of a trial the study no longer holds as RUNNING: Optuna failed it on
+    its heartbeat (its worker was cut off or paused past sweep.grace_period) and queued its
+    params again. Refused; the MLflow run ends KILLED with this reason."""
+
+    def __init__(self, number: int, run_id: str) -> None:
+        super().__init__(
+            f"late result refused: trial {number} was failed on its heartbeat while this "
+            "worker was out of reach (network partition, paused process) and its params were "
+            "queued again; nothing of this run was told to the study or kept")
+        self.number, self.run_id = number, run_id
 
 
 class TrialFailed(RuntimeError):
     def __init__(self, number: int, run_id: str, err: Exception) -> None:
         super().__init__(f"trial {number} failed: {type(err).__name__}: {err}")
         self.number, self.run_id = number, run_id
+
+
+@task(name="warm-start", cache_policy=NO_CACHE)
+def warm_start_task(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef) -> int:
+    best = warm_start(config, tokens, study)
+    if best:
+        tried = ", ".join(f"#{t.number} ({t.value:.4f})" for t in best)
+        report.info(f"warm start: new data version; the first {len(best)} trial(s) re-try "
+                    f"the previous version's best params: trials {tried} {study.metric}")
+    return len(best)
 
 
 @task(name="create-study")

@@ -71,19 +71,20 @@ def worker_name() -> str:
 
 
 def close_stale_runs(config: SweepflowConfig, study: optuna.Study) -> int:
-    """Close as KILLED the MLflow trial runs still RUNNING whose Optuna trial has finished:
-    their worker died (Optuna failed the trial on its heartbeat). Returns how many."""
+    """Close as KILLED the MLflow trial runs still RUNNING whose Optuna trial was failed on its
+    heartbeat (failed without a `fail_reason`, which a live worker always sets first): their
+    worker died or is cut off. Returns how many."""
     client = tracking.MlflowClient(tracking.tracking_uri(config))
     exp = client.get_experiment_by_name(config.tracking.experiment)
     if exp is None:
         return 0
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    stale = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+             if "fail_reason" not in t.user_attrs}
     runs = client.search_runs([exp.experiment_id], f"tags.`optuna.study` = '{study.study_name}'"
                               " and attributes.status = 'RUNNING'", max_results=1000)
     closed = 0
     for run in runs:
-        number = int(run.data.tags.get("optuna.trial_number", -1))
-        if number in states and states[number].is_finished():
+        if int(run.data.tags.get("optuna.trial_number", -1)) in stale:
             client.log_batch(run.info.run_id, tags=[
                 tracking.RunTag("optuna.state", "failed"),
                 tracking.RunTag("error", f"worker {run.data.tags.get(WORKER_TAG, '?')} "
@@ -94,8 +95,12 @@ def close_stale_runs(config: SweepflowConfig, study: optuna.Study) -> int:
 
 
 def reap(config: SweepflowConfig, study: optuna.Study) -> None:
-    """Fail the trials of dead workers (Optuna re-queues them) and close their MLflow runs."""
-    storage.fail_stale_trials(study)
+    """Fail the trials of dead workers (Optuna re-queues them) and close their MLflow runs.
+    Under the study lock: a worker telling its result holds it too, so a trial is never failed
+    between "still running?" and "told" (tasks/sweep.py tell)."""
+    with storage.study_lock(storage.open_storage(storage.storage_url(config.sweep),
+                                                 config.sweep), study.study_name):
+        storage.fail_stale_trials(study)
     closed = close_stale_runs(config, study)
     if closed:
         report.info(f"closed {closed} MLflow run(s) of trials whose worker died; "

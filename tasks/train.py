@@ -1,6 +1,6 @@
 """Train: a LightningModule around AutoModelForSequenceClassification, fed by dynamically
-padded batches (bucketed by length by default: tasks/batching.py); the best weights are kept
-in memory."""
+padded batches (shuffled by default, bucketed by length on request: tasks/batching.py); the
+best weights are kept in memory."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def test_bucket_batches_sets_the_chunk_of_the_bucketed_sampler(tiny_config):
     from sweepflow.tasks.tokenize import tokenize
     from sweepflow.tasks.train import load_rows, make_loader
 
-    assert tiny_config.train.bucket_batches == 8  # the default (conf/base.yaml)
+    assert tiny_config.train.bucket_batches == 8  # the default chunk (conf/base.yaml)
     tokens = tokenize(tiny_config, ingest(tiny_config))
     rows = load_rows(tokens.path)["train"]
     loader = make_loader(rows, tokens, 4, train=True, seed=0, batching="bucketed",

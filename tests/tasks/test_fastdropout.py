@@ -61,7 +61,7 @@ def test_swapped_model_predicts_as_before(tiny_model_dir):
 
 def test_fit_trains_with_it_and_saves_the_stock_model(tiny_config, tmp_path):
     tokens = tokenize(tiny_config, ingest(tiny_config))
-    cfg = tiny_config.train.model_copy(update={"max_epochs": 1})
+    cfg = tiny_config.train.model_copy(update={"max_epochs": 1, "fast_dropout": True})
     module, result = fit(tokens, cfg, 3, "val/f1_macro", "max", progress=False)
     assert result.steps > 0 and result.best_value is not None
     assert any(isinstance(m, FastDropout) for m in module.model.modules())
