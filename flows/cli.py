@@ -350,6 +350,38 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
         console.print("best-so-far curves: " + ", ".join(str(p) for p in written))
 
 
+@app.command()
+def promote(version: Annotated[int | None, typer.Argument(
+                help="Model version to make the champion.")] = None,
+            reason: Annotated[str, typer.Option("--reason", "-r",
+                                                help="Why (recorded on the version).")] = "",
+            rollback: Annotated[bool, typer.Option(
+                "--rollback", help="Back to the champion before the current one.")] = False,
+            by: Annotated[str | None, typer.Option(
+                help="Who decides [default: your login name].")] = None,
+            config: ConfigOpt = None, overrides: Overrides = None) -> None:
+    """Move the champion by hand (or roll it back), recorded on the model version with who,
+    when and why; champion-int8 follows."""
+    import getpass
+
+    from sweepflow.tasks.register import promote_by_hand, registered_name
+
+    cfg = _config(config, overrides)
+    if (version is None) == (not rollback) or not reason.strip():
+        _fail("promote error", "give a VERSION or --rollback, and --reason", 2)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _open_store(cfg, study=False)
+        new, old = promote_by_hand(cfg, version, reason.strip(), by or getpass.getuser())
+    except (ValueError, MlflowException) as err:
+        _fail("promote error", getattr(err, "message", str(err)), 1)
+    except UserError as err:
+        _fail(err.kind, err, 2)
+    console.print(f"{registered_name(cfg)}: champion v{old or '-'} -> v{new} ({reason.strip()})",
+                  soft_wrap=True, highlight=False)
+
+
 _exit_status = 1  # until main() knows better: an uncaught exception exits 1
 
 

@@ -1,20 +1,23 @@
-"""The pipeline: ingest -> tokenize -> sweep (subflow) -> evaluate -> register -> compress, in
-one MLflow parent run. Without a config (a deployment run with no parameters) it loads
-conf/base.yaml."""
+"""The pipeline: ingest -> data version (skip if nothing changed) -> tokenize -> champion
+re-scored -> drift -> sweep (subflow) -> evaluate -> register -> compress, in one MLflow
+parent run. Without a config (a deployment run with no parameters) it loads conf/base.yaml."""
 
 from __future__ import annotations
 
 from prefect import flow
 from prefect.runtime import flow_run
 from sweepflow.flows.sweep import sweep_flow
+from sweepflow.tasks.champion import check_champion_task
 from sweepflow.tasks.compress import compress_task
+from sweepflow.tasks.drift import drift_task
 from sweepflow.tasks.evaluate import evaluate_task
 from sweepflow.tasks.ingest import ingest_task
 from sweepflow.tasks.lineage import log_lineage_task, run_tags
 from sweepflow.tasks.register import register_task
-from sweepflow.tasks.summary import PipelineSummary, summarize
+from sweepflow.tasks.summary import PipelineSummary, skipped_summary, summarize
 from sweepflow.tasks.sweep import create_study_task
 from sweepflow.tasks.tokenize import tokenize_task
+from sweepflow.tasks.versions import record_version_task, skip_unchanged_task
 
 from sweepflow import paths, tracking
 from sweepflow.config import SweepflowConfig, load_config
@@ -24,13 +27,19 @@ from sweepflow.config import SweepflowConfig, load_config
 def pipeline_flow(config: SweepflowConfig | None = None) -> PipelineSummary:
     config = config or load_config()
     paths.use_shared_dir(config.store.shared_dir)
-    tokens = tokenize_task(config, ingest_task(config))
+    data = ingest_task(config)
     study = create_study_task(config)
     tags = run_tags(config, study.name, flow_run.get_id())
     with tracking.managed_run(config, f"sweep-{study.name}", tags) as run_id:
+        version = record_version_task(config, data, run_id)
+        if skipped := skip_unchanged_task(config, version, run_id):
+            return skipped_summary(config, run_id, version, skipped)
+        tokens = tokenize_task(config, data)
         log_lineage_task(config, tokens, run_id)
+        champion = check_champion_task(config, tokens, run_id)
+        drift = drift_task(config, tokens, champion, run_id)
         sweep = sweep_flow(config, tokens, study, run_id)
         evaluation = evaluate_task(config, tokens, sweep, run_id)
-        registry = register_task(config, evaluation, run_id)
+        registry = register_task(config, evaluation, run_id, champion)
         compress_task(config, tokens, sweep.model_dir, registry, run_id)
-    return summarize(config, sweep, evaluation, run_id, registry)
+    return summarize(config, sweep, evaluation, run_id, registry, version, drift)

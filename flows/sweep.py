@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 from sweepflow.flows.team import run_team_task
-from sweepflow.tasks.sweep import StudyRef, create_study_task, run_trial_task
+from sweepflow.tasks.sweep import StudyRef, create_study_task, run_trial_task, warm_start_task
 from sweepflow.tasks.sweep_report import SweepResult, summarize_sweep_task
 from sweepflow.tasks.tokenize import TokenizedData
 
@@ -17,6 +17,7 @@ def sweep_flow(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef |
                parent_run_id: str | None = None) -> SweepResult:
     paths.use_shared_dir(config.store.shared_dir)
     study = study or create_study_task(config)
+    warm_start_task(config, tokens, study)  # a new data version starts from the last best
     if config.sweep.workers > 1:  # team mode: trial workers placed by Prefect
         trials = run_team_task(config, tokens, study, parent_run_id)
     else:

@@ -185,6 +185,8 @@ class SweepConfig(_Model):
     n_trials: int = Field(ge=1)
     study_name: str | None
     continue_study: bool
+    warm_start: int = Field(ge=0)  # previous data version's best trials enqueued on new data
+    on_unchanged: Literal["skip", "more_trials"]
     sampler: Literal["tpe", "random", "grid"]
     pruner: Literal["halving", "median", "percentile", "hyperband", "none"]
     pruner_startup_trials: int | None = Field(ge=0)  # None: max(2, min(5, n_trials // 3))
@@ -294,6 +296,16 @@ class RegistryConfig(_Model):
     refuse_single_class: bool  # a model predicting one class on test is not registered
 
 
+class DriftConfig(_Model):
+    """Newest rows against the champion's data (tasks/drift.py)."""
+
+    enabled: bool
+    threshold: float = Field(gt=0, le=1)
+    alpha: float = Field(gt=0, lt=1)
+    min_rows: int = Field(ge=2)
+    max_rows: int = Field(ge=1)
+
+
 class CompressConfig(_Model):
     """The int8 twin of the evaluated model (tasks/compress.py)."""
 
@@ -315,6 +327,7 @@ class SweepflowConfig(_Model):
     store: StoreConfig
     schedule: ScheduleConfig
     registry: RegistryConfig
+    drift: DriftConfig
     compress: CompressConfig
 
     @property

@@ -46,7 +46,11 @@ class SweepRow(BaseModel):
     best_params: str | None
     wall_seconds: float | None
     digest: str | None
-    cost: dict[str, float] = {}  # the run's cost/* metrics (sweepflow/cost.py)
+    cost: dict[str, float] = {}
+    data_change: str | None = None  # tasks/versions.py: rows added/removed since the last run
+    champion_f1: float | None = None  # the champion on this sweep's test rows
+    drift: str | None = None
+    skipped: str | None = None  # the run's cost/* metrics (sweepflow/cost.py)
 
 
 def last_sweeps(client: tracking.MlflowClient, experiment_id: str, n: int) -> list[Run]:
@@ -84,7 +88,29 @@ def sweep_row(run: Run) -> SweepRow:
         registry=registry, best_params=format_params(tags.get("optuna.best_params")),
         wall_seconds=m.get("sweep/wall_seconds"), digest=tags.get("data.digest"),
         cost={k.removeprefix("cost/"): v for k, v in m.items() if k.startswith("cost/")},
+        data_change=_change(m, tags), champion_f1=m.get("test/champion_f1_macro"),
+        drift=_drift(m, tags), skipped=tags.get("sweepflow.skipped") or None,
     )
+
+
+def _change(m: dict[str, float], tags: dict[str, str]) -> str | None:
+    """Rows added / removed per split since the previous run (data.* of tasks/versions.py)."""
+    if "data/rows_added" not in m:
+        return None
+    if not tags.get("data.previous_run"):
+        return "first version"
+    parts = [f"{s} +{m.get(f'data/{s}_added', 0):.0f}"
+             + (f" -{m[f'data/{s}_removed']:.0f}" if m.get(f"data/{s}_removed") else "")
+             for s in ("train", "validation", "test")]
+    return f"+{m['data/rows_added']:.0f} -{m['data/rows_removed']:.0f}\n" + "\n".join(parts)
+
+
+def _drift(m: dict[str, float], tags: dict[str, str]) -> str | None:
+    if "drift.flagged" not in tags:
+        return None
+    flagged = tags["drift.flagged"]
+    tvd = f"labels TVD {m['drift/label_tvd']:.3f}" if "drift/label_tvd" in m else ""
+    return (f"FLAGGED: {flagged}" if flagged else "no drift") + (f"\n{tvd}" if tvd else "")
 
 
 def format_params(raw: str | None) -> str | None:
@@ -126,6 +152,10 @@ def comparison_table(rows: list[SweepRow]) -> Table:
         + ("" if r.best_trial is None else f" (trial #{r.best_trial})"),
         "test f1_macro: model": lambda r: _num(r.test_f1),
         "test f1_macro: baseline": lambda r: _num(r.baseline_f1),
+        "test f1_macro: champion (same rows)": lambda r: _num(r.champion_f1),
+        "data change since previous run": lambda r: r.data_change or "-",
+        "drift (drift.threshold)": lambda r: r.drift or "-",
+        "skipped (unchanged)": lambda r: "yes" if r.skipped else "-",
         "registry": lambda r: r.registry or "-",
         "best params": lambda r: r.best_params or "-",
         "wall time": lambda r: "-" if r.wall_seconds is None else f"{r.wall_seconds:.0f} s",

@@ -29,6 +29,7 @@ from sweepflow.tasks.clean import (
     remove_overlap,
 )
 from sweepflow.tasks.datasafety import UnsafePath, check_allowed, first_ragged_line, safe_reason
+from sweepflow.tasks.splits import cap_by_hash, carve_by_hash
 
 from sweepflow import cache
 from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
@@ -309,46 +310,26 @@ def apply_labels(
     return out
 
 
-def _stratify(df: pd.DataFrame) -> pd.Series | None:
-    counts = df[LABEL].value_counts()
-    return df[LABEL] if len(counts) > 1 and counts.min() >= 2 else None
-
-
-def carve(df: pd.DataFrame, fraction: float, seed: int, what: str
-          ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified split of `fraction` rows off `df` (`what` names it in errors)."""
-    if len(df) < 2:
-        raise DataError(f"{what}: only {len(df)} row(s) left, too few to split")
-    from sklearn.model_selection import train_test_split  # 0.4 s import; cached runs skip it
-
-    rest, part = train_test_split(
-        df, test_size=fraction, random_state=seed, stratify=_stratify(df)
-    )
-    return rest.reset_index(drop=True), part.reset_index(drop=True)
-
-
-def cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
-    """Stratified sample of at most n rows."""
-    if n is None or len(df) <= n:
-        return df
-    from sklearn.model_selection import train_test_split
-
-    kept, _ = train_test_split(df, train_size=n, random_state=seed, stratify=_stratify(df))
-    return kept.reset_index(drop=True)
-
-
 def make_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, source: str
                 ) -> dict[str, pd.DataFrame]:
-    """Use the source's splits; carve the missing test/validation splits out of train."""
-    out = dict(frames)
-    if "test" not in out:
-        out["train"], out["test"] = carve(out["train"], cfg.test_fraction, seed,
-                                          f"carving a test split out of {source}")
-    if "validation" not in out:
-        share = cfg.val_fraction / (1 - cfg.test_fraction) if "test" not in frames else (
-            cfg.val_fraction)
-        out["train"], out["validation"] = carve(out["train"], share, seed,
-                                                f"carving a validation split out of {source}")
+    """Use the source's splits; carve the missing test/validation splits out of train by
+    hash (tasks/splits.py), so a row keeps its split as the data grows."""
+    shares = {}
+    if "test" not in frames:
+        shares["test"] = cfg.test_fraction
+    if "validation" not in frames:
+        shares["validation"] = cfg.val_fraction
+    if not shares:
+        return {s: frames[s] for s in SPLITS}
+    if len(frames["train"]) < 2:
+        raise DataError(f"carving a {' and '.join(shares)} split out of {source}: only "
+                        f"{len(frames['train'])} row(s) left, too few to split")
+    out = {**frames, **carve_by_hash(frames["train"], shares, seed)}
+    for name, share in {**shares, "train": 0.0}.items():
+        if out[name].empty:
+            raise DataError(f"carving a {name} split out of {source}: none of its "
+                            f"{len(frames['train'])} rows fell into it by hash "
+                            f"({share:.0%} asked), too few rows to split")
     return {s: out[s] for s in SPLITS}
 
 
@@ -388,8 +369,8 @@ def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
     carved = make_splits(remove_overlap(labelled, report), cfg, seed, source.description)
     splits = remove_overlap(carved, report)
     before = {s: len(df) for s, df in splits.items()}
-    splits["train"] = cap(splits["train"], cfg.max_train_samples, seed)
-    splits["validation"] = cap(splits["validation"], cfg.max_eval_samples, seed)
+    splits["train"] = cap_by_hash(splits["train"], cfg.max_train_samples, seed)
+    splits["validation"] = cap_by_hash(splits["validation"], cfg.max_eval_samples, seed)
     for split in splits:
         report.add(split, "dropped_by_sample_cap", before[split] - len(splits[split]))
     validate_splits(splits, names, cfg, source.description)
@@ -460,7 +441,8 @@ def ingest_key(config: SweepflowConfig) -> str:
         "source": source_fingerprint(source, config.data),
         "data": config.data.model_dump(mode="json"),
         "seed": config.seed,
-        "code": code_version("sweepflow.tasks.ingest", "sweepflow.tasks.clean"),
+        "code": code_version("sweepflow.tasks.ingest", "sweepflow.tasks.clean",
+                             "sweepflow.tasks.splits"),
     })[:20]
 
 

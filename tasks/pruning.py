@@ -8,15 +8,20 @@ validates several times per epoch and keeps its best weights when it is pruned.
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Container
+from typing import Any
 
 import lightning.pytorch as pl
 import optuna
 from lightning.pytorch.callbacks import Callback
+from optuna.trial import FrozenTrial, TrialState
 
 from sweepflow.config import SweepConfig, TrainConfig
 
 SIGNAL_ATTR = "pruning_signal"  # study user attribute: what its trials report to the pruner
+BASIS_ATTR = "basis"  # trial user attribute: what the trial was trained on (sweep.basis())
 
 
 def warmup_steps(cfg: SweepConfig, steps: int) -> int:
@@ -36,6 +41,37 @@ def pruning_signal(cfg: SweepConfig) -> str:
     if cfg.pruner_signal == "metric":
         return cfg.metric
     return "-val/loss" if cfg.direction == "maximize" else "val/loss"
+
+
+class _BasisTrials:
+    """A study storage that shows only the trials trained on one basis (the rest delegated)."""
+
+    def __init__(self, storage: Any, key: str | None) -> None:
+        self._storage, self._key = storage, key
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        trials = self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.user_attrs.get(BASIS_ATTR) == self._key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+class PerBasisPruner(optuna.pruners.BasePruner):
+    """The configured pruner, judging a trial only against trials trained on the same data,
+    model and tokenization: a study continued on grown data never prunes tonight's trials
+    against last night's (other step counts, other validation rows). The pruner sees the
+    study through a storage view, so every pruner (hyperband's bracket studies included)
+    reads only that basis' trials."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner) -> None:
+        self.inner = inner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        view = copy.copy(study)
+        view._storage = _BasisTrials(study._storage, trial.user_attrs.get(BASIS_ATTR))
+        return self.inner.prune(view, trial)
 
 
 def make_pruner(cfg: SweepConfig, steps: int | None = None) -> optuna.pruners.BasePruner:

@@ -5,9 +5,11 @@ the same test rows (McNemar's exact test at `registry.alpha`, see tasks/signific
 `better` one with any higher registry metric, `manual` none (a person moves the alias). The
 first registered model becomes champion (except under `manual`).
 
-A champion scored on a different test split (another test-data digest) is never replaced
-automatically: the two scores measure different things, so the decision is `not_comparable`
-and a person decides (the README shows how to move the alias by hand).
+A champion scored on a different test split (grown data, another test-data digest) is
+re-scored on the challenger's test rows first (tasks/champion.py), and the rule runs on those
+same rows. The decision is `not_comparable` only when the champion could not be re-scored
+(it cannot be loaded, or knows other labels), with the reason. `sweepflow promote` moves the
+champion by hand (or rolls it back), recorded on the model version with who and why.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import math
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -51,6 +54,19 @@ class Champion(BaseModel):
     run_id: str | None = None
 
 
+class ChampionCheck(BaseModel):
+    """The champion on this run's data (tasks/champion.py; None fields: not measured, `reason`
+    says why)."""
+
+    model_config = ConfigDict(frozen=True)
+    champion: Champion | None = None
+    predictions: TestPredictions | None = None  # on this run's test rows (re-scored)
+    test: Scores | None = None  # its scores on this run's test rows
+    newest_rows: int = 0  # rows of this run's data the champion's data did not hold
+    newest: Scores | None = None  # its scores on (at most drift.max_rows of) those
+    reason: str | None = None  # why it was not re-scored
+
+
 class Verdict(BaseModel):
     model_config = ConfigDict(frozen=True)
     decision: Decision
@@ -69,6 +85,7 @@ class RegistryResult(BaseModel):
     previous_champion: Champion | None
     promotion: Promotion = "better"
     comparison: Comparison | None = None  # vs the previous champion on the same test rows
+    champion_score: float | None = None  # the previous champion's metric on these test rows
 
 
 def registered_name(config: SweepflowConfig) -> str:
@@ -81,28 +98,34 @@ def champion_uri(config: SweepflowConfig) -> str:
 
 def decide(score: float, digest: str, champion: Champion | None, metric: str,
            promotion: Promotion = "better", alpha: float = 0.05,
-           comparison: Comparison | None = None) -> Verdict:
-    """The registry rule (see the module docstring). A champion scored on other test data is
-    kept: the two scores measure different things."""
+           comparison: Comparison | None = None, champion_score: float | None = None,
+           why_not: str | None = None) -> Verdict:
+    """The registry rule (see the module docstring). `champion_score`: the champion's metric
+    on this model's test rows (re-scored when it was scored on other test data); without it
+    a champion scored on other test data is kept, for `why_not`."""
     if promotion == "manual":
         return Verdict(decision="manual", reason="registry.promotion=manual: the champion "
                        "alias moves only by hand")
     if champion is None:
         return Verdict(decision="promoted", reason="no champion yet")
     v = f"champion v{champion.version}"
-    if champion.digest != digest:
+    if champion.digest != digest and champion_score is None:
         return Verdict(decision="not_comparable",
                        reason=f"{v} was scored on test data {champion.digest}, this model on "
-                              f"{digest}: scores are not comparable, champion kept")
+                              f"{digest}, and it could not be re-scored on these rows"
+                              f"{f' ({why_not})' if why_not else ''}: scores are not comparable, "
+                              "champion kept")
+    if champion.digest != digest:
+        v += " re-scored on these test rows"
     if promotion == "significant":
         return _significant(comparison, alpha, v)
-    if champion.score is None:
+    theirs = champion.score if champion_score is None else champion_score
+    if theirs is None:
         return Verdict(decision="not_comparable", reason=f"{v} has no {metric} tag")
-    if score > champion.score:
-        return Verdict(decision="promoted",
-                       reason=f"{metric} {score:.4f} > {champion.score:.4f} ({v})")
+    if score > theirs:
+        return Verdict(decision="promoted", reason=f"{metric} {score:.4f} > {theirs:.4f} ({v})")
     return Verdict(decision="kept_champion",
-                   reason=f"{metric} {score:.4f} <= {champion.score:.4f} ({v})")
+                   reason=f"{metric} {score:.4f} <= {theirs:.4f} ({v})")
 
 
 def _significant(comparison: Comparison | None, alpha: float, v: str) -> Verdict:
@@ -133,12 +156,16 @@ def champion_predictions(client: tracking.MlflowClient, champion: Champion,
 
 
 def compare_with(client: tracking.MlflowClient, champion: Champion | None,
-                 challenger: TestPredictions | None, seed: int) -> Comparison | None:
-    """McNemar + bootstrap of the challenger against the champion on the same rows, or None
-    when either side has no predictions on this test data."""
+                 challenger: TestPredictions | None, seed: int,
+                 rescored: TestPredictions | None = None) -> Comparison | None:
+    """McNemar + bootstrap of the challenger against the champion on the same rows (its
+    re-scored predictions, else its stored ones), or None when either side has no
+    predictions on this test data."""
     if champion is None or challenger is None:
         return None
-    stored = champion_predictions(client, champion, challenger.test_digest)
+    stored = rescored if rescored is not None and rescored.test_digest == \
+        challenger.test_digest else champion_predictions(client, champion,
+                                                         challenger.test_digest)
     if stored is None or stored.row != challenger.row or stored.true != challenger.true:
         return None
     return compare_predictions(np.asarray(challenger.true), np.asarray(stored.pred),
@@ -161,9 +188,10 @@ def current_champion(client: tracking.MlflowClient, name: str, metric: str) -> C
 
 
 def register(config: SweepflowConfig, model_uri: str, scores: Scores, test_digest: str,
-             run_id: str, predictions: TestPredictions | None = None) -> RegistryResult:
+             run_id: str, predictions: TestPredictions | None = None,
+             check: ChampionCheck | None = None) -> RegistryResult:
     """Register the model, set its aliases and log the decision to the parent run and to
-    the model version."""
+    the model version. `check`: the champion re-scored on this run's test rows."""
     name, metric = registered_name(config), config.registry.metric
     score = getattr(scores, metric.split("/", 1)[1])
     tags = {DIGEST_TAG: test_digest, RUN_TAG: run_id,
@@ -171,25 +199,84 @@ def register(config: SweepflowConfig, model_uri: str, scores: Scores, test_diges
     tracking.setup(config)  # mlflow.register_model uses the global tracking/registry URI
     client = tracking.MlflowClient(tracking.tracking_uri(config))
     champion = current_champion(client, name, metric)
-    comparison = compare_with(client, champion, predictions, config.seed)
+    rescored = check.predictions if check is not None and check.champion == champion else None
+    comparison = compare_with(client, champion, predictions, config.seed, rescored)
+    theirs = None
+    if rescored is not None and check.test is not None:
+        theirs = getattr(check.test, metric.split("/", 1)[1])
+    elif champion is not None and champion.digest == test_digest:
+        theirs = champion.score
     with tracking.no_mlflow_prints():  # register_model prints "Successfully registered ..."
         version = int(mlflow.register_model(model_uri, name, tags=tags).version)
     rule = config.registry
     verdict = decide(score, test_digest, champion, metric, rule.promotion, rule.alpha,
-                     comparison)
+                     comparison, theirs, check.reason if check is not None else None)
     client.set_registered_model_alias(name, CHALLENGER, str(version))
     if verdict.decision == "promoted":
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+        make_champion(client, name, version, champion)
     result = RegistryResult(
         model_name=name, version=version, decision=verdict.decision, reason=verdict.reason,
         metric=metric, score=score, previous_champion=champion, promotion=rule.promotion,
-        comparison=comparison, champion_version=version if verdict.decision == "promoted"
+        comparison=comparison, champion_score=theirs,
+        champion_version=version if verdict.decision == "promoted"
         else (champion.version if champion else None),
     )
     for key, value in decision_tags(result).items():
         client.set_model_version_tag(name, str(version), key, value)
     log_decision(client, run_id, result)
     return result
+
+
+INT8 = f"{CHAMPION}-int8"
+PREVIOUS_TAG = "registry.previous_champion"
+
+
+def make_champion(client: tracking.MlflowClient, name: str, version: int,
+                  previous: Champion | None) -> None:
+    """Move `champion` to `version`, and `champion-int8` to its int8 twin, or off the old
+    champion's twin when it has none (tasks/compress.py adds it once the twin qualifies)."""
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    if previous is not None and previous.version != version:
+        client.set_model_version_tag(name, str(version), PREVIOUS_TAG, str(previous.version))
+    twins = client.search_model_versions(
+        f"name = '{name}' and tags.`sweepflow.fp32_version` = '{version}'")
+    if twins:
+        client.set_registered_model_alias(name, INT8, str(max(int(t.version) for t in twins)))
+        return
+    try:
+        client.delete_registered_model_alias(name, INT8)
+    except MlflowException:  # there was none
+        pass
+
+
+def promote_by_hand(config: SweepflowConfig, version: int | None, reason: str, who: str
+                    ) -> tuple[int, int | None]:
+    """Make `version` the champion (None: roll back to the version that was champion before
+    the current one), recorded on the version's tags with who, when and why. Returns (new,
+    old) champion versions."""
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    name = registered_name(config)
+    current = current_champion(client, name, config.registry.metric)
+    if version is None:
+        before = client.get_model_version(name, str(current.version)).tags.get(
+            PREVIOUS_TAG) if current else None
+        if not before:
+            raise ValueError(f"no earlier champion of {name} to roll back to")
+        version = int(before)
+    mv = client.get_model_version(name, str(version))  # raises for an unknown version
+    if mv.tags.get("sweepflow.variant") == "int8":
+        raise ValueError(f"v{version} is an int8 twin; promote its full-precision version "
+                         f"v{mv.tags.get('sweepflow.fp32_version')}")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    make_champion(client, name, version, current)
+    note = f"by {who} at {when}: {reason}"
+    for key, value in {"registry.decision": "promoted_by_hand", "registry.reason": note,
+                       "registry.promoted_by": who}.items():
+        client.set_model_version_tag(name, str(version), key, value[:5000])
+    if current is not None and current.version != version:
+        client.set_model_version_tag(name, str(current.version), "registry.demoted",
+                                     f"v{version} {note}"[:5000])
+    return version, current.version if current else None
 
 
 def decision_tags(result: RegistryResult) -> dict[str, str]:
@@ -213,11 +300,9 @@ def log_decision(client: tracking.MlflowClient, run_id: str, result: RegistryRes
             **decision_tags(result)}
     now = tracking.now_ms()
     metrics = []
-    previous = result.previous_champion
-    if previous is not None and previous.score is not None \
-            and result.decision != "not_comparable":
+    if result.champion_score is not None:  # on these test rows (re-scored or its own)
         key = result.metric.replace("test/", "test/champion_", 1)
-        metrics.append(tracking.Metric(key, previous.score, now, 0))
+        metrics.append(tracking.Metric(key, result.champion_score, now, 0))
     if result.comparison is not None:
         c = result.comparison
         metrics += [tracking.Metric(f"registry/{k}", float(v), now, 0) for k, v in (
@@ -239,8 +324,8 @@ def degenerate(config: SweepflowConfig, evaluation: EvalResult) -> str | None:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(config: SweepflowConfig, evaluation: EvalResult,
-                  run_id: str) -> RegistryResult | None:
+def register_task(config: SweepflowConfig, evaluation: EvalResult, run_id: str,
+                  champion: ChampionCheck | None = None) -> RegistryResult | None:
     logger = get_run_logger()
     if not config.registry.enabled:
         logger.info("model registry disabled (registry.enabled=false)")
@@ -252,7 +337,7 @@ def register_task(config: SweepflowConfig, evaluation: EvalResult,
             run_id, "registry.decision", f"refused: {refused}")
         return None
     result = register(config, evaluation.model_uri, evaluation.model, evaluation.test_digest,
-                      run_id, evaluation.predictions)
+                      run_id, evaluation.predictions, champion)
     logger.info("registered %s v%d: %s (%s)", result.model_name, result.version,
                 result.decision, result.reason)
     return result

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from sweepflow.tasks.drift import DriftReport
 from sweepflow.tasks.evaluate import EvalResult
 from sweepflow.tasks.register import RegistryResult
 from sweepflow.tasks.sweep_report import SweepResult
+from sweepflow.tasks.versions import DataVersion
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
@@ -19,24 +21,45 @@ class PipelineSummary(BaseModel):
     experiment: str
     tracking_uri: str
     metric: str
-    sweep: SweepResult
-    evaluation: EvalResult
+    sweep: SweepResult | None = None  # None: skipped
+    evaluation: EvalResult | None = None
     ui_command: str
-    registry: RegistryResult | None = None  # None: registry.enabled=false
+    registry: RegistryResult | None = None  # None: registry.enabled=false (or skipped)
+    data_version: DataVersion | None = None
+    drift: DriftReport | None = None
+    skipped: str | None = None  # why nothing was trained (sweep.on_unchanged=skip)
+
+
+def _ui(uri: str) -> str:
+    return uri if uri.startswith(("http://", "https://")) else \
+        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 
 
 def summarize(config: SweepflowConfig, sweep: SweepResult, evaluation: EvalResult,
-              run_id: str, registry: RegistryResult | None = None) -> PipelineSummary:
+              run_id: str, registry: RegistryResult | None = None,
+              version: DataVersion | None = None, drift: DriftReport | None = None
+              ) -> PipelineSummary:
     uri = tracking.tracking_uri(config)
     return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
                            tracking_uri=uri, metric=config.sweep.metric, sweep=sweep,
-                           evaluation=evaluation, registry=registry,
-                           ui_command=uri if uri.startswith(("http://", "https://")) else
-                           f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+                           evaluation=evaluation, registry=registry, ui_command=_ui(uri),
+                           data_version=version, drift=drift)
+
+
+def skipped_summary(config: SweepflowConfig, run_id: str, version: DataVersion,
+                    reason: str) -> PipelineSummary:
+    uri = tracking.tracking_uri(config)
+    return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
+                           tracking_uri=uri, metric=config.sweep.metric, ui_command=_ui(uri),
+                           data_version=version, skipped=reason)
 
 
 def print_summary(summary: PipelineSummary, console: Console | None = None) -> None:
     console = console or Console()
+    if summary.sweep is None or summary.evaluation is None:
+        console.print(f"skipped: {summary.skipped}; MLflow run {summary.run_id} records the "
+                      "check", soft_wrap=True, highlight=False)
+        return
     s, e = summary.sweep, summary.evaluation
     console.rule(f"[bold]sweep {s.study}")
     counts = ", ".join(f"{n} {k}" for k, n in s.counts.items() if n)

@@ -30,7 +30,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from sweepflow.tasks.guards import NOTE_TAG, REASON_TAG, DivergenceGuard
 from sweepflow.tasks.pruning import (
+    BASIS_ATTR,
     SIGNAL_ATTR,
+    PerBasisPruner,
     StepPruning,
     make_pruner,
     pruning_signal,
@@ -54,7 +56,6 @@ from sweepflow.paths import models_dir
 
 log = logging.getLogger(__name__)
 
-BASIS_ATTR = "basis"  # trial user attribute: what the trial was trained on (see basis())
 DIGEST_ATTR = "data_digest"
 
 
@@ -141,7 +142,7 @@ def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None
     n = len(opened.get_all_trials(opened.get_study_id_from_name(ref.name), deepcopy=False))
     return optuna.load_study(study_name=ref.name, storage=opened,
                              sampler=make_sampler(config.sweep, config.seed + n),
-                             pruner=make_pruner(config.sweep, steps))
+                             pruner=PerBasisPruner(make_pruner(config.sweep, steps)))
 
 
 def suggest(trial: optuna.Trial, cfg: SweepConfig) -> dict[str, Any]:
@@ -181,6 +182,45 @@ def best_on_basis(study: optuna.Study, key: str) -> FrozenTrial | None:
     if not complete:
         return None
     return max(complete, key=lambda t: rank(study, t.value, t.number))
+
+
+WARM_ATTR = "warm_start_from"  # trial user attribute: the basis whose best params it re-tries
+
+
+def previous_basis(study: optuna.Study, key: str) -> str | None:
+    """The training basis of the study's latest complete trial on other data, or None when
+    this basis already has trials (it was warm-started, or continues)."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.user_attrs.get(BASIS_ATTR) == key or t.state == TrialState.WAITING
+           for t in trials):
+        return None
+    other = [t for t in trials if t.state == TrialState.COMPLETE
+             and t.user_attrs.get(BASIS_ATTR) not in (None, key)]
+    return max(other, key=lambda t: t.number).user_attrs[BASIS_ATTR] if other else None
+
+
+def warm_start(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef
+               ) -> list[FrozenTrial]:
+    """On a new data version, enqueue the params of the previous version's best
+    `sweep.warm_start` trials, so the night's first trials are the known-good ones."""
+    if config.sweep.warm_start == 0:
+        return []
+    study = load_study(ref, config)
+    key = basis(tokens)
+    shared = storage.open_storage(ref.storage, config.sweep)
+    with storage.study_lock(shared, ref.name):  # two workers: one warm start
+        previous = previous_basis(study, key)
+        if previous is None:
+            return []
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.user_attrs.get(BASIS_ATTR) == previous]
+        best = sorted(complete, key=lambda t: rank(study, t.value, t.number), reverse=True)
+        best = best[:min(config.sweep.warm_start, config.sweep.n_trials)]
+        for trial in best:
+            params = {k: v for k, v in trial.params.items() if k in config.sweep.space}
+            # Not skip_if_exists: yesterday's trial with these params is what it matches.
+            study.enqueue_trial(params, user_attrs={WARM_ATTR: f"{previous}#{trial.number}"})
+    return best
 
 
 def trial_model_dir(study: str, key: str, number: int) -> Path:
@@ -391,6 +431,16 @@ class TrialFailed(RuntimeError):
     def __init__(self, number: int, run_id: str, err: Exception) -> None:
         super().__init__(f"trial {number} failed: {type(err).__name__}: {err}")
         self.number, self.run_id = number, run_id
+
+
+@task(name="warm-start", cache_policy=NO_CACHE)
+def warm_start_task(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef) -> int:
+    best = warm_start(config, tokens, study)
+    if best:
+        tried = ", ".join(f"#{t.number} ({t.value:.4f})" for t in best)
+        report.info(f"warm start: new data version; the first {len(best)} trial(s) re-try "
+                    f"the previous version's best params: trials {tried} {study.metric}")
+    return len(best)
 
 
 @task(name="create-study")

@@ -65,7 +65,8 @@ def test_pipeline_end_to_end(tiny_config, store):
     cached = sorted((store / "cache").glob("*/*"))
     assert [p.parent.name for p in cached] == ["baseline", "ingest", "tokenized"]
     inodes = [p.stat().st_ino for p in cached]
-    pipeline_flow(tiny_config)
+    pipeline_flow(tiny_config.model_copy(update={"sweep": tiny_config.sweep.model_copy(
+        update={"on_unchanged": "more_trials"})}))  # unchanged data: sweep anyway
     assert sorted((store / "cache").glob("*/*")) == cached
     assert [p.stat().st_ino for p in cached] == inodes  # read back, not written again
     assert len(optuna.load_study(study_name="tiny", storage=study_storage()).trials) == 4

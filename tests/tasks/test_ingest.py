@@ -36,13 +36,13 @@ def write(df: pd.DataFrame, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
-def test_single_file_formats_are_split_stratified(tmp_path, suffix):
+def test_single_file_formats_are_split_by_hash(tmp_path, suffix):
     path = write(make_frame(150), tmp_path / f"data{suffix}")
     data = load_splits(cfg(path).data, seed=1)
     sizes = {s: len(df) for s, df in data.splits.items()}
-    assert sizes == {"train": 105, "validation": 15, "test": 30}
+    assert sizes == {"train": 102, "validation": 17, "test": 31}  # ~70/10/20 by hash
     assert data.label_names == ["negative", "neutral", "positive"]
-    for df in data.splits.values():  # stratified: every class in every split
+    for df in data.splits.values():  # approximately stratified: every class in every split
         assert df["label"].nunique() == 3
 
 
@@ -65,7 +65,8 @@ def test_split_files_mapping_carves_test_from_train(tmp_path):
                                     f"data.path={{train: '{train}', validation: '{dev}'}}"])
     data = load_splits(config.data, seed=1)
     assert len(data.splits["validation"]) == 30
-    assert len(data.splits["test"]) == 24 and len(data.splits["train"]) == 96
+    assert len(data.splits["test"]) + len(data.splits["train"]) == 120
+    assert 15 <= len(data.splits["test"]) <= 35  # test_fraction 0.2 of 120, by hash
 
 
 def test_folder_with_split_names(tmp_path):
@@ -174,8 +175,8 @@ def test_empty_after_cleaning(tmp_path, store):
 def test_too_few_rows_to_split_names_the_file(tmp_path, store):
     df = pd.DataFrame({"sentiment": ["a", "b"], "text": ["hello there", "goodbye now"]})
     path = write(df, tmp_path / "tiny.csv")
-    with pytest.raises(DataError, match=r"carving a validation split out of .*tiny\.csv: "
-                                        r"only 1 row\(s\) left"):
+    with pytest.raises(DataError, match=r"carving a (test|validation) split out of .*tiny\.csv: "
+                                        r".*too few rows to split"):
         ingest(cfg(path))
     _no_output_left(store)
 

@@ -56,3 +56,22 @@ def test_chunked_tokenization_has_windows_with_their_text_and_label(tiny_overrid
 def test_stride_over_half_the_window_is_a_config_error():
     with pytest.raises(ConfigError, match="tokenize.stride=40 must be at most half"):
         load_config(overrides=["tokenize.long_text=chunk", "tokenize.stride=40"])
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    (["tokenize.truncation=head_tail", "tokenize.head_share=0.5"],
+     "head+tail truncation at 8 (50% head)"),
+    (["tokenize.long_text=chunk", "tokenize.stride=2"], "chunks of 8 tokens, stride 2")])
+def test_the_token_line_names_the_strategy(tiny_overrides, caplog, setting, named):
+    import logging
+
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize_task
+
+    from sweepflow.console import REPORT
+
+    config = load_config(overrides=[*tiny_overrides, "tokenize.max_length=8", *setting])
+    with caplog.at_level(logging.INFO, logger=REPORT):
+        tokenize_task.fn(config, ingest(config))
+    line = next(m for m in caplog.messages if m.startswith("tokens:"))
+    assert line.endswith(f"of texts longer than 8: {named}"), line

@@ -137,3 +137,59 @@ def test_manual_promotion_never_moves_the_champion(tiny_overrides):
     assert (result.decision, result.champion_version) == ("manual", None)
     assert _aliases(config) == {CHALLENGER: 1}
     assert run.data.tags["registry.promotion"] == "manual"
+
+
+def test_a_champion_rescored_on_the_new_test_rows_can_be_beaten(tiny_config):
+    """Grown data: the champion was scored on other test rows; re-scored on the
+    challenger's rows (tasks/champion.py), McNemar and the bootstrap run on those rows and a
+    clearly better challenger is promoted. `champion-int8` leaves the old champion's twin."""
+    from sweepflow.tasks.register import ChampionCheck, current_champion
+
+    y = np.random.default_rng(0).integers(0, 3, 900)
+    old = _predictions(y, 0.7, 1).model_copy(update={"test_digest": "old"})
+    _register(tiny_config, _f1(old), "old", old)
+    client = MlflowClient(tracking.tracking_uri(tiny_config))
+    client.set_registered_model_alias("tiny", "champion-int8", "1")  # stands for its twin
+    champion = current_champion(client, "tiny", "test/f1_macro")
+    rescored = _predictions(y, 0.7, 3)  # the champion's labels for the new test rows
+    check = ChampionCheck(champion=champion, predictions=rescored,
+                          test=scores(np.asarray(rescored.true), np.asarray(rescored.pred)))
+    better = _predictions(y, 0.85, 2)
+    with tracking.managed_run(tiny_config, "sweep-tiny") as run_id:
+        with tracking.active_run(tiny_config, run_id):
+            model = mlflow.initialize_logged_model(name="model")
+        result = register(tiny_config, f"models:/{model.model_id}", _scores(_f1(better)),
+                          "ddd", run_id, better, check)
+    assert result.decision == "promoted", result.reason
+    assert "re-scored on these test rows" in result.reason
+    assert result.comparison.n == 900 and result.champion_score == check.test.f1_macro
+    assert _aliases(tiny_config) == {CHAMPION: 2, CHALLENGER: 2}  # no stale champion-int8
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["test/champion_f1_macro"] == pytest.approx(check.test.f1_macro)
+
+    cannot = ChampionCheck(champion=current_champion(client, "tiny", "test/f1_macro"),
+                           reason="champion v2 could not be re-scored: unsafe model")
+    result, _ = _register(tiny_config, 0.99, "eee")
+    assert result.decision == "not_comparable"
+    from sweepflow.tasks.register import decide as rule
+
+    verdict = rule(0.99, "eee", cannot.champion, "test/f1_macro", "significant",
+                   why_not=cannot.reason)
+    assert verdict.decision == "not_comparable" and "unsafe model" in verdict.reason
+
+
+def test_promote_and_roll_back_by_hand(better_config):
+    from sweepflow.tasks.register import promote_by_hand
+
+    _register(better_config, 0.6, "aaa")
+    _register(better_config, 0.7, "aaa")  # promoted: v2, previous champion v1
+    assert _aliases(better_config)[CHAMPION] == 2
+    assert promote_by_hand(better_config, None, "v2 mislabels refunds", "ana") == (1, 2)
+    client = MlflowClient(tracking.tracking_uri(better_config))
+    mv = client.get_model_version("tiny", "1")
+    assert mv.tags["registry.decision"] == "promoted_by_hand"
+    assert mv.tags["registry.promoted_by"] == "ana" and "v2 mislabels refunds" in mv.tags[
+        "registry.reason"]
+    assert "v1 by ana" in client.get_model_version("tiny", "2").tags["registry.demoted"]
+    assert promote_by_hand(better_config, 2, "fixed upstream", "bo") == (2, 1)
+    assert _aliases(better_config)[CHAMPION] == 2

@@ -99,8 +99,11 @@ def _prune(overrides: list[str], warmup: float) -> tuple[Any, dict[int, float]]:
     tokens = tokenize(config, ingest(config))
     ref = create_study(config)
     study = optuna.load_study(study_name=ref.name, storage=ref.storage)
-    study.add_trial(optuna.trial.create_trial(
-        value=0.0, intermediate_values=dict.fromkeys(range(1000), 0.0)))
+    from sweepflow.tasks.sweep import BASIS_ATTR, basis
+
+    study.add_trial(optuna.trial.create_trial(  # on the same data: the pruner compares them
+        value=0.0, intermediate_values=dict.fromkeys(range(1000), 0.0),
+        user_attrs={BASIS_ATTR: basis(tokens)}))
     result = run_trial(config, tokens, ref, None)
     return result, optuna.load_study(study_name=ref.name, storage=ref.storage
                                      ).trials[1].intermediate_values
@@ -191,6 +194,37 @@ def test_the_kept_model_is_the_best_trial_on_its_data(tiny_config):
     assert folders == [f"trial-{better}"]  # the beaten model is gone
     saved = json.loads((trial_model_dir(ref.name, key, better) / "trial.json").read_text())
     assert (saved["number"], saved["value"]) == (better, 0.6)
+
+
+def test_pruning_and_warm_start_are_per_data_version(tiny_config, tiny_overrides):
+    """Trials on other data never judge tonight's trials (the pruner sees only this data's
+    trials), and a new data version first re-tries the previous version's best params."""
+    from sweepflow.tasks.sweep import BASIS_ATTR, basis, load_study, warm_start
+
+    config = load_config(overrides=[*tiny_overrides, "sweep.pruner=percentile",
+                                    "sweep.pruner_percentile=50",
+                                    "sweep.pruner_startup_trials=1", "sweep.n_trials=3"])
+    tokens = tokenize(config, ingest(config))
+    ref = create_study(config)
+    study = optuna.load_study(study_name=ref.name, storage=ref.storage)
+    for number, lr in enumerate((1e-4, 2e-4, 3e-4)):  # yesterday's data: unbeatable scores
+        study.add_trial(optuna.trial.create_trial(
+            value=1.0 - number / 10, params={"learning_rate": lr, "weight_decay": 0.0,
+                                             "warmup_ratio": 0.0},
+            distributions={
+                "learning_rate": optuna.distributions.FloatDistribution(5e-5, 3e-4, log=True),
+                "weight_decay": optuna.distributions.FloatDistribution(0.0, 0.1),
+                "warmup_ratio": optuna.distributions.CategoricalDistribution([0.0, 0.1])},
+            intermediate_values=dict.fromkeys(range(1000), 1.0),
+            user_attrs={BASIS_ATTR: "yesterday"}))
+    best = warm_start(config, tokens, ref)
+    assert [t.number for t in best] == [0, 1]  # sweep.warm_start=2, the best first
+    assert warm_start(config, tokens, ref) == []  # once per data version
+    result = run_trial(config, tokens, ref, None)
+    assert result.state == "complete" and result.params["learning_rate"] == 1e-4
+    trial = load_study(ref, config).trials[3]
+    assert trial.user_attrs[BASIS_ATTR] == basis(tokens) and trial.user_attrs[
+        "warm_start_from"] == "yesterday#0"
 
 
 def test_a_trial_failed_under_a_running_worker_ends_killed_with_the_reason(tiny_config):

@@ -1,0 +1,125 @@
+"""The champion re-scored on this run's data, as TFX's Evaluator re-evaluates the blessed
+model on the new eval split.
+
+The registered champion is loaded the way `predict` loads it (checked safe first:
+sweepflow/modelsafety.py) and labels this run's test rows, so the registry compares it with
+the challenger on the same rows (tasks/register.py). It also labels the newest rows: those
+of this run's data that the champion's own data did not hold, for the drift report
+(tasks/drift.py). When its test data is this run's, its stored test predictions are used
+and nothing is re-scored. A champion that cannot be loaded, or knows other labels, is not
+re-scored, and the reason says why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.evaluate import TestPredictions, scores
+from sweepflow.tasks.ingest import IngestResult, load_ingested
+from sweepflow.tasks.register import (
+    Champion,
+    ChampionCheck,
+    current_champion,
+    registered_name,
+)
+from sweepflow.tasks.tokenize import TokenizedData
+from sweepflow.tasks.versions import ROWS_ARTIFACT, load_json_artifact, newest_rows
+
+from sweepflow import tracking
+from sweepflow.config import SweepflowConfig
+from sweepflow.console import report
+from sweepflow.usererrors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def label_with(config: SweepflowConfig, uri: str, texts: list[str], names: list[str]
+               ) -> np.ndarray:
+    """The model's label ids (in `names` order) for `texts`; ValueError when its labels
+    are not `names`."""
+    from sweepflow.tasks.predict import load_model, predict
+
+    loaded = load_model(config, uri)
+    known = getattr(getattr(loaded.model, "config", None), "id2label", None)
+    if known is not None and sorted(map(str, known.values())) != sorted(names):
+        raise ValueError(f"it knows the labels {sorted(map(str, known.values()))}, this "
+                         f"data {sorted(names)}")
+    index = {name: i for i, name in enumerate(names)}
+    return np.asarray([index[p.label] for p in predict(loaded, texts)], dtype=np.int64)
+
+
+def check_champion(config: SweepflowConfig, tokens: TokenizedData) -> ChampionCheck:
+    """Score the current champion on this run's test rows and newest rows."""
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    name = registered_name(config)
+    champion = current_champion(client, name, config.registry.metric)
+    if champion is None:
+        return ChampionCheck(reason="no champion yet")
+    data, names = tokens.data, list(tokens.data.label_names)
+    dd = load_ingested(data)
+    uri = f"models:/{name}/{champion.version}"
+    test_texts, y_test = list(dd["test"][TEXT]), np.asarray(dd["test"][LABEL])
+    newest_texts, y_new = newest(client, champion, data, config.drift.max_rows)
+    same_test = champion.digest == data.split_digests["test"]
+    try:
+        texts = newest_texts if same_test else test_texts + newest_texts
+        pred = label_with(config, uri, texts, names) if texts else np.zeros(0, np.int64)
+    except (UserError, ValueError, OSError, RuntimeError) as err:
+        reason = f"champion v{champion.version} could not be re-scored: {err}"
+        log.info(reason)
+        return ChampionCheck(champion=champion, reason=reason)
+    check = ChampionCheck(champion=champion, newest_rows=len(newest_texts),
+                          newest=scores(y_new, pred[-len(y_new):]) if len(y_new) else None)
+    if same_test:  # its stored predictions are on these rows (tasks/register.py)
+        return check
+    test_pred = pred[:len(y_test)]
+    predictions = TestPredictions(test_digest=data.split_digests["test"], label_names=names,
+                                  row=list(range(len(y_test))), true=y_test.tolist(),
+                                  pred=test_pred.tolist())
+    return check.model_copy(update={"predictions": predictions,
+                                    "test": scores(y_test, test_pred)})
+
+
+def newest(client: tracking.MlflowClient, champion: Champion, data: IngestResult, limit: int
+           ) -> tuple[list[str], np.ndarray]:
+    """At most `limit` of this run's rows that the champion's data did not hold."""
+    rows = load_json_artifact(client, champion.run_id, ROWS_ARTIFACT) if champion.run_id \
+        else None
+    if rows is None:
+        return [], np.zeros(0, np.int64)
+    texts, labels = newest_rows(data, rows)
+    return texts[:limit], np.asarray(labels[:limit], dtype=np.int64)
+
+
+def log_check(config: SweepflowConfig, check: ChampionCheck, run_id: str) -> None:
+    """The champion's scores on this run's test rows as test/champion_* on the parent run."""
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    tags = {"champion.version": str(check.champion.version) if check.champion else "",
+            "champion.rescored": "true" if check.test else "false"}
+    if check.reason:
+        tags["champion.reason"] = check.reason[:5000]
+    now = tracking.now_ms()
+    metrics = [tracking.Metric(f"test/champion_{k}", v, now, 0)
+               for k, v in (check.test.model_dump().items() if check.test else ())]
+    client.log_batch(run_id, metrics=metrics,
+                     tags=[tracking.RunTag(k, v) for k, v in tags.items()])
+
+
+@task(name="champion", cache_policy=NO_CACHE)
+def check_champion_task(config: SweepflowConfig, tokens: TokenizedData, run_id: str
+                        ) -> ChampionCheck | None:
+    if not config.registry.enabled:
+        return None
+    check = check_champion(config, tokens)
+    log_check(config, check, run_id)
+    if check.test is not None:
+        report.info(f"champion v{check.champion.version} re-scored on this run's "
+                    f"{len(check.predictions.row):,} test rows: macro-F1 "
+                    f"{check.test.f1_macro:.4f}")
+    elif check.reason and check.champion is not None:
+        report.info(check.reason)
+    return check
