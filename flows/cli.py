@@ -141,6 +141,24 @@ def serve(config: ConfigOpt = None, overrides: Overrides = None,
     serve_pipeline(cfg, name)
 
 
+@app.command("deploy-file")
+def deploy_file(config: ConfigOpt = None, overrides: Overrides = None,
+                out: Annotated[Path, typer.Option(help="File to write.")] = Path(
+                    "prefect.yaml")) -> None:
+    """Write prefect.yaml (for `prefect deploy`) from the config's schedule and work pool."""
+    cfg = _config(config, overrides)
+    from sweepflow.flows.serve import deploy_file as generate
+
+    try:
+        text = generate(cfg)
+    except ConfigError as err:
+        _fail("config error", err, 2)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    console.print(f"wrote {out}", soft_wrap=True, highlight=False)
+
+
 @app.command()
 def ui(config: ConfigOpt = None, overrides: Overrides = None,
        port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:

@@ -41,8 +41,10 @@ from sweepflow.onnx_classifier import (
     softmax,
     text_probabilities,
 )
+from sweepflow.paths import PACKAGE_DIR
 
-PYFUNC_CODE = Path(__file__).resolve().parents[1] / "sweepflow" / "pyfunc_model.py"
+# The MLflow pyfunc wrapper ships in the sweepflow package (checkout and wheel alike).
+PYFUNC_CODE = PACKAGE_DIR / "pyfunc_model.py"
 Predictor = Callable[[list[str]], np.ndarray]  # texts -> (n, labels) probabilities
 
 

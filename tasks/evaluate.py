@@ -27,7 +27,7 @@ from sweepflow.tasks.clean import LABEL, TEXT, TEXT_PAIR
 from sweepflow.tasks.ingest import IngestResult, load_ingested
 from sweepflow.tasks.sweep_report import SweepResult
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
-from sweepflow.tasks.train import load_rows, make_loader, resolve_precision, set_threads
+from sweepflow.tasks.train import eval_loader, load_rows, resolve_precision, set_threads
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from sweepflow import tracking
@@ -101,7 +101,7 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     rows = load_rows(tokens.path)["test"]
-    loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
+    loader = eval_loader(rows, tokens, batch_size)
     order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
     chunked = tokens.chunked  # windows: their probabilities are averaged per text

@@ -96,7 +96,7 @@ def champion_uri(config: SweepflowConfig) -> str:
 
 
 def decide(score: float, digest: str, champion: Champion | None, metric: str,
-           promotion: Promotion = "better", alpha: float = 0.05,
+           promotion: Promotion, alpha: float,
            comparison: Comparison | None = None, champion_score: float | None = None,
            why_not: str | None = None) -> Verdict:
     """The registry rule (see the module docstring). `champion_score`: the champion's metric

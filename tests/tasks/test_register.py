@@ -78,7 +78,7 @@ def test_champion_challenger_promotion(better_config):
     (0.9, Champion(version=1, score=None, digest="d"), "not_comparable"),
 ])
 def test_decide(score, champion, decision):
-    assert decide(score, "d", champion, "test/f1_macro", "better").decision == decision
+    assert decide(score, "d", champion, "test/f1_macro", "better", 0.05).decision == decision
 
 
 def _predictions(y: np.ndarray, accuracy: float, seed: int) -> TestPredictions:
@@ -173,7 +173,7 @@ def test_a_champion_rescored_on_the_new_test_rows_can_be_beaten(tiny_config):
     assert result.decision == "not_comparable"
     from sweepflow.tasks.register import decide as rule
 
-    verdict = rule(0.99, "eee", cannot.champion, "test/f1_macro", "significant",
+    verdict = rule(0.99, "eee", cannot.champion, "test/f1_macro", "significant", 0.05,
                    why_not=cannot.reason)
     assert verdict.decision == "not_comparable" and "unsafe model" in verdict.reason
 
