@@ -28,8 +28,8 @@ def _register(config, f1: float, digest: str, predictions: TestPredictions | Non
         if predictions is not None:
             MlflowClient(tracking.tracking_uri(config)).log_dict(
                 run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
-        result = register(config, f"models:/{model.model_id}", _scores(f1), digest, run_id,
-                          predictions)
+        result = register(config, f"models:/{model.model_id}", _scores(f1), digest,
+                          tracking.Tracker.open(config, run_id), predictions)
     return result, MlflowClient(tracking.tracking_uri(config)).get_run(run_id)
 
 
@@ -159,7 +159,7 @@ def test_a_champion_rescored_on_the_new_test_rows_can_be_beaten(tiny_config):
         with tracking.active_run(tiny_config, run_id):
             model = mlflow.initialize_logged_model(name="model")
         result = register(tiny_config, f"models:/{model.model_id}", _scores(_f1(better)),
-                          "ddd", run_id, better, check)
+                          "ddd", tracking.Tracker.open(tiny_config, run_id), better, check)
     assert result.decision == "promoted", result.reason
     assert "re-scored on these test rows" in result.reason
     assert result.comparison.n == 900 and result.champion_score == check.test.f1_macro
@@ -184,14 +184,15 @@ def test_promote_and_roll_back_by_hand(better_config):
     _register(better_config, 0.6, "aaa")
     _register(better_config, 0.7, "aaa")  # promoted: v2, previous champion v1
     assert _aliases(better_config)[CHAMPION] == 2
-    assert promote_by_hand(better_config, None, "v2 mislabels refunds", "ana") == (1, 2)
+    tracker = tracking.Tracker.open(better_config)
+    assert promote_by_hand(better_config, tracker, None, "v2 mislabels refunds", "ana") == (1, 2)
     client = MlflowClient(tracking.tracking_uri(better_config))
     mv = client.get_model_version("tiny", "1")
     assert mv.tags["registry.decision"] == "promoted_by_hand"
     assert mv.tags["registry.promoted_by"] == "ana" and "v2 mislabels refunds" in mv.tags[
         "registry.reason"]
     assert "v1 by ana" in client.get_model_version("tiny", "2").tags["registry.demoted"]
-    assert promote_by_hand(better_config, 2, "fixed upstream", "bo") == (2, 1)
+    assert promote_by_hand(better_config, tracker, 2, "fixed upstream", "bo") == (2, 1)
     assert _aliases(better_config)[CHAMPION] == 2
 
 
