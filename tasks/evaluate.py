@@ -35,7 +35,7 @@ from sweepflow.config import SweepflowConfig
 from sweepflow.encoding import mean_by_doc
 from sweepflow.hashing import code_version, hash_json
 from sweepflow.onnx_classifier import ClassifierSpec
-from sweepflow.paths import cache_dir
+from sweepflow.paths import cache_dir, shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,13 @@ def baseline_texts(split: Any) -> list[str]:
     return split[TEXT]
 
 
-def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
-    """The baseline's test predictions, kept per (train split, test split, seed, this code):
-    a scheduled re-run on unchanged data skips the fit (1.4 s on the default data)."""
+def cached_baseline(dd: Any, data: IngestResult, seed: int, folder: Path) -> np.ndarray:
+    """The baseline's test predictions, kept in `folder` per (train split, test split, seed,
+    this code): a scheduled re-run on unchanged data skips the fit (1.4 s on the default
+    data)."""
     key = hash_json({"train": data.split_digests["train"], "test": data.split_digests["test"],
                      "seed": seed, "code": code_version(__name__)})[:16]
-    path = cache_dir("baseline") / f"{key}.npy"
+    path = folder / f"{key}.npy"
     if path.is_file():
         return np.load(path)
     pred = baseline_predictions(baseline_texts(dd["train"]), np.asarray(dd["train"][LABEL]),
@@ -241,7 +242,8 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path) ->
     y_true = np.asarray(dd["test"][LABEL])
     y_model = predict_test(model_dir, tokens, config.train.eval_batch_size,
                            config.train.precision)
-    y_base = cached_baseline(dd, tokens.data, config.seed)
+    y_base = cached_baseline(dd, tokens.data, config.seed,
+                             cache_dir(shared_dir(config.store.shared_dir), "baseline"))
     digest = tokens.data.split_digests["test"]
     predictions = TestPredictions(test_digest=digest, label_names=names,
                                   row=list(range(len(y_true))), true=y_true.tolist(),

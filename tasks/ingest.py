@@ -35,7 +35,7 @@ from sweepflow import cache
 from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
 from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
-from sweepflow.paths import cache_dir
+from sweepflow.paths import cache_dir, shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ def ingest_key(config: SweepflowConfig) -> str:
 
 def ingest(config: SweepflowConfig) -> IngestResult:
     """Prepare the splits once per content key; a complete folder for the key is reused."""
-    out_dir = cache_dir("ingest") / ingest_key(config)
+    out_dir = cache_dir(shared_dir(config.store.shared_dir), "ingest") / ingest_key(config)
     if cache.valid(out_dir):
         log.info("ingest cache hit: %s", out_dir)
         return IngestResult.model_validate_json((out_dir / "result.json").read_text())
