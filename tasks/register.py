@@ -1,8 +1,9 @@
 """Register: every evaluated model becomes a new version in the MLflow model registry with
 alias `challenger`; whether it takes alias `champion` follows `registry.promotion`:
-`significant` (default) promotes only a challenger significantly better than the champion on
-the same test rows (McNemar's exact test at `registry.alpha`, see tasks/significance.py),
-`better` one with any higher registry metric, `manual` none (a person moves the alias). The
+`significant` (default) promotes only a challenger right on significantly more of the same
+test rows than the champion (McNemar's exact test at `registry.alpha`, see
+tasks/significance.py) whose `registry.metric` on those rows is also higher, `better` one
+with any higher `registry.metric`, `manual` none (a person moves the alias). The
 first registered model becomes champion (except under `manual`).
 
 A champion scored on a different test split (grown data, another test-data digest) is
@@ -116,9 +117,9 @@ def decide(score: float, digest: str, champion: Champion | None, metric: str,
                               "champion kept")
     if champion.digest != digest:
         v += " re-scored on these test rows"
-    if promotion == "significant":
-        return _significant(comparison, alpha, v)
     theirs = champion.score if champion_score is None else champion_score
+    if promotion == "significant":
+        return _significant(comparison, alpha, v, metric, score, theirs)
     if theirs is None:
         return Verdict(decision="not_comparable", reason=f"{v} has no {metric} tag")
     if score > theirs:
@@ -127,16 +128,26 @@ def decide(score: float, digest: str, champion: Champion | None, metric: str,
                    reason=f"{metric} {score:.4f} <= {theirs:.4f} ({v})")
 
 
-def _significant(comparison: Comparison | None, alpha: float, v: str) -> Verdict:
+def _significant(comparison: Comparison | None, alpha: float, v: str, metric: str,
+                 score: float, theirs: float | None) -> Verdict:
+    """McNemar decides significance, `registry.metric` on the same rows the direction."""
     if comparison is None:
         return Verdict(decision="not_comparable",
                        reason=f"no test predictions of both {v} and this model on the same "
                               f"rows ({PREDICTIONS_ARTIFACT}) to test with, champion kept")
-    if comparison.significant(alpha):
-        return Verdict(decision="promoted", reason=f"significantly better than {v} at "
-                       f"alpha={alpha:g}: {comparison.describe()}")
-    return Verdict(decision="kept_champion", reason=f"not significantly better than {v} at "
-                   f"alpha={alpha:g}: {comparison.describe()}")
+    if not comparison.significant(alpha):
+        return Verdict(decision="kept_champion", reason=f"not significantly better than {v} "
+                       f"at alpha={alpha:g}: {comparison.describe()}")
+    if theirs is None:
+        return Verdict(decision="not_comparable", reason=f"{v} has no {metric} on these test "
+                       "rows, champion kept")
+    if score <= theirs:
+        return Verdict(decision="kept_champion", reason=f"right on significantly more rows "
+                       f"than {v}, but {metric} {score:.4f} <= {theirs:.4f}: "
+                       f"{comparison.describe()}")
+    return Verdict(decision="promoted", reason=f"significantly better than {v} at "
+                   f"alpha={alpha:g}, {metric} {score:.4f} > {theirs:.4f}: "
+                   f"{comparison.describe()}")
 
 
 def champion_predictions(client: tracking.MlflowClient, champion: Champion,

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from pydantic import BaseModel
 from sweepflow.tasks.pruning import SIGNAL_ATTR
@@ -88,9 +87,18 @@ def trials_table(study: optuna.Study) -> Any:
     return study.trials_dataframe(attrs=cols)
 
 
+def wall_seconds(study_trials: list[FrozenTrial], numbers: set[int]) -> float:
+    """Wall time of the trials `numbers`: first start to last end. Workers run trials side
+    by side, so this is not the sum of their durations."""
+    mine = [t for t in study_trials if t.number in numbers and t.datetime_start is not None]
+    ends = [t.datetime_complete for t in mine if t.datetime_complete is not None]
+    if not mine or not ends:
+        return 0.0
+    return (max(ends) - min(t.datetime_start for t in mine)).total_seconds()
+
+
 def summarize_sweep(config: SweepflowConfig, ref: StudyRef, tokens: TokenizedData,
-                    trials: list[Any], tracker: tracking.Tracker,
-                    started: float | None = None) -> SweepResult:
+                    trials: list[Any], tracker: tracking.Tracker) -> SweepResult:
     """The study's best trial on this run's training basis and the folder of its model."""
     study_name = ref.name
     study = optuna.load_study(study_name=study_name,
@@ -108,7 +116,7 @@ def summarize_sweep(config: SweepflowConfig, ref: StudyRef, tokens: TokenizedDat
             f"the model of trial {best.number}, the best of study '{study_name}' on this data, "
             f"cannot be used ({model_dir}: {problem}); start a fresh study with "
             "sweep.continue_study=false or another sweep.study_name")
-    wall = sum(t.seconds for t in trials) if started is None else time.time() - started
+    wall = wall_seconds(study.trials, {t.number for t in trials})
     result = SweepResult(
         study=study_name, best_number=best.number, best_value=best.value,
         best_params=best.params, model_dir=str(model_dir),

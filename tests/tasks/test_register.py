@@ -194,3 +194,31 @@ def test_promote_and_roll_back_by_hand(better_config):
     assert "v1 by ana" in client.get_model_version("tiny", "2").tags["registry.demoted"]
     assert promote_by_hand(better_config, tracker, 2, "fixed upstream", "bo") == (2, 1)
     assert _aliases(better_config)[CHAMPION] == 2
+
+
+def _comparison(challenger_only: int, champion_only: int, p_value: float, f1_diff: float):
+    from sweepflow.tasks.significance import Comparison
+
+    return Comparison(n=900, challenger_only=challenger_only, champion_only=champion_only,
+                      p_value=p_value, f1_diff=f1_diff, ci_low=f1_diff - 0.01,
+                      ci_high=f1_diff + 0.01)
+
+
+def test_significant_promotion_judges_the_direction_on_registry_metric():
+    """McNemar decides significance; registry.metric (here accuracy), not macro-F1, decides
+    whether the challenger is better."""
+    champion = Champion(version=1, score=0.70, digest="d", run_id="r")
+    # Right on more rows (accuracy up) but worse on the rare classes (macro-F1 down).
+    majority = _comparison(60, 10, 1e-9, -0.03)
+    verdict = decide(0.75, "d", champion, "test/accuracy", "significant", 0.05, majority)
+    assert verdict.decision == "promoted"
+    assert "test/accuracy 0.7500 > 0.7000" in verdict.reason
+    # McNemar favours it, yet registry.metric (a macro average) is lower: kept.
+    verdict = decide(0.68, "d", champion, "test/recall_macro", "significant", 0.05,
+                     _comparison(60, 10, 1e-9, 0.02))
+    assert verdict.decision == "kept_champion"
+    assert "but test/recall_macro 0.6800 <= 0.7000" in verdict.reason
+    # A higher metric without significance is still kept.
+    verdict = decide(0.80, "d", champion, "test/accuracy", "significant", 0.05,
+                     _comparison(4, 1, 0.375, 0.01))
+    assert verdict.decision == "kept_champion" and "not significantly better" in verdict.reason
