@@ -24,6 +24,15 @@ from sklearn.metrics import (
 )
 from sweepflow.tasks.clean import LABEL, TEXT, TEXT_PAIR
 from sweepflow.tasks.ingest import IngestResult, load_ingested
+from sweepflow.tasks.multilabel import (
+    MultiLabelScores,
+    decide,
+    metric_name,
+    multi_hot,
+    multilabel_scores,
+    per_label_f1,
+    pick_thresholds,
+)
 from sweepflow.tasks.sweep_report import SweepResult
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
 from sweepflow.tasks.train import load_rows, make_loader, resolve_precision, set_threads
@@ -47,28 +56,31 @@ class Scores(BaseModel):
 
 
 PREDICTIONS_ARTIFACT = "evaluation/test_predictions.json"
+THRESHOLDS_ARTIFACT = "evaluation/thresholds.json"  # multi-label: per label, from validation
 
 
 class TestPredictions(BaseModel):
     """The model's label for every test row (row = position in the test split whose digest
-    is `test_digest`), kept so a later model can be compared with it row by row."""
+    is `test_digest`), kept so a later model can be compared with it row by row.
+    Multi-label: each row's labels as a 0/1 list over `label_names`."""
 
     __test__ = False  # not a pytest class
     test_digest: str
     label_names: list[str]
     row: list[int]
-    true: list[int]
-    pred: list[int]
+    true: list[int] | list[list[int]]
+    pred: list[int] | list[list[int]]
 
 
 class EvalResult(BaseModel):
-    model: Scores
-    baseline: Scores
+    model: MultiLabelScores | Scores
+    baseline: MultiLabelScores | Scores
     model_uri: str
     test_digest: str
     report: dict[str, Any]
-    classes_predicted: int | None = None  # distinct labels predicted on test (guards)
+    classes_predicted: int | None = None  # distinct labels (label sets) predicted on test
     predictions: TestPredictions | None = None
+    thresholds: list[float] | None = None  # multi-label: per label, picked on validation
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
@@ -79,6 +91,11 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
                   recall_macro=float(r), f1_macro=float(f))
 
 
+def score_predictions(y_true: np.ndarray, y_pred: np.ndarray) -> Scores | MultiLabelScores:
+    """Scores of label ids, or of multi-label 0/1 rows (2-D)."""
+    return multilabel_scores(y_true, y_pred) if y_true.ndim == 2 else scores(y_true, y_pred)
+
+
 def class_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support, accuracy, macro and weighted means."""
     return classification_report(y_true, y_pred, labels=list(range(len(names))),
@@ -86,14 +103,17 @@ def class_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> di
 
 
 def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
-                 precision: str) -> np.ndarray:
-    """Batched, length-sorted inference with the same autocast as training."""
+                 precision: str, split: str = "test") -> np.ndarray:
+    """Batched, length-sorted inference with the same autocast as training: label ids, or
+    (rows, labels) sigmoid probabilities for a multi-label model."""
     set_threads(None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
-    rows = load_rows(tokens.path)["test"]
+    rows = load_rows(tokens.path)[split]
     loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
     order = list(loader.sampler)
+    if tokens.data.multi_label:
+        return multilabel_probabilities(model, loader, tokens, split, precision)
     preds = np.empty(len(rows), dtype=np.int64)
     chunked = tokens.chunked  # windows: their probabilities are averaged per text
     mode = resolve_precision(precision)
@@ -116,16 +136,39 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     return preds
 
 
+def multilabel_probabilities(model: Any, loader: Any, tokens: TokenizedData, split: str,
+                             precision: str) -> np.ndarray:
+    """(texts, labels) sigmoid probabilities of a split in text order (windows of one text
+    averaged)."""
+    device = next(model.parameters()).device.type
+    mode = resolve_precision(precision)
+    dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float16
+    out = []
+    with torch.inference_mode(), torch.autocast(device, dtype=dtype,
+                                                enabled=mode != "32-true"):
+        for batch in track(loader, description=f"evaluate {split}"):
+            batch.pop("labels")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            out.append(logits.float().sigmoid().cpu().numpy())
+    flat, order = np.concatenate(out), list(loader.sampler)
+    rows = loader.dataset
+    docs = np.asarray(rows.docs)[order] if rows.docs is not None else np.asarray(order)
+    return mean_by_doc(flat, docs, tokens.data.sizes[split])
+
+
 def baseline_predictions(train_texts: list[str], train_y: np.ndarray, test_texts: list[str],
                          seed: int) -> np.ndarray:
-    """TF-IDF (word 1-2 grams) + logistic regression on exactly the model's train split."""
+    """TF-IDF (word 1-2 grams) + logistic regression on exactly the model's train split
+    (multi-label, `train_y` 0/1 rows: one regression per label, threshold 0.5)."""
     from sklearn.feature_extraction.text import TfidfVectorizer  # only when not cached
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
 
+    regression = LogisticRegression(max_iter=2000, C=4.0, random_state=seed)
     clf = make_pipeline(
         TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
-        LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
+        OneVsRestClassifier(regression) if train_y.ndim == 2 else regression,
     )
     clf.fit(train_texts, train_y)
     return clf.predict(test_texts)
@@ -153,7 +196,9 @@ def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
     path = cache_dir("baseline") / f"{key}.npy"
     if path.is_file():
         return np.load(path)
-    pred = baseline_predictions(baseline_texts(dd["train"]), np.asarray(dd["train"][LABEL]),
+    train_y = (multi_hot(dd["train"][LABEL], len(data.label_names)) if data.multi_label
+               else np.asarray(dd["train"][LABEL]))
+    pred = baseline_predictions(baseline_texts(dd["train"]), train_y,
                                 baseline_texts(dd["test"]), seed)
     fd, tmp = tempfile.mkstemp(suffix=".npy.tmp", dir=path.parent)  # unique per process
     try:
@@ -191,14 +236,26 @@ def input_example(spec_file: Path) -> list:
     return ["what a great day", "the bus was late again"]
 
 
+def classifier_spec(tokens: TokenizedData, max_chars: int,
+                    thresholds: list[float] | None = None) -> ClassifierSpec:
+    """What the served model must know of training: labels, token limits, long-text
+    handling, pairs, and multi-label thresholds."""
+    lt = tokens.long_texts()
+    return ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
+                          max_chars=max_chars, truncation=lt.truncation,
+                          head_share=lt.head_share, long_text=lt.long_text, stride=lt.stride,
+                          pair=tokens.pair, multi_label=tokens.data.multi_label,
+                          thresholds=thresholds)
+
+
 def log_classifier(model_dir: Path, tokens: TokenizedData, max_chars: int,
-                   name: str = "model") -> str:
-    """Sentence pairs: the text classifier MLflow model (sweepflow/pyfunc_model.py, models
-    from code) over the safetensors weights, which takes {"text", "text_pair"} records."""
+                   thresholds: list[float] | None = None, name: str = "model") -> str:
+    """Sentence pairs and multi-label: the text classifier MLflow model
+    (sweepflow/pyfunc_model.py, models from code) over the safetensors weights; it takes
+    {"text", "text_pair"} records for pairs and returns label sets for multi-label."""
     from sweepflow.tasks.compress import PYFUNC_CODE
 
-    spec = ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
-                          max_chars=max_chars, pair=True)
+    spec = classifier_spec(tokens, max_chars, thresholds)
     with tempfile.TemporaryDirectory() as tmp:
         spec_file = spec.save(Path(tmp))
         with tracking.no_mlflow_prints():
@@ -223,6 +280,8 @@ def log_model(model_dir: Path, tokens: TokenizedData, name: str = "model") -> st
 
 def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
              parent_run_id: str) -> EvalResult:
+    if tokens.data.multi_label:
+        return evaluate_multilabel(config, tokens, model_dir, parent_run_id)
     names = list(tokens.data.label_names)
     dd = load_ingested(tokens.data)
     y_true = np.asarray(dd["test"][LABEL])
@@ -254,6 +313,44 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
                       test_digest=tokens.data.split_digests["test"], report=per_class,
                       classes_predicted=len(np.unique(y_model)),
                       predictions=predictions)
+
+
+def evaluate_multilabel(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
+                        parent_run_id: str) -> EvalResult:
+    """Multi-label: per-label thresholds picked on validation, then micro / macro F1, subset
+    accuracy and per-label F1 on test (test/f1/<label>), beside the one-vs-rest baseline."""
+    names, t = list(tokens.data.label_names), config.train
+    dd = load_ingested(tokens.data)
+    y_val = multi_hot(dd["validation"][LABEL], len(names))
+    thresholds = pick_thresholds(y_val, predict_test(model_dir, tokens, t.eval_batch_size,
+                                                     t.precision, "validation"))
+    y_true = multi_hot(dd["test"][LABEL], len(names)).astype(np.int64)
+    y_model = decide(predict_test(model_dir, tokens, t.eval_batch_size, t.precision), thresholds)
+    y_base = cached_baseline(dd, tokens.data, config.seed)
+    result_model, result_base = multilabel_scores(y_true, y_model), multilabel_scores(y_true,
+                                                                                     y_base)
+    per_class = class_report(y_true, y_model, names)
+    predictions = TestPredictions(
+        test_digest=tokens.data.split_digests["test"], label_names=names,
+        row=list(range(len(y_true))), true=y_true.tolist(), pred=y_model.tolist())
+    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client.log_dict(parent_run_id, per_class, "evaluation/classification_report.json")
+    client.log_dict(parent_run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
+    client.log_dict(parent_run_id, dict(zip(names, thresholds, strict=True)),
+                    THRESHOLDS_ARTIFACT)
+    metrics = {f"test/{k}": v for k, v in result_model.model_dump().items()}
+    metrics |= {f"test/baseline_{k}": v for k, v in result_base.model_dump().items()}
+    for name, f1 in zip(names, per_label_f1(y_true, y_model), strict=True):
+        metrics[f"test/f1/{metric_name(name)}"] = float(f1)
+    client.log_batch(parent_run_id, metrics=[tracking.Metric(k, v, tracking.now_ms(), 0)
+                                             for k, v in metrics.items()])
+    with tracking.active_run(config, parent_run_id):
+        model_uri = log_classifier(model_dir, tokens, config.compress.max_text_chars,
+                                   thresholds)
+    return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
+                      test_digest=tokens.data.split_digests["test"], report=per_class,
+                      classes_predicted=len(np.unique(y_model, axis=0)),
+                      predictions=predictions, thresholds=thresholds)
 
 
 @task(name="evaluate")
