@@ -20,6 +20,7 @@ from sklearn.metrics import (
     ConfusionMatrixDisplay,
     accuracy_score,
     classification_report,
+    confusion_matrix,
     precision_recall_fscore_support,
 )
 from sweepflow.tasks.clean import LABEL, TEXT, TEXT_PAIR
@@ -30,12 +31,11 @@ from sweepflow.tasks.multilabel import (
     metric_name,
     multi_hot,
     multilabel_scores,
-    per_label_f1,
     pick_thresholds,
 )
 from sweepflow.tasks.sweep_report import SweepResult
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
-from sweepflow.tasks.train import load_rows, make_loader, resolve_precision, set_threads
+from sweepflow.tasks.train import eval_loader, load_rows, resolve_precision, set_threads
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from sweepflow import tracking
@@ -61,26 +61,33 @@ THRESHOLDS_ARTIFACT = "evaluation/thresholds.json"  # multi-label: per label, fr
 
 class TestPredictions(BaseModel):
     """The model's label for every test row (row = position in the test split whose digest
-    is `test_digest`), kept so a later model can be compared with it row by row.
-    Multi-label: each row's labels as a 0/1 list over `label_names`."""
+    is `test_digest`), kept so a later model can be compared with it row by row."""
 
     __test__ = False  # not a pytest class
     test_digest: str
     label_names: list[str]
     row: list[int]
-    true: list[int] | list[list[int]]
+    true: list[int] | list[list[int]]  # multi-label: each row's labels as 0/1 per label
     pred: list[int] | list[list[int]]
 
 
-class EvalResult(BaseModel):
+class Evaluation(BaseModel):
+    """What evaluate measures on the test split (nothing logged yet)."""
+
     model: MultiLabelScores | Scores
     baseline: MultiLabelScores | Scores
-    model_uri: str
     test_digest: str
     report: dict[str, Any]
-    classes_predicted: int | None = None  # distinct labels (label sets) predicted on test
+    confusion: list[list[int]] = []  # rows: true label, columns: predicted
+    classes_predicted: int | None = None  # distinct labels predicted on test (guards)
     predictions: TestPredictions | None = None
     thresholds: list[float] | None = None  # multi-label: per label, picked on validation
+
+
+class EvalResult(Evaluation):
+    """The evaluation once logged: with the URI of the model logged beside it."""
+
+    model_uri: str
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
@@ -110,10 +117,10 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     rows = load_rows(tokens.path)[split]
-    loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
-    order = list(loader.sampler)
+    loader = eval_loader(rows, tokens, batch_size)
     if tokens.data.multi_label:
         return multilabel_probabilities(model, loader, tokens, split, precision)
+    order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
     chunked = tokens.chunked  # windows: their probabilities are averaged per text
     mode = resolve_precision(precision)
@@ -210,11 +217,15 @@ def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
     return pred
 
 
-def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> Figure:
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> list[list[int]]:
+    return confusion_matrix(y_true, y_pred, labels=list(range(n_labels))).tolist()
+
+
+def confusion_figure(matrix: list[list[int]], names: list[str]) -> Figure:
     fig = Figure(figsize=(5, 4.5))
     ax = fig.subplots()
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(len(names))),
-                                            display_labels=names, ax=ax, colorbar=False)
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=names).plot(ax=ax,
+                                                                          colorbar=False)
     ax.set_title("test confusion matrix")
     fig.tight_layout()
     return fig
@@ -278,47 +289,30 @@ def log_model(model_dir: Path, tokens: TokenizedData, name: str = "model") -> st
     return info.model_uri
 
 
-def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
-             parent_run_id: str) -> EvalResult:
+def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path) -> Evaluation:
+    """Score the model and the baseline on the test split (computes; logs nothing)."""
     if tokens.data.multi_label:
-        return evaluate_multilabel(config, tokens, model_dir, parent_run_id)
+        return evaluate_multilabel(config, tokens, model_dir)
     names = list(tokens.data.label_names)
     dd = load_ingested(tokens.data)
     y_true = np.asarray(dd["test"][LABEL])
     y_model = predict_test(model_dir, tokens, config.train.eval_batch_size,
                            config.train.precision)
     y_base = cached_baseline(dd, tokens.data, config.seed)
-    per_class = class_report(y_true, y_model, names)
-    result_model = scores(y_true, y_model)
-    result_base = scores(y_true, y_base)
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    client.log_dict(parent_run_id, per_class, "evaluation/classification_report.json")
-    predictions = TestPredictions(
-        test_digest=tokens.data.split_digests["test"], label_names=names,
-        row=list(range(len(y_true))), true=y_true.tolist(), pred=y_model.tolist())
-    client.log_dict(parent_run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
-    client.log_figure(parent_run_id, confusion_figure(y_true, y_model, names),
-                      "evaluation/confusion_matrix.png", save_kwargs={"dpi": 110})
-    metrics = {f"test/{k}": v for k, v in result_model.model_dump().items()}
-    metrics |= {f"test/baseline_{k}": v for k, v in result_base.model_dump().items()}
-    for name in names:
-        metrics[f"test/f1_{name}"] = per_class[name]["f1-score"]
-    now = tracking.now_ms()
-    client.log_batch(parent_run_id,
-                     metrics=[tracking.Metric(k, v, now, 0) for k, v in metrics.items()])
-    with tracking.active_run(config, parent_run_id):
-        model_uri = (log_classifier(model_dir, tokens, config.compress.max_text_chars)
-                     if tokens.pair else log_model(model_dir, tokens))
-    return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
-                      test_digest=tokens.data.split_digests["test"], report=per_class,
-                      classes_predicted=len(np.unique(y_model)),
-                      predictions=predictions)
+    digest = tokens.data.split_digests["test"]
+    predictions = TestPredictions(test_digest=digest, label_names=names,
+                                  row=list(range(len(y_true))), true=y_true.tolist(),
+                                  pred=y_model.tolist())
+    return Evaluation(model=scores(y_true, y_model), baseline=scores(y_true, y_base),
+                      test_digest=digest, report=class_report(y_true, y_model, names),
+                      confusion=confusion(y_true, y_model, len(names)),
+                      classes_predicted=len(np.unique(y_model)), predictions=predictions)
 
 
-def evaluate_multilabel(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
-                        parent_run_id: str) -> EvalResult:
+def evaluate_multilabel(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path
+                        ) -> Evaluation:
     """Multi-label: per-label thresholds picked on validation, then micro / macro F1, subset
-    accuracy and per-label F1 on test (test/f1/<label>), beside the one-vs-rest baseline."""
+    accuracy and per-label F1 on test, beside the one-vs-rest baseline (computes only)."""
     names, t = list(tokens.data.label_names), config.train
     dd = load_ingested(tokens.data)
     y_val = multi_hot(dd["validation"][LABEL], len(names))
@@ -327,33 +321,53 @@ def evaluate_multilabel(config: SweepflowConfig, tokens: TokenizedData, model_di
     y_true = multi_hot(dd["test"][LABEL], len(names)).astype(np.int64)
     y_model = decide(predict_test(model_dir, tokens, t.eval_batch_size, t.precision), thresholds)
     y_base = cached_baseline(dd, tokens.data, config.seed)
-    result_model, result_base = multilabel_scores(y_true, y_model), multilabel_scores(y_true,
-                                                                                     y_base)
-    per_class = class_report(y_true, y_model, names)
-    predictions = TestPredictions(
-        test_digest=tokens.data.split_digests["test"], label_names=names,
-        row=list(range(len(y_true))), true=y_true.tolist(), pred=y_model.tolist())
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    client.log_dict(parent_run_id, per_class, "evaluation/classification_report.json")
-    client.log_dict(parent_run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
-    client.log_dict(parent_run_id, dict(zip(names, thresholds, strict=True)),
-                    THRESHOLDS_ARTIFACT)
-    metrics = {f"test/{k}": v for k, v in result_model.model_dump().items()}
-    metrics |= {f"test/baseline_{k}": v for k, v in result_base.model_dump().items()}
-    for name, f1 in zip(names, per_label_f1(y_true, y_model), strict=True):
-        metrics[f"test/f1/{metric_name(name)}"] = float(f1)
-    client.log_batch(parent_run_id, metrics=[tracking.Metric(k, v, tracking.now_ms(), 0)
-                                             for k, v in metrics.items()])
-    with tracking.active_run(config, parent_run_id):
-        model_uri = log_classifier(model_dir, tokens, config.compress.max_text_chars,
-                                   thresholds)
-    return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
-                      test_digest=tokens.data.split_digests["test"], report=per_class,
+    digest = tokens.data.split_digests["test"]
+    predictions = TestPredictions(test_digest=digest, label_names=names,
+                                  row=list(range(len(y_true))), true=y_true.tolist(),
+                                  pred=y_model.tolist())
+    return Evaluation(model=multilabel_scores(y_true, y_model),
+                      baseline=multilabel_scores(y_true, y_base), test_digest=digest,
+                      report=class_report(y_true, y_model, names),
                       classes_predicted=len(np.unique(y_model, axis=0)),
                       predictions=predictions, thresholds=thresholds)
 
 
+def log_multilabel(tracker: tracking.Tracker, evaluation: Evaluation, names: list[str]
+                   ) -> None:
+    """Multi-label: the thresholds, and per-label F1 as test/f1/<label> (no confusion
+    matrix: the classification report has every label's counts)."""
+    tracker.log_dict(dict(zip(names, evaluation.thresholds or [], strict=True)),
+                     THRESHOLDS_ARTIFACT)
+    tracker.log(metrics={f"test/f1/{metric_name(name)}": evaluation.report[name]["f1-score"]
+                         for name in names})
+
+
+def log_evaluation(tracker: tracking.Tracker, evaluation: Evaluation, tokens: TokenizedData,
+                   model_dir: Path, max_chars: int) -> EvalResult:
+    """The report, predictions, confusion matrix, test/* metrics and the model, on the run."""
+    names = list(tokens.data.label_names)
+    if tokens.data.multi_label:
+        log_multilabel(tracker, evaluation, names)
+    tracker.log_dict(evaluation.report, "evaluation/classification_report.json")
+    if evaluation.predictions is not None:
+        tracker.log_dict(evaluation.predictions.model_dump(), PREDICTIONS_ARTIFACT)
+    if evaluation.confusion:
+        tracker.log_figure(confusion_figure(evaluation.confusion, names),
+                           "evaluation/confusion_matrix.png", dpi=110)
+    metrics = {f"test/{k}": v for k, v in evaluation.model.model_dump().items()}
+    metrics |= {f"test/baseline_{k}": v for k, v in evaluation.baseline.model_dump().items()}
+    for name in names if not tokens.data.multi_label else ():
+        metrics[f"test/f1_{name}"] = evaluation.report[name]["f1-score"]
+    tracker.log(metrics=metrics)
+    with tracker.active():
+        model_uri = (log_classifier(model_dir, tokens, max_chars, evaluation.thresholds)
+                     if tokens.pair or tokens.data.multi_label else log_model(model_dir, tokens))
+    return EvalResult(**evaluation.model_dump(), model_uri=model_uri)
+
+
 @task(name="evaluate")
 def evaluate_task(config: SweepflowConfig, tokens: TokenizedData, sweep: SweepResult,
-                  run_id: str) -> EvalResult:
-    return evaluate(config, tokens, Path(sweep.model_dir), run_id)
+                  tracker: tracking.Tracker) -> EvalResult:
+    model_dir = Path(sweep.model_dir)
+    return log_evaluation(tracker, evaluate(config, tokens, model_dir), tokens, model_dir,
+                          config.compress.max_text_chars)

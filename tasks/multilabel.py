@@ -180,10 +180,6 @@ def multilabel_scores(y_true: np.ndarray, y_pred: np.ndarray) -> MultiLabelScore
         subset_accuracy=subset)
 
 
-def per_label_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    return f1_score(y_true, y_pred, average=None, zero_division=0)
-
-
 def metric_name(label: str) -> str:
     """A label as part of an MLflow metric name (letters, digits, _ - . / and space)."""
     return "".join(c if c.isalnum() or c in "_-. " else "_" for c in label)
