@@ -95,6 +95,10 @@ def ensure_deployment(pool: str) -> str:
         client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
                                  entrypoint=ENTRYPOINT, path=None, pull_steps=[],
                                  enforce_parameter_schema=False, tags=["sweepflow"],
+                                 # the trial lines (and a refused late result) reach the
+                                 # flow run's log, whoever started the Prefect worker
+                                 job_variables={"env": {
+                                     "PREFECT_LOGGING_EXTRA_LOGGERS": "sweepflow"}},
                                  description="sweepflow trial worker: pulls trials from a "
                                              "shared Optuna study")
     return f"{FLOW_NAME}/{pool}"
