@@ -18,8 +18,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sweepflow.tasks.clean import LABEL, TEXT
-from sweepflow.tasks.evaluate import TestPredictions, scores
+from sweepflow.tasks.evaluate import TestPredictions
+from sweepflow.tasks.evaluate import score_predictions as scores
 from sweepflow.tasks.ingest import IngestResult, load_ingested
+from sweepflow.tasks.multilabel import multi_hot
 from sweepflow.tasks.register import (
     Champion,
     ChampionCheck,
@@ -37,24 +39,37 @@ from sweepflow.usererrors import UserError
 log = logging.getLogger(__name__)
 
 
-def label_with(config: SweepflowConfig, uri: str, texts: list[str], names: list[str]
-               ) -> np.ndarray:
-    """The model's label ids (in `names` order) for `texts`; ValueError when its labels
-    are not `names`."""
+def label_with(tracker: tracking.Tracker, uri: str, texts: list[str], names: list[str],
+               max_length: int, multi_label: bool = False) -> np.ndarray:
+    """The model's label ids (in `names` order) for `texts`, or 0/1 rows for a multi-label
+    model; ValueError when its labels or its kind are not this data's."""
     from sweepflow.tasks.predict import load_model, predict
 
-    loaded = load_model(config, uri)
+    loaded = load_model(tracker, uri, max_length)
     known = getattr(getattr(loaded.model, "config", None), "id2label", None)
     if known is not None and sorted(map(str, known.values())) != sorted(names):
         raise ValueError(f"it knows the labels {sorted(map(str, known.values()))}, this "
                          f"data {sorted(names)}")
     index = {name: i for i, name in enumerate(names)}
-    return np.asarray([index[p.label] for p in predict(loaded, texts)], dtype=np.int64)
+    preds = predict(loaded, texts)
+    if preds and (preds[0].labels is not None) != multi_label:
+        kinds = ("single-label", "multi-label")
+        raise ValueError(f"it is a {kinds[preds[0].labels is not None]} model, this data "
+                         f"{kinds[multi_label]}")
+    found = {x for p in preds for x in (p.labels if multi_label else [p.label])}
+    if found - set(index):
+        raise ValueError(f"it predicts labels {sorted(found - set(index))} this data does "
+                         "not have")
+    if multi_label:
+        return multi_hot([[index[x] for x in p.labels] for p in preds],
+                         len(names)).astype(np.int64)
+    return np.asarray([index[p.label] for p in preds], dtype=np.int64)
 
 
-def check_champion(config: SweepflowConfig, tokens: TokenizedData) -> ChampionCheck:
+def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: tracking.Tracker
+                   ) -> ChampionCheck:
     """Score the current champion on this run's test rows and newest rows."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client = tracker.client
     name = registered_name(config)
     champion = current_champion(client, name, config.registry.metric)
     if champion is None:
@@ -62,12 +77,13 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData) -> ChampionCh
     data, names = tokens.data, list(tokens.data.label_names)
     dd = load_ingested(data)
     uri = f"models:/{name}/{champion.version}"
-    test_texts, y_test = list(dd["test"][TEXT]), np.asarray(dd["test"][LABEL])
+    test_texts, y_test = list(dd["test"][TEXT]), truth(dd["test"][LABEL], data)
     newest_texts, y_new = newest(client, champion, data, config.drift.max_rows)
     same_test = champion.digest == data.split_digests["test"]
     try:
         texts = newest_texts if same_test else test_texts + newest_texts
-        pred = label_with(config, uri, texts, names) if texts else np.zeros(0, np.int64)
+        pred = label_with(tracker, uri, texts, names, config.tokenize.max_length,
+                          data.multi_label) if texts else np.zeros(0, np.int64)
     except (UserError, ValueError, OSError, RuntimeError) as err:
         reason = f"champion v{champion.version} could not be re-scored: {err}"
         log.info(reason)
@@ -84,6 +100,13 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData) -> ChampionCh
                                     "test": scores(y_test, test_pred)})
 
 
+def truth(labels: list, data: IngestResult) -> np.ndarray:
+    """Label ids, or multi-label 0/1 rows."""
+    if data.multi_label:
+        return multi_hot(labels, len(data.label_names)).astype(np.int64)
+    return np.asarray(labels, dtype=np.int64)
+
+
 def newest(client: tracking.MlflowClient, champion: Champion, data: IngestResult, limit: int
            ) -> tuple[list[str], np.ndarray]:
     """At most `limit` of this run's rows that the champion's data did not hold."""
@@ -92,30 +115,27 @@ def newest(client: tracking.MlflowClient, champion: Champion, data: IngestResult
     if rows is None:
         return [], np.zeros(0, np.int64)
     texts, labels = newest_rows(data, rows)
-    return texts[:limit], np.asarray(labels[:limit], dtype=np.int64)
+    return texts[:limit], truth(labels[:limit], data)
 
 
-def log_check(config: SweepflowConfig, check: ChampionCheck, run_id: str) -> None:
+def log_check(tracker: tracking.Tracker, check: ChampionCheck) -> None:
     """The champion's scores on this run's test rows as test/champion_* on the parent run."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
     tags = {"champion.version": str(check.champion.version) if check.champion else "",
             "champion.rescored": "true" if check.test else "false"}
     if check.reason:
         tags["champion.reason"] = check.reason[:5000]
-    now = tracking.now_ms()
-    metrics = [tracking.Metric(f"test/champion_{k}", v, now, 0)
-               for k, v in (check.test.model_dump().items() if check.test else ())]
-    client.log_batch(run_id, metrics=metrics,
-                     tags=[tracking.RunTag(k, v) for k, v in tags.items()])
+    metrics = {f"test/champion_{k}": v
+               for k, v in (check.test.model_dump().items() if check.test else ())}
+    tracker.log(metrics=metrics, tags=tags)
 
 
 @task(name="champion", cache_policy=NO_CACHE)
-def check_champion_task(config: SweepflowConfig, tokens: TokenizedData, run_id: str
-                        ) -> ChampionCheck | None:
+def check_champion_task(config: SweepflowConfig, tokens: TokenizedData,
+                        tracker: tracking.Tracker) -> ChampionCheck | None:
     if not config.registry.enabled:
         return None
-    check = check_champion(config, tokens)
-    log_check(config, check, run_id)
+    check = check_champion(config, tokens, tracker)
+    log_check(tracker, check)
     if check.test is not None:
         report.info(f"champion v{check.champion.version} re-scored on this run's "
                     f"{len(check.predictions.row):,} test rows: macro-F1 "

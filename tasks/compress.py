@@ -12,6 +12,7 @@ docs/beyond-the-peers.md (`python -m bench --only quantize` measures both).
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,8 +26,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 from sweepflow.tasks.clean import LABEL
-from sweepflow.tasks.evaluate import input_example, model_inputs, pip_requirements, scores
+from sweepflow.tasks.evaluate import (
+    THRESHOLDS_ARTIFACT,
+    classifier_spec,
+    input_example,
+    model_inputs,
+    pip_requirements,
+    score_predictions,
+)
 from sweepflow.tasks.ingest import load_ingested
+from sweepflow.tasks.multilabel import decide, multi_hot
 from sweepflow.tasks.register import RegistryResult, registered_name
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
 from sweepflow.tasks.train import set_threads
@@ -120,10 +129,11 @@ def module_predictor(model: torch.nn.Module, tokenizer: Any, max_length: int,
     """Texts -> softmax probabilities of a loaded PyTorch classifier, under inference mode."""
 
     def run(texts: list[str]) -> np.ndarray:
-        if spec is not None and (spec.pair or not spec.long_texts().plain):
+        if spec is not None and (spec.pair or spec.multi_label or not spec.long_texts().plain):
             with torch.inference_mode():
                 return text_probabilities(tokenizer, spec.long_texts(), texts, "pt",
-                                          lambda enc: model(**enc).logits.float().numpy())
+                                          lambda enc: model(**enc).logits.float().numpy(),
+                                          spec.multi_label)
         enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
                         return_tensors="pt")
         with torch.inference_mode():
@@ -151,7 +161,7 @@ def timings(run: Predictor, texts: list[str], batches: int) -> tuple[float, floa
 
 def footprint(run: Predictor, texts: list[str], preds: np.ndarray, y_true: np.ndarray,
               size_bytes: int, config: SweepflowConfig) -> Footprint:
-    s = scores(y_true, preds)
+    s = score_predictions(y_true, preds)
     rng = np.random.default_rng(config.seed)
     sample = [texts[i] for i in rng.permutation(len(texts))[:config.compress.latency_texts]]
     p50, p95, rate = timings(run, sample, config.compress.throughput_batches)
@@ -159,13 +169,17 @@ def footprint(run: Predictor, texts: list[str], preds: np.ndarray, y_true: np.nd
                      latency_p50_ms=p50, latency_p95_ms=p95, throughput_per_s=rate)
 
 
-def predict_labels(run: Predictor, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Label indices of all texts, batched by length so little padding is computed."""
+def predict_labels(run: Predictor, texts: list[str], batch_size: int = 64,
+                   thresholds: list[float] | None = None) -> np.ndarray:
+    """Label indices of all texts, batched by length so little padding is computed
+    (multi-label, with `thresholds`: (texts, labels) 0/1 rows)."""
     order = np.argsort([chars(t) for t in texts], kind="stable")
-    out = np.empty(len(texts), dtype=np.int64)
+    shape = (len(texts),) if thresholds is None else (len(texts), len(thresholds))
+    out = np.empty(shape, dtype=np.int64)
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
-        out[idx] = run([texts[i] for i in idx]).argmax(-1)
+        probs = run([texts[i] for i in idx])
+        out[idx] = probs.argmax(-1) if thresholds is None else decide(probs, thresholds)
     return out
 
 
@@ -186,12 +200,16 @@ def measure(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     dd = load_ingested(tokens.data)
     texts, y_true = model_inputs(dd["test"]), np.asarray(dd["test"][LABEL])
     spec = ClassifierSpec.load(Path(artifacts["spec"]))
+    cut = spec.thresholds if spec.multi_label else None
+    if spec.multi_label:
+        y_true = multi_hot(dd["test"][LABEL], len(spec.labels)).astype(np.int64)
     int8 = OnnxClassifier(Path(artifacts["onnx"]), Path(artifacts["tokenizer"]), spec)
     fp32_run = torch_predictor(model_dir, tokens.max_length, spec)
     fp32_size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-    return (footprint(fp32_run, texts, predict_labels(fp32_run, texts), y_true, fp32_size,
-                      config),
-            footprint(int8.probabilities, texts, predict_labels(int8.probabilities, texts),
+    return (footprint(fp32_run, texts, predict_labels(fp32_run, texts, thresholds=cut),
+                      y_true, fp32_size, config),
+            footprint(int8.probabilities, texts,
+                      predict_labels(int8.probabilities, texts, thresholds=cut),
                       y_true, Path(artifacts["onnx"]).stat().st_size, config))
 
 
@@ -203,20 +221,16 @@ def comparison_rows(fp32: Footprint, int8: Footprint) -> dict[str, list]:
                             for k in keys]}
 
 
-def log_comparison(client: tracking.MlflowClient, run_id: str, fp32: Footprint,
-                   int8: Footprint) -> None:
+def log_comparison(tracker: tracking.Tracker, fp32: Footprint, int8: Footprint) -> None:
     import pandas as pd
 
-    now = tracking.now_ms()
     metrics = {f"compress/{name}_{k}": v for name, fp in (("fp32", fp32), ("int8", int8))
                for k, v in fp.model_dump().items()}
     metrics["compress/f1_drop"] = fp32.f1_macro - int8.f1_macro
-    client.log_batch(run_id, metrics=[tracking.Metric(k, float(v), now, 0)
-                                      for k, v in metrics.items()])
+    tracker.log(metrics=metrics)
     frame = pd.DataFrame(comparison_rows(fp32, int8))
-    client.log_table(run_id, frame, "compression/int8_vs_fp32.json")
-    client.log_text(run_id, markdown_table(comparison_rows(fp32, int8)),
-                    "compression/int8_vs_fp32.md")
+    tracker.log_table(frame, "compression/int8_vs_fp32.json")
+    tracker.log_text(markdown_table(comparison_rows(fp32, int8)), "compression/int8_vs_fp32.md")
 
 
 def markdown_table(columns: dict[str, list]) -> str:
@@ -228,13 +242,13 @@ def markdown_table(columns: dict[str, list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]) + "\n"
 
 
-def log_int8_model(config: SweepflowConfig, run_id: str, artifacts: dict[str, str]) -> str:
+def log_int8_model(tracker: tracking.Tracker, artifacts: dict[str, str]) -> str:
     """The int8 model as an MLflow model: this package's code file, no pickle."""
     from importlib.metadata import version
 
     reqs = [r for r in pip_requirements() if not r.startswith("torch==")]
     reqs += [f"onnxruntime=={version('onnxruntime')}", f"pandas=={version('pandas')}"]
-    with tracking.active_run(config, run_id), tracking.no_mlflow_prints():
+    with tracker.active(), tracking.no_mlflow_prints():
         info = mlflow.pyfunc.log_model(
             name="model-int8", python_model=str(PYFUNC_CODE), artifacts=artifacts,
             input_example=input_example(Path(artifacts["spec"])), pip_requirements=reqs)
@@ -242,15 +256,14 @@ def log_int8_model(config: SweepflowConfig, run_id: str, artifacts: dict[str, st
 
 
 def register_int8(config: SweepflowConfig, model_uri: str, registry: RegistryResult,
-                  run_id: str, f1_drop: float) -> tuple[int, list[str]]:
+                  tracker: tracking.Tracker, f1_drop: float) -> tuple[int, list[str]]:
     """A version of the same registered model, with alias challenger-int8, and
     champion-int8 when its full-precision twin is the champion."""
     name = registered_name(config)
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client = tracker.client
     tags = {"sweepflow.variant": "int8", "sweepflow.fp32_version": str(registry.version),
-            "sweepflow.run_id": run_id, "compress.f1_drop": f"{f1_drop:.6g}"}
-    with tracking.no_mlflow_prints():  # register_model prints "Successfully registered ..."
-        version = int(mlflow.register_model(model_uri, name, tags=tags).version)
+            "sweepflow.run_id": tracker.run_id, "compress.f1_drop": f"{f1_drop:.6g}"}
+    version = tracker.register_model(model_uri, name, tags)
     aliases = ["challenger-int8"]
     if registry.champion_version == registry.version:
         aliases.append("champion-int8")
@@ -260,18 +273,18 @@ def register_int8(config: SweepflowConfig, model_uri: str, registry: RegistryRes
 
 
 def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
-             registry: RegistryResult | None, run_id: str) -> CompressResult:
-    lt = tokens.long_texts()
-    spec = ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
-                          max_chars=config.compress.max_text_chars, truncation=lt.truncation,
-                          head_share=lt.head_share, long_text=lt.long_text, stride=lt.stride,
-                          pair=tokens.pair)
+             registry: RegistryResult | None, tracker: tracking.Tracker) -> CompressResult:
+    thresholds = None
+    if tokens.data.multi_label:  # the evaluated model's, picked on validation
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracker.client.download_artifacts(tracker.run_id, THRESHOLDS_ARTIFACT, tmp)
+            thresholds = list(json.loads(Path(path).read_text()).values())
+    spec = classifier_spec(tokens, config.compress.max_text_chars, thresholds)
     with tempfile.TemporaryDirectory(prefix="sweepflow-int8-") as tmp:
         artifacts = build_int8(model_dir, Path(tmp), spec)
         fp32, int8 = measure(config, tokens, model_dir, artifacts)
-        client = tracking.MlflowClient(tracking.tracking_uri(config))
-        log_comparison(client, run_id, fp32, int8)
-        model_uri = log_int8_model(config, run_id, artifacts)
+        log_comparison(tracker, fp32, int8)
+        model_uri = log_int8_model(tracker, artifacts)
     drop = fp32.f1_macro - int8.f1_macro
     version, aliases = None, []
     limit = config.compress.max_f1_drop
@@ -280,26 +293,26 @@ def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     elif registry is None:
         reason = "registry.enabled=false: not registered"
     else:
-        version, aliases = register_int8(config, model_uri, registry, run_id, drop)
+        version, aliases = register_int8(config, model_uri, registry, tracker, drop)
         reason = f"macro-F1 drop {drop:.4f} <= {limit}: registered as v{version}"
-    client.set_tag(run_id, "compress.decision", reason)
+    tracker.log(tags={"compress.decision": reason})
     return CompressResult(fp32=fp32, int8=int8, f1_drop=drop, model_uri=model_uri,
                           version=version, aliases=aliases, reason=reason)
 
 
 @task(name="compress", cache_policy=NO_CACHE)
 def compress_task(config: SweepflowConfig, tokens: TokenizedData, model_dir: str,
-                  registry: RegistryResult | None, run_id: str) -> CompressResult | None:
+                  registry: RegistryResult | None, tracker: tracking.Tracker
+                  ) -> CompressResult | None:
     """An optional extra: a model that cannot be exported or quantized is said in one line
     and tagged on the run (compress.error); the full-precision results stand."""
     if not config.compress.enabled:
         return None
     try:
-        result = compress(config, tokens, Path(model_dir), registry, run_id)
+        result = compress(config, tokens, Path(model_dir), registry, tracker)
     except Exception as err:  # noqa: BLE001 - e.g. an architecture the exporter cannot trace
         message = f"{type(err).__name__}: {err}"[:500]
-        tracking.MlflowClient(tracking.tracking_uri(config)).set_tag(run_id, "compress.error",
-                                                                     message)
+        tracker.log(tags={"compress.error": message})
         report.warning(f"int8 model not made (compress.enabled=false skips it): {message}")
         return None
     f, q = result.fp32, result.int8

@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import chi2_contingency, ks_2samp
 from sweepflow.tasks.clean import LABEL, TEXT
-from sweepflow.tasks.ingest import load_ingested
+from sweepflow.tasks.ingest import label_texts, load_ingested
 from sweepflow.tasks.register import ChampionCheck
 from sweepflow.tasks.tokenize import TokenizedData
 from sweepflow.tasks.versions import ROWS_ARTIFACT, load_json_artifact, newest_rows
@@ -89,10 +89,13 @@ def reference(data: Any) -> dict[str, Any]:
     counts, text lengths and vocabulary, and the unknown-word share of its own test rows."""
     dd = load_ingested(data)
     names = data.label_names
+    labels = label_texts(data, dd["train"][LABEL])
+    if data.multi_label:  # label-set shares
+        names = sorted(set(labels))
     vocab = Counter(w for t in dd["train"][TEXT] for w in words(t))
     known = {w for w, _ in vocab.most_common(VOCAB_SIZE)}
     return {"label_names": names,
-            "labels": dict(Counter(names[i] for i in dd["train"][LABEL])),
+            "labels": dict(Counter(labels)),
             "lengths": [len(t) for t in dd["train"][TEXT]],
             "vocab": sorted(known), "oov_share_test": oov_share(dd["test"][TEXT], known)}
 
@@ -172,10 +175,10 @@ def figure(ref: dict[str, Any], texts: list[str], labels: list[str], r: DriftRep
 
 
 def drift(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck | None,
-          run_id: str) -> DriftReport | None:
+          tracker: tracking.Tracker) -> DriftReport | None:
     """Log this run's reference, then measure its newest rows against the champion's data."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    client.log_dict(run_id, reference(tokens.data), REFERENCE_ARTIFACT)
+    client = tracker.client
+    tracker.log_dict(reference(tokens.data), REFERENCE_ARTIFACT)
     if not config.drift.enabled or check is None or check.champion is None \
             or not check.champion.run_id:
         return None
@@ -184,33 +187,29 @@ def drift(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck |
     if ref is None or rows is None:
         return None
     texts, ids = newest_rows(tokens.data, rows)
-    labels = [tokens.data.label_names[i] for i in ids]
+    labels = label_texts(tokens.data, ids)
     result = measure(config.drift, ref, texts, labels, check)
-    log_drift(client, run_id, result, ref, texts, labels)
+    log_drift(tracker, result, ref, texts, labels)
     return result
 
 
-def log_drift(client: tracking.MlflowClient, run_id: str, r: DriftReport, ref: dict,
-              texts: list[str], labels: list[str]) -> None:
-    client.log_dict(run_id, r.model_dump(), "drift/report.json")
+def log_drift(tracker: tracking.Tracker, r: DriftReport, ref: dict, texts: list[str],
+              labels: list[str]) -> None:
+    tracker.log_dict(r.model_dump(), "drift/report.json")
     values = {k: getattr(r, k) for k in ("new_rows", "label_tvd", "label_p_value", "length_ks",
                                          "length_p_value", "oov_share", "oov_share_reference",
                                          "champion_f1_newest", "champion_f1_recorded")}
     values["flagged"] = float(bool(r.flagged))
-    now = tracking.now_ms()
-    client.log_batch(run_id, metrics=[tracking.Metric(f"drift/{k}", float(v), now, 0)
-                                      for k, v in values.items() if v is not None],
-                     tags=[tracking.RunTag("drift.flagged", ",".join(r.flagged)),
-                           tracking.RunTag("drift.summary", r.line()[:5000])])
+    tracker.log(metrics={f"drift/{k}": v for k, v in values.items() if v is not None},
+                tags={"drift.flagged": ",".join(r.flagged), "drift.summary": r.line()[:5000]})
     if r.label_tvd is not None:
-        client.log_figure(run_id, figure(ref, texts, labels, r), "drift/report.png",
-                          save_kwargs={"dpi": 100})
+        tracker.log_figure(figure(ref, texts, labels, r), "drift/report.png", dpi=100)
 
 
 @task(name="drift", cache_policy=NO_CACHE)
 def drift_task(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck | None,
-               run_id: str) -> DriftReport | None:
-    result = drift(config, tokens, check, run_id)
+               tracker: tracking.Tracker) -> DriftReport | None:
+    result = drift(config, tokens, check, tracker)
     if result is not None:
         report.info(result.line())
     return result

@@ -46,11 +46,17 @@ class PredictError(RuntimeError):
 
 
 class Prediction(BaseModel):
+    """One text's answer: its label and that label's probability, or for a multi-label
+    model its set of labels and every label's probability (None fields are left out of the
+    JSON line)."""
+
     model_config = ConfigDict(frozen=True)
     text: str
-    text_pair: str | None = None  # sentence pairs only (left out of the JSON line otherwise)
-    label: str
-    probability: float
+    text_pair: str | None = None  # sentence pairs only
+    label: str | None = None
+    probability: float | None = None
+    labels: list[str] | None = None  # multi-label
+    probabilities: dict[str, float] | None = None  # multi-label
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,12 @@ def check_texts(texts: list[Text]) -> None:
                 raise PredictError(f"{side} {i} is empty: give a text to label")
 
 
-def training_long_text(run_id: str | None, default: int) -> LongText:
+def training_long_text(client: tracking.MlflowClient, run_id: str | None, default: int
+                       ) -> LongText:
     """tokenize.* (max_length, truncation, chunks) of the run that logged a model, else head
     truncation at `default` (a model from elsewhere: its run may be unknown)."""
     try:
-        params = tracking.MlflowClient().get_run(run_id).data.params if run_id else {}
+        params = client.get_run(run_id).data.params if run_id else {}
     except Exception:  # noqa: BLE001
         params = {}
     lt = LongText(max_length=int(params.get("tokenize.max_length") or default))
@@ -137,13 +144,15 @@ def default_model(config: SweepflowConfig) -> tuple[str, str]:
             f"int8 twin v{twin} of champion v{champion}; --model {fp32} for full precision")
 
 
-def load_model(config: SweepflowConfig, model_uri: str, trust: bool = False) -> LoadedModel:
-    """Download the model, check it is safe (unless `trust`), load it without the Hub."""
+def load_model(tracker: tracking.Tracker, model_uri: str, max_length: int,
+               trust: bool = False) -> LoadedModel:
+    """Download the model, check it is safe (unless `trust`), load it without the Hub.
+    `max_length`: the token limit of a model whose training run is unknown."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a logged model holds all it needs
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking.tracking_uri(config)
+    uri = tracker.uri
     mlflow.set_tracking_uri(uri)
     try:
         local = modelsafety.fetch_model(model_uri)
@@ -161,7 +170,7 @@ def load_model(config: SweepflowConfig, model_uri: str, trust: bool = False) -> 
         run_id = yaml.safe_load((local / "MLmodel").read_text()).get("run_id") if flavors \
             else None
         return _load_transformers(local, flavors.get("transformers") or {},
-                                  training_long_text(run_id, config.tokenize.max_length))
+                                  training_long_text(tracker.client, run_id, max_length))
     pyfunc = mlflow.pyfunc.load_model(str(local))
     try:  # sweepflow's own classifier says how many characters it accepts
         spec = pyfunc.unwrap_python_model().classifier.spec
@@ -221,6 +230,11 @@ def _predict_pyfunc(loaded: LoadedModel, texts: list[str]) -> list[Prediction]:
         frame = loaded.model.predict(frame)
     except MlflowException as err:  # e.g. the int8 model refusing an oversized text
         raise PredictError(f"the model refused the input: {err.message}") from None
+    if "labels" in frame:  # a multi-label model: label sets
+        return [Prediction(text=t[0] if pairs else t, text_pair=t[1] if pairs else None,
+                           labels=list(labels), probabilities=probs)
+                for t, labels, probs in zip(texts, frame["labels"], frame["probabilities"],
+                                            strict=True)]
     return [Prediction(text=t[0] if pairs else t, text_pair=t[1] if pairs else None,
                        label=str(label), probability=float(score))
             for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]

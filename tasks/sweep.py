@@ -54,7 +54,7 @@ from sweepflow.config import (
 )
 from sweepflow.console import report
 from sweepflow.hashing import hash_json
-from sweepflow.paths import models_dir
+from sweepflow.paths import models_dir, shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class StudyRef(BaseModel):
     storage: str
     direction: str
     metric: str
+    models: str  # the folder of the study's kept models (store.shared_dir/models/<name>)
 
 
 class TrialResult(BaseModel):
@@ -90,7 +91,11 @@ def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, cfg.n_trials // 3))
+    # constant_liar: a trial still running (another worker's) counts as a poor result, so
+    # workers asking at the same time do not all sample next to the same best trial. With
+    # one worker no other trial runs and nothing changes.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, cfg.n_trials // 3),
+                                      constant_liar=True)
 
 
 def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:
@@ -116,8 +121,10 @@ def study_name(config: SweepflowConfig) -> str:
 
 def create_study(config: SweepflowConfig, name: str | None = None) -> StudyRef:
     """Create the study, or load it when it exists: a re-run continues it."""
-    ref = StudyRef(name=name or study_name(config), storage=study_storage(config),
-                   direction=config.sweep.direction, metric=config.sweep.metric)
+    name = name or study_name(config)
+    models = models_dir(shared_dir(config.store.shared_dir), name)
+    ref = StudyRef(name=name, storage=study_storage(config), direction=config.sweep.direction,
+                   metric=config.sweep.metric, models=str(models))
     shared = storage.open_storage(ref.storage, config.sweep)
     with storage.study_lock(shared, ref.name):  # two sweeps started at once: one study
         study = optuna.create_study(study_name=ref.name, storage=shared,
@@ -225,17 +232,18 @@ def warm_start(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef
     return best
 
 
-def trial_model_dir(study: str, key: str, number: int) -> Path:
-    return models_dir(study, key) / f"trial-{number}"
+def trial_model_dir(models: str | Path, key: str, number: int) -> Path:
+    """The kept model of trial `number` on basis `key`, under a study's `models` folder."""
+    return Path(models) / key / f"trial-{number}"
 
 
 def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any,
-                 state: dict, tokens: TokenizedData) -> bool:
+                 state: dict, tokens: TokenizedData, models: str | Path) -> bool:
     """Save a complete trial's best weights when it ranks above the basis' best so far (ties
     go to the lower trial number, as in Optuna). Called under the study lock before the study
     is told, so the trial that Optuna calls best always has its folder."""
     best = best_on_basis(study, key)
-    if best is not None and trial_model_dir(study.study_name, key, best.number).exists():
+    if best is not None and trial_model_dir(models, key, best.number).exists():
         if rank(study, result.value, result.number) <= rank(study, best.value, best.number):
             return False
     module.model.load_state_dict(state)
@@ -255,14 +263,14 @@ def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any
             "params": result.params, "run_id": result.run_id, "basis": key,
             "data_digest": tokens.data.digest}))
 
-    cache.publish(trial_model_dir(study.study_name, key, result.number), build, replace=True)
+    cache.publish(trial_model_dir(models, key, result.number), build, replace=True)
     return True
 
 
-def drop_beaten_models(study: optuna.Study, key: str) -> None:
+def drop_beaten_models(study: optuna.Study, key: str, models: str | Path) -> None:
     """Remove the folders of finished trials that are not the basis' best (the folder of a
     trial still running, e.g. in another worker, is left alone)."""
-    folder = models_dir(study.study_name, key)
+    folder = Path(models) / key
     if not folder.is_dir():
         return
     best = best_on_basis(study, key)
@@ -274,23 +282,24 @@ def drop_beaten_models(study: optuna.Study, key: str) -> None:
 
 
 def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-              parent_run_id: str | None) -> TrialResult:
-    """Ask the study for a trial, train it in a nested MLflow run, tell the study the outcome."""
+              tracker: tracking.Tracker) -> TrialResult:
+    """Ask the study for a trial, train it in an MLflow run (a child of the tracker's run,
+    if any), tell the study the outcome."""
     study = load_study(ref, config, trial_steps(config.train, tokens.data.sizes["train"]))
-    return run_asked(config, tokens, ref, study, study.ask(), parent_run_id)
+    return run_asked(config, tokens, ref, study, study.ask(), tracker)
 
 
 def run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-              study: optuna.Study, trial: optuna.Trial, parent_run_id: str | None,
+              study: optuna.Study, trial: optuna.Trial, tracker: tracking.Tracker,
               tags: dict[str, str] | None = None) -> TrialResult:
     """Train an asked trial (its heartbeat recorded while it runs, on a shared storage)."""
     shared = storage.open_storage(ref.storage, config.sweep)
     with storage.heartbeat(shared, ref.name, trial.number):
-        return _run_asked(config, tokens, ref, study, trial, parent_run_id, tags or {})
+        return _run_asked(config, tokens, ref, study, trial, tracker, tags or {})
 
 
 def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-               study: optuna.Study, trial: optuna.Trial, parent_run_id: str | None,
+               study: optuna.Study, trial: optuna.Trial, tracker: tracking.Tracker,
                tags: dict[str, str]) -> TrialResult:
     key = basis(tokens)
     start = time.perf_counter()
@@ -304,8 +313,7 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         study.tell(trial, state=TrialState.FAIL)
         raise
     try:
-        return _train_trial(config, tokens, ref, study, trial, params, parent_run_id, start,
-                            tags)
+        return _train_trial(config, tokens, ref, study, trial, params, tracker, start, tags)
     except (TrialFailed, TrialTaken) as err:
         return TrialResult(number=trial.number, state="failed", value=None, params=params,
                            steps=0, seconds=time.perf_counter() - start, run_id=err.run_id,
@@ -314,18 +322,17 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
 
 def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                  study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
-                 parent_run_id: str | None, start: float, extra_tags: dict[str, str]
+                 tracker: tracking.Tracker, start: float, extra_tags: dict[str, str]
                  ) -> TrialResult:
     train_cfg = config.train.model_copy(update=params)
     tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number),
             "data.digest": tokens.data.digest, **extra_tags}
-    with tracking.managed_run(config, f"trial-{trial.number}", tags, parent_run_id) as run_id:
-        uri = tracking.tracking_uri(config)
-        client = tracking.MlflowClient(uri)
-        client.log_batch(run_id, params=[tracking.Param(k, str(v)) for k, v in params.items()])
+    with tracker.start_run(f"trial-{trial.number}", tags) as run:
+        run_id = run.run_id
+        run.log(params=params)
         pruning, guard = StepPruning(trial, config.sweep), DivergenceGuard()
         mode = "max" if ref.direction == "maximize" else "min"
-        logger = MLFlowLogger(tracking_uri=uri, run_id=run_id, synchronous=False)
+        logger = MLFlowLogger(tracking_uri=run.uri, run_id=run_id, synchronous=False)
         try:
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
@@ -335,15 +342,14 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                     raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
                 trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
                 study.tell(trial, state=TrialState.FAIL)
-            client.log_batch(run_id, tags=[
-                tracking.RunTag("optuna.state", "failed"),
-                tracking.RunTag(REASON_TAG, f"{type(err).__name__}: {err}"[:4000])])
+            run.log(tags={"optuna.state": "failed",
+                          REASON_TAG: f"{type(err).__name__}: {err}"[:4000]})
             raise TrialFailed(trial.number, run_id, err) from err
         except BaseException:  # Ctrl-C: the trial must not stay RUNNING in the study either
             if still_running(study, trial):
                 trial.set_user_attr("fail_reason", "interrupted")
                 study.tell(trial, state=TrialState.FAIL)
-            client.set_tag(run_id, "optuna.state", "interrupted")
+            run.log(tags={"optuna.state": "interrupted"})
             raise
         state = "pruned" if pruning.pruned_at is not None else "complete"
         if fitted.best_value is None:
@@ -355,20 +361,19 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                              params=params, steps=fitted.steps,
                              seconds=time.perf_counter() - start, run_id=run_id, note=note)
         with lost_if_out_of_reach(trial.number, run_id, config.sweep):
-            tell(study, trial, result, module, fitted.state, tokens,
+            tell(study, trial, result, module, fitted.state, tokens, ref.models,
                  storage.open_storage(ref.storage, config.sweep))
-        tags = [tracking.RunTag("optuna.state", state),
-                tracking.RunTag("optuna.steps", str(result.steps))]
-        if note:
-            tags.append(tracking.RunTag(NOTE_TAG, note))
-        client.log_batch(run_id, tags=tags)
+        run.log(tags={"optuna.state": state, "optuna.steps": str(result.steps),
+                      **({NOTE_TAG: note} if note else {})})
     return result
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: Any,
-         state: dict | None, tokens: TokenizedData, shared: Any = None) -> None:
-    """Tell the study the outcome; a complete trial's model is saved first if it is the best
-    on its basis, and the models it beat are removed after. `shared`: the opened storage
+         state: dict | None, tokens: TokenizedData, models: str | Path, shared: Any = None
+         ) -> None:
+    """Tell the study the outcome; a complete trial's model is saved first (under `models`,
+    the study's folder) if it is the best on its basis, and the models it beat are removed
+    after. `shared`: the opened storage
     (open_storage), whose study lock serialises this across workers. A trial that is no
     longer RUNNING (failed on its heartbeat while this worker was cut off, and retried) is
     refused with TrialTaken: nothing is told, kept or dropped."""
@@ -386,7 +391,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
             return
         key = basis(tokens)
         try:
-            kept = keep_if_best(study, key, result, module, state, tokens)
+            kept = keep_if_best(study, key, result, module, state, tokens, models)
         except BaseException as err:
             if storage.out_of_reach(err):  # nothing to tell it with (lost_if_out_of_reach)
                 raise
@@ -398,11 +403,10 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
             _tell_or_taken(study, trial, result, values=result.value)
         except Exception:  # failed by a reaper that did not take the lock, or out of reach
             if kept:
-                shutil.rmtree(trial_model_dir(study.study_name, key, trial.number),
-                              ignore_errors=True)
+                shutil.rmtree(trial_model_dir(models, key, trial.number), ignore_errors=True)
             raise
         if kept:
-            drop_beaten_models(study, key)
+            drop_beaten_models(study, key, models)
 
 
 def _tell_or_taken(study: optuna.Study, trial: optuna.Trial, result: TrialResult,
@@ -504,8 +508,8 @@ def outcome_line(result: TrialResult, metric: str, total_steps: int) -> str:
 
 @task(name="train-trial", cache_policy=NO_CACHE)
 def run_trial_task(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef,
-                   parent_run_id: str | None) -> TrialResult:
-    result = run_trial(config, tokens, study, parent_run_id)
+                   tracker: tracking.Tracker) -> TrialResult:
+    result = run_trial(config, tokens, study, tracker)
     total = trial_steps(config.train, tokens.data.sizes["train"])
     report.info(outcome_line(result, study.metric, total))
     return result

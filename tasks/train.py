@@ -15,37 +15,29 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import Logger
-from sweepflow.tasks.batching import MEGA_BATCHES, BucketedBatchSampler
+from sweepflow.tasks.batching import train_batches
 from sweepflow.tasks.clean import LABEL
+from sweepflow.tasks.multilabel import multi_hot
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+)
 from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     get_linear_schedule_with_warmup,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from sweepflow.config import Batching, TrainConfig
+from sweepflow.config import TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.memory import keep_freed_memory
+from sweepflow.precision import resolve_precision
 
 log = logging.getLogger(__name__)
-
-
-def resolve_precision(precision: str) -> str:
-    """'auto': bf16 autocast where the hardware has it, fp16 where only that, else fp32."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return "bf16-mixed"
-        return "16-mixed"
-    cpu = torch.cpu
-    if cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def set_threads(num_threads: int | None) -> int:
@@ -64,6 +56,9 @@ class Rows(Dataset):
         self.input_ids = cols["input_ids"]
         self.attention_mask = cols["attention_mask"]
         self.labels = cols[LABEL]
+        inner = getattr(split.features[LABEL], "feature", None)
+        if inner is not None:  # multi-label: label-id lists as float multi-hot rows (BCE)
+            self.labels = multi_hot(self.labels, inner.num_classes).tolist()
         self.lengths = cols["length"]
         self.docs = cols.get("doc")  # chunks: the text each window comes from
 
@@ -94,42 +89,45 @@ def load_rows(path: str) -> dict[str, Rows]:
     return {split: kind(dd[split]) for split in dd}
 
 
-def make_loader(rows: Rows, tokens: TokenizedData, batch_size: int, train: bool,
-                seed: int, batching: Batching = "shuffle", bucket_batches: int = MEGA_BATCHES
-                ) -> DataLoader:
-    """Train: batches drawn as `batching` says (tasks/batching.py), random per epoch from
-    `seed`; evaluation: rows sorted by length (little padding)."""
+def _collate(tokens: TokenizedData) -> DataCollatorWithPadding:
     # Multiples of 8 help GPU tensor cores; on CPU they only add padding (~10% more tokens).
     multiple = 8 if torch.cuda.is_available() else None
-    collate = DataCollatorWithPadding(load_tokenizer(tokens.model_path),
-                                      pad_to_multiple_of=multiple)
-    if not train:
-        order = sorted(range(len(rows)), key=rows.lengths.__getitem__)
-        return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=collate)
-    if batching == "bucketed":
-        sampler = BucketedBatchSampler(rows.lengths, batch_size, seed, bucket_batches)
-        return DataLoader(rows, batch_sampler=sampler, collate_fn=collate)
-    gen = torch.Generator().manual_seed(seed)
-    if batching == "grouped":
-        grouped = LengthGroupedSampler(batch_size, lengths=rows.lengths, generator=gen)
-        return DataLoader(rows, batch_size=batch_size, sampler=grouped, collate_fn=collate)
-    return DataLoader(rows, batch_size=batch_size, shuffle=True, generator=gen,
-                      collate_fn=collate)
+    return DataCollatorWithPadding(load_tokenizer(tokens.model_path),
+                                   pad_to_multiple_of=multiple)
+
+
+def train_loader(rows: Rows, tokens: TokenizedData, cfg: TrainConfig, seed: int) -> DataLoader:
+    """Batches drawn as `cfg.batching` says (tasks/batching.py), random per epoch from `seed`."""
+    return DataLoader(rows, collate_fn=_collate(tokens), **train_batches(rows.lengths, cfg, seed))
+
+
+def eval_loader(rows: Rows, tokens: TokenizedData, batch_size: int) -> DataLoader:
+    """Rows sorted by length (little padding); `loader.sampler` is that order."""
+    order = sorted(range(len(rows)), key=rows.lengths.__getitem__)
+    return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=_collate(tokens))
 
 
 class TextClassifier(pl.LightningModule):
-    def __init__(self, model_path: str, label_names: list[str], cfg: TrainConfig) -> None:
+    def __init__(self, model_path: str, label_names: list[str], cfg: TrainConfig,
+                 multi_label: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.multi_label = multi_label
         n = len(label_names)
+        # Multi-label: sigmoid outputs and binary cross-entropy (transformers' own loss).
+        extra = {"problem_type": "multi_label_classification"} if multi_label else {}
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_path, num_labels=n, id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
-            ignore_mismatched_sizes=True,
+            ignore_mismatched_sizes=True, **extra,
         )
         self.model.train()  # from_pretrained returns eval mode: dropout must be on to train
-        self.val_acc = MulticlassAccuracy(num_classes=n)
-        self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
+        if multi_label:  # val/accuracy is the subset accuracy; thresholds 0.5 in the sweep
+            self.val_acc = MultilabelExactMatch(num_labels=n)
+            self.val_f1 = MultilabelF1Score(num_labels=n, average="macro")
+        else:
+            self.val_acc = MulticlassAccuracy(num_classes=n)
+            self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
 
     def on_fit_start(self) -> None:
         if self.cfg.fast_dropout:  # once the model is on its device: CPU only
@@ -145,9 +143,12 @@ class TextClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         out = self.model(**batch)
-        preds = out.logits.argmax(-1)
-        self.val_acc.update(preds, batch["labels"])
-        self.val_f1.update(preds, batch["labels"])
+        if self.multi_label:  # (rows, labels) 0/1 at probability 0.5
+            preds, target = (out.logits > 0).long(), batch["labels"].long()
+        else:
+            preds, target = out.logits.argmax(-1), batch["labels"]
+        self.val_acc.update(preds, target)
+        self.val_f1.update(preds, target)
         self.log("val/loss", out.loss, on_epoch=True, batch_size=len(batch["labels"]))
         return preds  # for callbacks (tasks/guards.py counts the classes predicted)
 
@@ -228,14 +229,14 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     set_threads(cfg.num_threads)
     keep_freed_memory()
     rows = load_rows(tokens.path)
-    module = TextClassifier(tokens.model_path, list(tokens.data.label_names), cfg)
+    module = TextClassifier(tokens.model_path, list(tokens.data.label_names), cfg,
+                            tokens.data.multi_label)
     best = BestWeights(monitor, mode)
     stop = EarlyStopping(monitor, mode=mode, patience=cfg.early_stopping_patience,
                          check_on_train_epoch_end=False)
     trainer = build_trainer(cfg, [best, stop, *callbacks], logger, progress)
-    train = make_loader(rows["train"], tokens, cfg.batch_size, True, seed, cfg.batching,
-                        cfg.bucket_batches)
-    val = make_loader(rows["validation"], tokens, cfg.eval_batch_size, False, seed)
+    train = train_loader(rows["train"], tokens, cfg, seed)
+    val = eval_loader(rows["validation"], tokens, cfg.eval_batch_size)
     start = time.perf_counter()
     trainer.fit(module, train, val)
     seconds = time.perf_counter() - start

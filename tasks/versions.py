@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 from sweepflow.tasks.clean import LABEL, TEXT
-from sweepflow.tasks.ingest import SPLITS, IngestResult, load_ingested
+from sweepflow.tasks.ingest import SPLITS, IngestResult, label_texts, load_ingested
 from sweepflow.tasks.splits import row_ids
 
 from sweepflow import tracking
@@ -84,10 +84,9 @@ def _signed(added: int, removed: int) -> str:
 def rows_of(data: IngestResult) -> dict[str, Any]:
     """Each split's row ids and label names (what `data/rows.json` holds)."""
     dd = load_ingested(data)
-    names = data.label_names
     return {"digest": data.digest, "splits": {
         split: {"ids": row_ids(dd[split][TEXT]),
-                "labels": [names[i] for i in dd[split][LABEL]]} for split in dd}}
+                "labels": label_texts(data, dd[split][LABEL])} for split in dd}}
 
 
 def _labels(rows: dict[str, Any]) -> dict[str, int]:
@@ -134,16 +133,16 @@ def load_json_artifact(client: tracking.MlflowClient, run_id: str, path: str
         return json.loads(Path(local).read_text())
 
 
-def record_version(config: SweepflowConfig, data: IngestResult, run_id: str) -> DataVersion:
-    """Diff against the previous run, then log rows, version, metrics and tags on `run_id`."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+def record_version(tracker: tracking.Tracker, data: IngestResult) -> DataVersion:
+    """Diff against the previous run, then log rows, version, metrics and tags on the
+    tracker's run."""
+    client = tracker.client
     current = rows_of(data)
-    run = previous_run(client, client.get_run(run_id).info.experiment_id, run_id)
+    run = previous_run(client, tracker.experiment_id, tracker.run_id)
     previous = load_json_artifact(client, run.info.run_id, ROWS_ARTIFACT) if run else None
     version = diff(current, previous, run if previous else None)
-    client.log_dict(run_id, current, ROWS_ARTIFACT)
-    client.log_dict(run_id, version.model_dump(), VERSION_ARTIFACT)
-    now = tracking.now_ms()
+    tracker.log_dict(current, ROWS_ARTIFACT)
+    tracker.log_dict(version.model_dump(), VERSION_ARTIFACT)
     metrics = {"data/rows_added": sum(version.added.values()),
                "data/rows_removed": sum(version.removed.values()),
                **{f"data/{s}_added": n for s, n in version.added.items()},
@@ -151,16 +150,14 @@ def record_version(config: SweepflowConfig, data: IngestResult, run_id: str) -> 
     tags = {ROWS_TAG: "true", "data.digest": version.digest, "data.change": version.line(),
             "data.previous_run": version.previous_run or "",
             "data.previous_digest": version.previous_digest or ""}
-    client.log_batch(run_id, metrics=[tracking.Metric(k, float(v), now, 0)
-                                      for k, v in metrics.items()],
-                     tags=[tracking.RunTag(k, v[:5000]) for k, v in tags.items()])
+    tracker.log(metrics=metrics, tags={k: v[:5000] for k, v in tags.items()})
     return version
 
 
 def newest_rows(data: IngestResult, champion_rows: dict[str, Any]
-                ) -> tuple[list[str], list[int]]:
-    """Texts and label ids of this run's rows (all splits) that another version's rows
-    (`data/rows.json` of the champion's run) did not hold."""
+                ) -> tuple[list[str], list[int] | list[list[int]]]:
+    """Texts and label ids (multi-label: lists of ids) of this run's rows (all splits) that
+    another version's rows (`data/rows.json` of the champion's run) did not hold."""
     known = {i for part in champion_rows["splits"].values() for i in part["ids"]}
     dd = load_ingested(data)
     texts, labels = [], []
@@ -170,7 +167,7 @@ def newest_rows(data: IngestResult, champion_rows: dict[str, Any]
                                     strict=True):
             if rid not in known:
                 texts.append(text)
-                labels.append(int(label))
+                labels.append(list(label) if data.multi_label else int(label))
     return texts, labels
 
 
@@ -191,26 +188,24 @@ def unchanged(config: SweepflowConfig, version: DataVersion, champion: int | Non
 
 
 @task(name="data-version", cache_policy=NO_CACHE)
-def record_version_task(config: SweepflowConfig, data: IngestResult, run_id: str
+def record_version_task(config: SweepflowConfig, data: IngestResult, tracker: tracking.Tracker
                         ) -> DataVersion:
-    version = record_version(config, data, run_id)
+    version = record_version(tracker, data)
     report.info(version.line())
     return version
 
 
 @task(name="unchanged", cache_policy=NO_CACHE)
-def skip_unchanged_task(config: SweepflowConfig, version: DataVersion, run_id: str
-                        ) -> str | None:
+def skip_unchanged_task(config: SweepflowConfig, version: DataVersion,
+                        tracker: tracking.Tracker) -> str | None:
     """Whether to skip this run (sweep.on_unchanged=skip); the check is recorded either way."""
     from sweepflow.tasks.register import current_champion, registered_name
 
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    champion = current_champion(client, registered_name(config), config.registry.metric) \
-        if config.registry.enabled else None
+    champion = current_champion(tracker.client, registered_name(config),
+                                config.registry.metric) if config.registry.enabled else None
     reason = unchanged(config, version, champion.version if champion else None)
-    client.log_batch(run_id, metrics=[tracking.Metric("sweep/skipped", float(bool(reason)),
-                                                      tracking.now_ms(), 0)],
-                     tags=[tracking.RunTag(SKIPPED_TAG, reason or "")])
+    tracker.log(metrics={"sweep/skipped": float(bool(reason))},
+                tags={SKIPPED_TAG: reason or ""})
     if reason:
         report.info(f"skipped: {reason}")
     return reason
