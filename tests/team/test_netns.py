@@ -141,10 +141,14 @@ def _running_on(overrides: list[str], host: str) -> optuna.trial.FrozenTrial | N
     return None
 
 
-def _retry_of(overrides: list[str], number: int) -> optuna.trial.FrozenTrial | None:
+def _retry_of(overrides: list[str], victim: optuna.trial.FrozenTrial
+              ) -> optuna.trial.FrozenTrial | None:
+    """The victim's retry once a worker has taken it (a retry starts with a copy of the
+    victim's user attributes, the worker's tag included, until its worker sets its own)."""
     study = _study(overrides)
     for t in study.get_trials() if study else []:
-        if number in t.system_attrs.get("retry_history", []) and t.state != TrialState.WAITING:
+        if victim.number in t.system_attrs.get("retry_history", []) and t.user_attrs.get(
+                WORKER_TAG) != victim.user_attrs[WORKER_TAG]:
             return t
     return None
 
@@ -186,7 +190,7 @@ def test_a_partition_longer_than_the_grace_period(site, team_csv, tmp_path):
         host_a.cut()
         cut = time.monotonic()
         try:
-            retry = wait_for(lambda: _retry_of(overrides, victim.number), 300,
+            retry = wait_for(lambda: _retry_of(overrides, victim), 300,
                              f"trial {victim.number} retried on host-b", logs, [parent])
             while time.monotonic() - cut < 15:  # at least 3 grace periods
                 time.sleep(1)
@@ -197,7 +201,7 @@ def test_a_partition_longer_than_the_grace_period(site, team_csv, tmp_path):
     study, children = _check_one_sweep(overrides, site.mlflow)
     trials = study.get_trials()
     assert trials[victim.number].state == TrialState.FAIL
-    assert retry.user_attrs[WORKER_TAG].startswith(f"{HOSTNAMES[1]}:")
+    assert trials[retry.number].user_attrs[WORKER_TAG].startswith(f"{HOSTNAMES[1]}:")
     assert trials[retry.number].state == TrialState.COMPLETE
     assert trials[retry.number].params == victim.params
     run_of = {int(r.data.tags["optuna.trial_number"]): r for r in children}
