@@ -51,12 +51,14 @@ def predict_lines(overrides: list[str], *args: str) -> list[dict]:
 
 
 def post_to_served(overrides: list[str], inputs: list, tmp_path: Path) -> list[dict]:
-    """A real `sweepflow serve-model` on a free port: POST /invocations, its predictions."""
+    """A real `sweepflow serve-model` of the champion on a free port, on this test's store:
+    POST /invocations, its predictions."""
     port = free_port()
+    uri = tracking.tracking_uri(load_config(overrides=overrides))
     log = tmp_path / "serve-model.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(BIN / "sweepflow"), "serve-model", *overrides, "--port",
-                                 str(port)], env=clean_env(), stdout=out,
+                                 str(port)], env=clean_env(MLFLOW_TRACKING_URI=uri), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
