@@ -23,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from sweepflow.usererrors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
@@ -34,8 +36,10 @@ PREFECT_POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "5",
                 "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "5"}
 
 
-class StackError(RuntimeError):
+class StackError(UserError):
     """A service of the stack cannot start; the message says which and why."""
+
+    kind = "stack error"
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,17 @@ from sweepflow import modelsafety, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.encoding import LongText
 from sweepflow.onnx_classifier import Text, chars, text_probabilities
+from sweepflow.usererrors import UserError
 
 BATCH = 64
 CHUNK = 1024  # texts per call of the model (progress is reported per chunk)
 MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenizing (the tokenizer truncates)
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError):
     """A model, alias or input file that cannot be used; the message says which."""
+
+    kind = "predict error"
 
 
 class Prediction(BaseModel):

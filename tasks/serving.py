@@ -23,14 +23,17 @@ from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.onnx_classifier import ClassifierSpec
 from sweepflow.paths import store_dir
+from sweepflow.usererrors import UserError
 
 EXAMPLE = ["what a great day", "the bus was late again"]
 # A python_function model written by sweepflow (models from code, or a saved PythonModel).
 CLASSIFIER_LOADERS = ("mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model")
 
 
-class ServeError(RuntimeError):
+class ServeError(UserError):
     """A model that cannot be served; the message says why."""
+
+    kind = "serve error"
 
 
 def model_info(config: SweepflowConfig, model_uri: str):  # noqa: ANN201 - mlflow ModelInfo
