@@ -58,6 +58,7 @@ def _int8_model(config: Any, home: Path) -> str:
     import mlflow
     from sweepflow.tasks.compress import build_int8, log_int8_model
 
+    from sweepflow import tracking
     from sweepflow.onnx_classifier import ClassifierSpec
 
     folder = home / "int8"
@@ -67,12 +68,14 @@ def _int8_model(config: Any, home: Path) -> str:
                           max_chars=config.compress.max_text_chars)
     artifacts = build_int8(home / "model", folder, spec)
     run_id = mlflow.last_active_run().info.run_id
-    return log_int8_model(config, run_id, artifacts)
+    return log_int8_model(tracking.Tracker.open(config, run_id), artifacts)
 
 
 def measure(n: int, n_alt: int) -> dict[str, Any]:
     import mlflow
     from sweepflow.tasks.predict import load_model, predict
+
+    from sweepflow import tracking
 
     texts = _texts(n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +84,8 @@ def measure(n: int, n_alt: int) -> dict[str, Any]:
         def timed(name: str, model_uri: str) -> tuple[list[Any], float, float]:
             """predict's load and labelling of all texts, each timed."""
             start = time.perf_counter()
-            loaded = load_model(config, model_uri)
+            loaded = load_model(tracking.Tracker.open(config), model_uri,
+                                config.tokenize.max_length)
             loading = time.perf_counter() - start
             start = time.perf_counter()
             labelled = predict(loaded, texts)

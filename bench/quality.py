@@ -105,10 +105,10 @@ def evaluator(tokens: Any, split: str, bf16: bool) -> Callable[[Any], float]:
     """Macro-F1 on a whole split, length-sorted batches of 128, the contender's precision
     (bf16 autocast or fp32)."""
     from sklearn.metrics import f1_score
-    from sweepflow.tasks.train import load_rows, make_loader
+    from sweepflow.tasks.train import eval_loader, load_rows
 
     rows = load_rows(tokens.path)[split]
-    loader = make_loader(rows, tokens, 128, train=False, seed=0)
+    loader = eval_loader(rows, tokens, 128)
     labels = [rows.labels[i] for i in loader.sampler]
 
     def evaluate(model: Any) -> float:

@@ -163,7 +163,7 @@ def overhead(ctx: Context) -> dict[str, Any]:
     baseline_fit = _warm_baseline(overrides)
     sweepflow_cmd = [str(Path(sys.executable).parent / "sweepflow"), "run", *overrides]
     bare_cmd = [sys.executable, "-m", "bench.bare_lightning", "--data", prepared.path,
-                "--model", prepared.model_path, "--val-checks", "3"]
+                "--model", prepared.model_path, *overrides]  # the same train.* as the run
     walls: dict[str, list[float]] = {"sweepflow": [], "bare": []}
     phases: dict[str, list[dict[str, float]]] = {"sweepflow": [], "bare": []}
     for r in range(s.overhead_rounds):

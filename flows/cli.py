@@ -135,6 +135,21 @@ def serve(config: ConfigOpt = None, overrides: Overrides = None,
     serve_pipeline(cfg, name)
 
 
+@app.command("deploy-file")
+def deploy_file(config: ConfigOpt = None, overrides: Overrides = None,
+                out: Annotated[Path, typer.Option(help="File to write.")] = Path(
+                    "prefect.yaml")) -> None:
+    """Write prefect.yaml (for `prefect deploy`) from the config's schedule and work pool."""
+    cfg = _config(config, overrides)
+    from sweepflow.flows.serve import deploy_file as generate
+
+    text = generate(cfg)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    console.print(f"wrote {out}", soft_wrap=True, highlight=False)
+
+
 @app.command()
 def ui(config: ConfigOpt = None, overrides: Overrides = None,
        port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:
@@ -236,6 +251,8 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     )
     from sweepflow.tasks.predict import predict as label_texts
 
+    from sweepflow.tracking import Tracker
+
     overrides, texts = _split_overrides(args or [])
     cfg = _config(config, overrides)
     errors = Console(stderr=True)
@@ -254,7 +271,8 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     if model is None:
         model, what = default_model(cfg)
         errors.print(f"model: {model} ({what})", soft_wrap=True, highlight=False)
-    loaded = load_model(cfg, model, trust_model)
+    loaded = load_model(Tracker.open(cfg, create=False), model, cfg.tokenize.max_length,
+                        trust_model)
     with Progress(TextColumn("labelling"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=errors, transient=True,
                   disable=len(texts) < PROGRESS_FROM or not errors.is_terminal) as bar:
@@ -335,11 +353,14 @@ def promote(version: Annotated[int | None, typer.Argument(
 
     from sweepflow.tasks.register import promote_by_hand, registered_name
 
+    from sweepflow.tracking import Tracker
+
     cfg = _config(config, overrides)
     if (version is None) == (not rollback) or not reason.strip():
         raise PromoteUsage("give a VERSION or --rollback, and --reason")
     _open_store(cfg, study=False)
-    new, old = promote_by_hand(cfg, version, reason.strip(), by or getpass.getuser())
+    new, old = promote_by_hand(cfg, Tracker.open(cfg, create=False), version, reason.strip(),
+                               by or getpass.getuser())
     console.print(f"{registered_name(cfg)}: champion v{old or '-'} -> v{new} ({reason.strip()})",
                   soft_wrap=True, highlight=False)
 

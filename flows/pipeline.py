@@ -19,8 +19,9 @@ from sweepflow.tasks.sweep import create_study_task
 from sweepflow.tasks.tokenize import tokenize_task
 from sweepflow.tasks.versions import record_version_task, skip_unchanged_task
 
-from sweepflow import paths, tracking
+from sweepflow import paths
 from sweepflow.config import SweepflowConfig, load_config
+from sweepflow.tracking import Tracker
 
 
 @flow(name="pipeline")
@@ -30,16 +31,17 @@ def pipeline_flow(config: SweepflowConfig | None = None) -> PipelineSummary:
     data = ingest_task(config)
     study = create_study_task(config)
     tags = run_tags(config, study.name, flow_run.get_id())
-    with tracking.managed_run(config, f"sweep-{study.name}", tags) as run_id:
-        version = record_version_task(config, data, run_id)
-        if skipped := skip_unchanged_task(config, version, run_id):
-            return skipped_summary(config, run_id, version, skipped)
+    tracker = Tracker.open(config)  # the one connection to MLflow, handed to the steps
+    with tracker.start_run(f"sweep-{study.name}", tags) as run:
+        version = record_version_task(config, data, run)
+        if skipped := skip_unchanged_task(config, version, run):
+            return skipped_summary(config, run, version, skipped)
         tokens = tokenize_task(config, data)
-        log_lineage_task(config, tokens, run_id)
-        champion = check_champion_task(config, tokens, run_id)
-        drift = drift_task(config, tokens, champion, run_id)
-        sweep = sweep_flow(config, tokens, study, run_id)
-        evaluation = evaluate_task(config, tokens, sweep, run_id)
-        registry = register_task(config, evaluation, run_id, champion)
-        compress_task(config, tokens, sweep.model_dir, registry, run_id)
-    return summarize(config, sweep, evaluation, run_id, registry, version, drift)
+        log_lineage_task(config, tokens, run)
+        champion = check_champion_task(config, tokens, run)
+        drift = drift_task(config, tokens, champion, run)
+        sweep = sweep_flow(config, tokens, study, run)
+        evaluation = evaluate_task(config, tokens, sweep, run)
+        registry = register_task(config, evaluation, run, champion)
+        compress_task(config, tokens, sweep.model_dir, registry, run)
+    return summarize(config, sweep, evaluation, run, registry, version, drift)

@@ -10,18 +10,22 @@ from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import paths
 from sweepflow.config import SweepflowConfig
+from sweepflow.tracking import Tracker
 
 
 @flow(name="sweep")
 def sweep_flow(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef | None = None,
-               parent_run_id: str | None = None) -> SweepResult:
+               tracker: Tracker | None = None) -> SweepResult:
+    """`tracker`: logging to the pipeline's parent run (run alone: opened here, and each
+    trial is a run of its own)."""
     paths.use_shared_dir(config.store.shared_dir)
+    tracker = tracker or Tracker.open(config)
     study = study or create_study_task(config)
     warm_start_task(config, tokens, study)  # a new data version starts from the last best
     if config.sweep.workers > 1:  # team mode: trial workers placed by Prefect
-        trials = run_team_task(config, tokens, study, parent_run_id)
+        trials = run_team_task(config, tokens, study, tracker)
     else:
         trials = [run_trial_task.with_options(
             task_run_name=f"trial-{i + 1}-of-{config.sweep.n_trials}")(
-                config, tokens, study, parent_run_id) for i in range(config.sweep.n_trials)]
-    return summarize_sweep_task(config, study, tokens, trials, parent_run_id)
+                config, tokens, study, tracker) for i in range(config.sweep.n_trials)]
+    return summarize_sweep_task(config, study, tokens, trials, tracker)

@@ -64,10 +64,9 @@ def prefect_api() -> str:
     return url
 
 
-def team_config(config: SweepflowConfig) -> SweepflowConfig:
-    """The config every worker gets: the tracking URI and the shared folder resolved here,
-    so a worker on another machine writes to the same places."""
-    uri = tracking.tracking_uri(config)
+def team_config(config: SweepflowConfig, uri: str) -> SweepflowConfig:
+    """The config every worker gets: the tracking URI (`uri`, the sweep's) and the shared
+    folder resolved here, so a worker on another machine writes to the same places."""
     if config.sweep.workers > 1 and uri.startswith("sqlite") and config.store.shared_dir:
         raise TeamError(f"tracking.uri={uri}: workers on other machines cannot reach a SQLite "
                         "store; point tracking.uri at an MLflow server (http://host:5000)")
@@ -118,22 +117,22 @@ def launch(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: 
 
 
 def run_team(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-             parent_run_id: str | None) -> list[TrialResult]:
+             tracker: tracking.Tracker) -> list[TrialResult]:
     """Launch the workers, report each trial as it finishes, return this sweep's trials."""
     prefect_api()
-    config = team_config(config)
+    config = team_config(config, tracker.uri)
     plan = TeamPlan(sweep_id=uuid.uuid4().hex, target=start_target(config, ref),
-                    parent_run_id=parent_run_id)
+                    parent_run_id=tracker.run_id)
     runs = launch(config, tokens, ref, plan)
     report.info(f"sweep of {config.sweep.n_trials} trials on {config.sweep.workers} workers "
                 f"(work pool '{config.sweep.work_pool}', study '{ref.name}')")
     try:
-        watch(config, ref, plan, [r.id for r in runs],
+        watch(config, tracker, ref, plan, [r.id for r in runs],
               trial_steps(config.train, tokens.data.sizes["train"]))
     except BaseException:  # Ctrl-C: the workers' runs are cancelled, not left running
         cancel([r.id for r in runs])
         raise
-    return collect(config, ref, plan)
+    return collect(config, tracker, ref, plan)
 
 
 def cancel(run_ids: list[Any]) -> None:
@@ -150,8 +149,8 @@ def cancel(run_ids: list[Any]) -> None:
                 log.warning("could not cancel flow run %s: %s", run_id, err)
 
 
-def watch(config: SweepflowConfig, ref: StudyRef, plan: TeamPlan, run_ids: list[Any],
-          total: int) -> None:
+def watch(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef, plan: TeamPlan,
+          run_ids: list[Any], total: int) -> None:
     """Until every worker run has ended: report finished trials, reap dead workers' trials,
     and say once if no Prefect worker has picked the runs up."""
     from prefect.client.orchestration import get_client
@@ -162,8 +161,8 @@ def watch(config: SweepflowConfig, ref: StudyRef, plan: TeamPlan, run_ids: list[
         while True:
             states = [client.read_flow_run(i).state for i in run_ids]
             study = load_study(ref, config)
-            reap(config, study)
-            reported |= report_finished(config, ref, plan, study, reported, total)
+            reap(config, tracker, study)
+            reported |= report_finished(config, tracker, ref, plan, study, reported, total)
             if all(s is not None and s.is_final() for s in states):
                 return
             waiting = all(s is None or s.is_scheduled() or s.is_pending() for s in states)
@@ -176,8 +175,8 @@ def watch(config: SweepflowConfig, ref: StudyRef, plan: TeamPlan, run_ids: list[
 
 @task(name="run-trial-workers", cache_policy=NO_CACHE)
 def run_team_task(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef,
-                  parent_run_id: str | None) -> list[TrialResult]:
-    return run_team(config, tokens, study, parent_run_id)
+                  tracker: tracking.Tracker) -> list[TrialResult]:
+    return run_team(config, tokens, study, tracker)
 
 
 # -- Prefect workers on this machine ----------------------------------------------------------

@@ -11,10 +11,12 @@ from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import paths
 from sweepflow.config import SweepflowConfig
+from sweepflow.tracking import Tracker
 
 
 @flow(name="trial-worker")
 def trial_worker_flow(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef,
                       plan: TeamPlan) -> int:
     paths.use_shared_dir(config.store.shared_dir)
-    return work_task(config, tokens, study, plan)
+    tracker = Tracker.open(config, plan.parent_run_id)  # trials are children of the sweep's run
+    return work_task(config, tokens, study, plan, tracker)

@@ -17,11 +17,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+REUSED = "(reused from cache)"  # what the console adds to a step's line on a cache hit
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cached(Generic[T]):
+    """A step's result and whether it was read back from the folder of its content key."""
+
+    value: T
+    reused: bool
 
 
 def _sha256(path: Path) -> str:

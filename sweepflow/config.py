@@ -274,11 +274,13 @@ class StoreConfig(_Model):
 
 
 class ScheduleConfig(_Model):
-    """For `sweepflow serve`: a cron string or an interval in seconds (not both)."""
+    """For `sweepflow serve` and the generated prefect.yaml (`sweepflow deploy-file`): a cron
+    string or an interval in seconds (not both), and the deployment's work pool."""
 
     cron: str | None
     interval: float | None = Field(gt=0)
     timezone: str
+    work_pool: str = Field(min_length=1)
 
     @model_validator(mode="after")
     def _one(self) -> ScheduleConfig:

@@ -1,8 +1,10 @@
-"""MLflow helpers in one place: the store, the experiment, and runs that never stay RUNNING.
+"""MLflow in one place: the store, the experiment, and runs that never stay RUNNING.
 
-Runs are addressed by id through MlflowClient, so the helpers work from any thread. A run
-opened here is closed with FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM); an
-atexit hook closes any that a hard exit skipped.
+A `Tracker`, opened once from the config where a flow or command starts, owns the tracking
+URI, one MlflowClient, the experiment and the run the steps log to; the steps that log take
+it instead of rebuilding a client from the config. Runs are addressed by id through the
+client, so it works from any thread. A run opened here is closed with FINISHED, FAILED (an
+exception) or KILLED (Ctrl-C, SIGTERM); an atexit hook closes any that a hard exit skipped.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: F401 - re-exported
 from mlflow.tracking import MlflowClient
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+from pydantic import BaseModel, ConfigDict
 
 from sweepflow import cost, owner
 from sweepflow.config import SweepflowConfig
@@ -31,7 +36,7 @@ from sweepflow.paths import PACKAGE_DIR, store_dir
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
-_open_runs: dict[str, str] = {}  # run id -> tracking uri
+_open_runs: dict[str, MlflowClient] = {}  # run id -> the client that opened it
 _lock = threading.Lock()
 
 
@@ -58,29 +63,144 @@ def tracking_uri(config: SweepflowConfig) -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
-def artifact_location(config: SweepflowConfig) -> str | None:
+def artifact_location(config: SweepflowConfig, uri: str | None = None) -> str | None:
     """Where a new experiment keeps its artifacts: the configured place, else beside the
     store they belong to (`artifacts/` next to a SQLite file), else the server's default
-    (an MLflow server proxies them: `mlflow-artifacts:`)."""
+    (an MLflow server proxies them: `mlflow-artifacts:`). `uri`: the tracking URI, when
+    already known."""
     if config.tracking.artifact_location:
         return config.tracking.artifact_location
-    uri = tracking_uri(config)
+    uri = uri or tracking_uri(config)
     if uri.startswith("sqlite:///"):
         return (Path(urlparse(uri).path).parent / "artifacts").resolve().as_uri()
     return None
 
 
+class Tracker(BaseModel):
+    """The tracking connection handed to the steps: URI, experiment, and `run_id`, the run
+    they log to (the pipeline's parent run, a trial's run; None before one is open). Small
+    and frozen: Prefect hashes it for cache keys by its fields, and it travels as JSON; the
+    MlflowClient is made once, on first use."""
+
+    model_config = ConfigDict(frozen=True)
+    uri: str
+    experiment: str
+    experiment_id: str | None  # None: not created (opened to read, and it does not exist)
+    run_id: str | None = None
+
+    @classmethod
+    def open(cls, config: SweepflowConfig, run_id: str | None = None, create: bool = True
+             ) -> Tracker:
+        """Point MLflow at the configured store; the experiment is created if new (unless
+        not `create`: a command that only reads the store)."""
+        uri = tracking_uri(config)
+        mlflow.set_tracking_uri(uri)  # the fluent API (log_model, register_model) reads it
+        client = MlflowClient(uri)
+        name = config.tracking.experiment
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+            name, artifact_location=artifact_location(config, uri)) if create else None
+        tracker = cls(uri=uri, experiment=name, experiment_id=exp_id, run_id=run_id)
+        tracker.__dict__["client"] = client  # the one already made (see cached_property)
+        return tracker
+
+    @cached_property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def __getstate__(self) -> dict[Any, Any]:  # a pickled tracker makes its own client
+        state = super().__getstate__()
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k != "client"}
+        return state
+
+    def on(self, run_id: str | None) -> Tracker:
+        """The same connection, logging to `run_id`."""
+        return self.model_copy(update={"run_id": run_id})
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("no MLflow run is open to log to")
+        return self.run_id
+
+    @contextmanager
+    def start_run(self, run_name: str, tags: Mapping[str, str] | None = None
+                  ) -> Iterator[Tracker]:
+        """A new run (a child of `run_id` when set), always closed: FINISHED, FAILED on
+        error, KILLED on interrupt. Yields the tracker logging to it."""
+        all_tags = {**owner.me().tags(), **(tags or {})}  # a later command can reap it
+        if self.run_id:
+            all_tags[PARENT_TAG] = self.run_id
+        run_id = self.client.create_run(self.experiment_id, run_name=run_name,
+                                        tags=all_tags).info.run_id
+        with _lock:
+            _open_runs[run_id] = self.client
+        meter = cost.Meter()
+        try:
+            yield self.on(run_id)
+        except RunKilled as err:
+            log_cost(self.client, run_id, meter)
+            _close(self.client, run_id, "KILLED", str(err))
+            raise
+        except Exception as err:
+            log_cost(self.client, run_id, meter)
+            _close(self.client, run_id, "FAILED", f"{type(err).__name__}: {err}")
+            raise
+        except BaseException as err:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit
+            log_cost(self.client, run_id, meter)
+            _close(self.client, run_id, "KILLED", f"interrupted: {type(err).__name__}")
+            raise
+        else:
+            log_cost(self.client, run_id, meter)
+            _close(self.client, run_id, "FINISHED")
+
+    def log(self, metrics: Mapping[str, float] | None = None,
+            params: Mapping[str, Any] | None = None,
+            tags: Mapping[str, str] | None = None) -> None:
+        """Metrics (step 0, now), params (as text) and tags on the run, in batches of 100."""
+        now = now_ms()
+        m = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        p = [Param(k, str(v)) for k, v in (params or {}).items()]
+        t = [RunTag(k, v) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(m), len(p), len(t), 1), 100):
+            self.client.log_batch(self._run(), metrics=m[i:i + 100], params=p[i:i + 100],
+                                  tags=t[i:i + 100])
+
+    def log_dict(self, obj: Any, path: str) -> None:
+        self.client.log_dict(self._run(), obj, path)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self._run(), text, path)
+
+    def log_figure(self, figure: Any, path: str, **save_kwargs: Any) -> None:
+        self.client.log_figure(self._run(), figure, path,
+                               **({"save_kwargs": save_kwargs} if save_kwargs else {}))
+
+    def log_table(self, frame: Any, path: str) -> None:
+        self.client.log_table(self._run(), frame, path)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make the open run the fluent active run in this thread (for log_input,
+        log_model), leaving it open afterwards."""
+        mlflow.set_tracking_uri(self.uri)
+        current = mlflow.active_run()
+        if current is not None and current.info.run_id == self._run():
+            yield
+            return
+        with no_mlflow_prints(), mlflow.start_run(run_id=self._run(), nested=current is not None):
+            yield  # a server URI: no "View run at" prints on the quiet console
+        self.client.update_run(self._run(), status="RUNNING")
+
+    def register_model(self, model_uri: str, name: str, tags: Mapping[str, str]) -> int:
+        """A new version of registered model `name`; its number."""
+        mlflow.set_tracking_uri(self.uri)  # register_model reads the global registry URI
+        with no_mlflow_prints():  # register_model prints "Successfully registered ..."
+            return int(mlflow.register_model(model_uri, name, tags=dict(tags)).version)
+
+
 def setup(config: SweepflowConfig) -> str:
     """Point MLflow at the configured store and return the experiment id (created if new)."""
-    uri = tracking_uri(config)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(config.tracking.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(
-        config.tracking.experiment, artifact_location=artifact_location(config)
-    )
+    return Tracker.open(config).experiment_id
 
 
 def git_sha() -> str:
@@ -92,11 +212,10 @@ def git_sha() -> str:
         return f"sweepflow-{importlib.metadata.version('sweepflow')}"
 
 
-def log_cost(uri: str, run_id: str, meter: cost.Meter) -> None:
+def log_cost(client: MlflowClient, run_id: str, meter: cost.Meter) -> None:
     """The run's cost/* metrics, and for a parent its trials' totals (best effort: a cost
     that cannot be logged never keeps a run from closing)."""
     try:
-        client = MlflowClient(uri)
         metrics = meter.stop().metrics()
         run = client.get_run(run_id)
         if PARENT_TAG not in run.data.tags:
@@ -115,8 +234,7 @@ class RunKilled(Exception):  # noqa: N818 - a way to end a run, not a bug
     taken away from this process (e.g. its trial was failed and retried elsewhere)."""
 
 
-def _close(uri: str, run_id: str, status: str, error: str | None = None) -> None:
-    client = MlflowClient(uri)
+def _close(client: MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
     if error:
         client.set_tag(run_id, "error", error[:4000])
     client.set_terminated(run_id, status=status)
@@ -126,9 +244,9 @@ def _close(uri: str, run_id: str, status: str, error: str | None = None) -> None
 
 @atexit.register
 def _close_leftovers() -> None:
-    for run_id, uri in list(_open_runs.items()):
+    for run_id, client in list(_open_runs.items()):
         try:
-            _close(uri, run_id, RunStatus.to_string(RunStatus.KILLED), "process exited")
+            _close(client, run_id, RunStatus.to_string(RunStatus.KILLED), "process exited")
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
@@ -140,48 +258,16 @@ def managed_run(
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
 ) -> Iterator[str]:
-    """Create a run and always close it: FINISHED, FAILED on error, KILLED on interrupt."""
-    experiment_id = setup(config)
-    uri = tracking_uri(config)
-    all_tags = {**owner.me().tags(), **(tags or {})}  # a later command can reap it
-    if parent_run_id:
-        all_tags[PARENT_TAG] = parent_run_id
-    run = MlflowClient(uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
-    run_id = run.info.run_id
-    with _lock:
-        _open_runs[run_id] = uri
-    meter = cost.Meter()
-    try:
-        yield run_id
-    except RunKilled as err:
-        log_cost(uri, run_id, meter)
-        _close(uri, run_id, "KILLED", str(err))
-        raise
-    except Exception as err:
-        log_cost(uri, run_id, meter)
-        _close(uri, run_id, "FAILED", f"{type(err).__name__}: {err}")
-        raise
-    except BaseException as err:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit
-        log_cost(uri, run_id, meter)
-        _close(uri, run_id, "KILLED", f"interrupted: {type(err).__name__}")
-        raise
-    else:
-        log_cost(uri, run_id, meter)
-        _close(uri, run_id, "FINISHED")
+    """Tracker.start_run from a config, for scripts and tests: yields the run id."""
+    with Tracker.open(config, parent_run_id).start_run(run_name, tags) as run:
+        yield run.run_id
 
 
 @contextmanager
 def active_run(config: SweepflowConfig, run_id: str) -> Iterator[None]:
-    """Make an open run the fluent active run in this thread (for log_input, log_model),
-    leaving it open afterwards."""
-    setup(config)
-    current = mlflow.active_run()
-    if current is not None and current.info.run_id == run_id:
+    """Tracker.active from a config, for scripts and tests."""
+    with Tracker.open(config, run_id).active():
         yield
-        return
-    with no_mlflow_prints(), mlflow.start_run(run_id=run_id, nested=current is not None):
-        yield  # a server URI: no "View run at" prints on the quiet console
-    MlflowClient(tracking_uri(config)).update_run(run_id, status="RUNNING")
 
 
 def now_ms() -> int:

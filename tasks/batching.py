@@ -4,12 +4,12 @@ Batches are padded to their own longest text, so rows of like length in one batc
 padding; but a batch order sorted by length is not a random order, and SGD pays for that in
 quality. Three ways (`train.batching`):
 
-- `shuffle`: a random permutation per epoch (no padding saved; what HF Trainer does by default).
-- `bucketed` (default): randomised bucketing. Each epoch: a random permutation, cut into
-  "mega-batches" of `MEGA_BATCHES` batches, each sorted by length and cut into batches, and
-  the batches shuffled. A batch is like-length rows drawn from a random ~1,600 rows, so batch
-  order and batch contents stay random while most of the padding goes (bundled tweets, batch
-  32: 18 % padding against 44 % shuffled), at the quality of `shuffle` (docs/performance.md).
+- `shuffle` (conf/base.yaml): a random permutation per epoch (no padding saved; what HF
+  Trainer does by default).
+- `bucketed`: randomised bucketing. Each epoch: a random permutation, cut into "mega-batches"
+  of `train.bucket_batches` batches, each sorted by length and cut into batches, and the
+  batches shuffled. A batch is like-length rows drawn from a random few hundred rows, so batch
+  order and batch contents stay random while most of the padding goes (docs/performance.md).
 - `grouped`: transformers' `LengthGroupedSampler` (mega-batches of 50 batches sorted by length,
   the longest batch first): least padding, but on the bundled tweets it cost 2 points of
   macro-F1 at one epoch (docs/performance.md).
@@ -18,11 +18,13 @@ quality. Three ways (`train.batching`):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
-MEGA_BATCHES = 50  # batches per length-sorted chunk (as transformers' LengthGroupedSampler)
+from sweepflow.config import TrainConfig
 
 
 class EpochPermutation(Sampler[int]):
@@ -53,7 +55,7 @@ class BucketedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int,
-                 mega_batches: int = MEGA_BATCHES) -> None:
+                 mega_batches: int) -> None:
         if batch_size < 1 or mega_batches < 1:
             raise ValueError("batch_size and mega_batches must be at least 1")
         self.lengths = list(lengths)
@@ -80,6 +82,19 @@ class BucketedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
+
+
+def train_batches(lengths: Sequence[int], cfg: TrainConfig, seed: int) -> dict[str, Any]:
+    """DataLoader arguments that draw training batches as `cfg.batching` says, random per
+    epoch from `seed` (sweepflow's trainer and the bench's bare script both use them)."""
+    if cfg.batching == "bucketed":
+        return {"batch_sampler": BucketedBatchSampler(lengths, cfg.batch_size, seed,
+                                                      cfg.bucket_batches)}
+    gen = torch.Generator().manual_seed(seed)
+    if cfg.batching == "grouped":
+        return {"batch_size": cfg.batch_size, "sampler": LengthGroupedSampler(
+            cfg.batch_size, lengths=list(lengths), generator=gen)}
+    return {"batch_size": cfg.batch_size, "shuffle": True, "generator": gen}
 
 
 def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:

@@ -37,13 +37,13 @@ from sweepflow.usererrors import UserError
 log = logging.getLogger(__name__)
 
 
-def label_with(config: SweepflowConfig, uri: str, texts: list[str], names: list[str]
-               ) -> np.ndarray:
+def label_with(tracker: tracking.Tracker, uri: str, texts: list[str], names: list[str],
+               max_length: int) -> np.ndarray:
     """The model's label ids (in `names` order) for `texts`; ValueError when its labels
     are not `names`."""
     from sweepflow.tasks.predict import load_model, predict
 
-    loaded = load_model(config, uri)
+    loaded = load_model(tracker, uri, max_length)
     known = getattr(getattr(loaded.model, "config", None), "id2label", None)
     if known is not None and sorted(map(str, known.values())) != sorted(names):
         raise ValueError(f"it knows the labels {sorted(map(str, known.values()))}, this "
@@ -52,9 +52,10 @@ def label_with(config: SweepflowConfig, uri: str, texts: list[str], names: list[
     return np.asarray([index[p.label] for p in predict(loaded, texts)], dtype=np.int64)
 
 
-def check_champion(config: SweepflowConfig, tokens: TokenizedData) -> ChampionCheck:
+def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: tracking.Tracker
+                   ) -> ChampionCheck:
     """Score the current champion on this run's test rows and newest rows."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client = tracker.client
     name = registered_name(config)
     champion = current_champion(client, name, config.registry.metric)
     if champion is None:
@@ -67,7 +68,8 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData) -> ChampionCh
     same_test = champion.digest == data.split_digests["test"]
     try:
         texts = newest_texts if same_test else test_texts + newest_texts
-        pred = label_with(config, uri, texts, names) if texts else np.zeros(0, np.int64)
+        pred = label_with(tracker, uri, texts, names, config.tokenize.max_length) if texts \
+            else np.zeros(0, np.int64)
     except (UserError, ValueError, OSError, RuntimeError) as err:
         reason = f"champion v{champion.version} could not be re-scored: {err}"
         log.info(reason)
@@ -95,27 +97,24 @@ def newest(client: tracking.MlflowClient, champion: Champion, data: IngestResult
     return texts[:limit], np.asarray(labels[:limit], dtype=np.int64)
 
 
-def log_check(config: SweepflowConfig, check: ChampionCheck, run_id: str) -> None:
+def log_check(tracker: tracking.Tracker, check: ChampionCheck) -> None:
     """The champion's scores on this run's test rows as test/champion_* on the parent run."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
     tags = {"champion.version": str(check.champion.version) if check.champion else "",
             "champion.rescored": "true" if check.test else "false"}
     if check.reason:
         tags["champion.reason"] = check.reason[:5000]
-    now = tracking.now_ms()
-    metrics = [tracking.Metric(f"test/champion_{k}", v, now, 0)
-               for k, v in (check.test.model_dump().items() if check.test else ())]
-    client.log_batch(run_id, metrics=metrics,
-                     tags=[tracking.RunTag(k, v) for k, v in tags.items()])
+    metrics = {f"test/champion_{k}": v
+               for k, v in (check.test.model_dump().items() if check.test else ())}
+    tracker.log(metrics=metrics, tags=tags)
 
 
 @task(name="champion", cache_policy=NO_CACHE)
-def check_champion_task(config: SweepflowConfig, tokens: TokenizedData, run_id: str
-                        ) -> ChampionCheck | None:
+def check_champion_task(config: SweepflowConfig, tokens: TokenizedData,
+                        tracker: tracking.Tracker) -> ChampionCheck | None:
     if not config.registry.enabled:
         return None
-    check = check_champion(config, tokens)
-    log_check(config, check, run_id)
+    check = check_champion(config, tokens, tracker)
+    log_check(tracker, check)
     if check.test is not None:
         report.info(f"champion v{check.champion.version} re-scored on this run's "
                     f"{len(check.predictions.row):,} test rows: macro-F1 "

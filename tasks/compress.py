@@ -41,8 +41,10 @@ from sweepflow.onnx_classifier import (
     softmax,
     text_probabilities,
 )
+from sweepflow.paths import PACKAGE_DIR
 
-PYFUNC_CODE = Path(__file__).resolve().parents[1] / "sweepflow" / "pyfunc_model.py"
+# The MLflow pyfunc wrapper ships in the sweepflow package (checkout and wheel alike).
+PYFUNC_CODE = PACKAGE_DIR / "pyfunc_model.py"
 Predictor = Callable[[list[str]], np.ndarray]  # texts -> (n, labels) probabilities
 
 
@@ -201,20 +203,16 @@ def comparison_rows(fp32: Footprint, int8: Footprint) -> dict[str, list]:
                             for k in keys]}
 
 
-def log_comparison(client: tracking.MlflowClient, run_id: str, fp32: Footprint,
-                   int8: Footprint) -> None:
+def log_comparison(tracker: tracking.Tracker, fp32: Footprint, int8: Footprint) -> None:
     import pandas as pd
 
-    now = tracking.now_ms()
     metrics = {f"compress/{name}_{k}": v for name, fp in (("fp32", fp32), ("int8", int8))
                for k, v in fp.model_dump().items()}
     metrics["compress/f1_drop"] = fp32.f1_macro - int8.f1_macro
-    client.log_batch(run_id, metrics=[tracking.Metric(k, float(v), now, 0)
-                                      for k, v in metrics.items()])
+    tracker.log(metrics=metrics)
     frame = pd.DataFrame(comparison_rows(fp32, int8))
-    client.log_table(run_id, frame, "compression/int8_vs_fp32.json")
-    client.log_text(run_id, markdown_table(comparison_rows(fp32, int8)),
-                    "compression/int8_vs_fp32.md")
+    tracker.log_table(frame, "compression/int8_vs_fp32.json")
+    tracker.log_text(markdown_table(comparison_rows(fp32, int8)), "compression/int8_vs_fp32.md")
 
 
 def markdown_table(columns: dict[str, list]) -> str:
@@ -226,13 +224,13 @@ def markdown_table(columns: dict[str, list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]) + "\n"
 
 
-def log_int8_model(config: SweepflowConfig, run_id: str, artifacts: dict[str, str]) -> str:
+def log_int8_model(tracker: tracking.Tracker, artifacts: dict[str, str]) -> str:
     """The int8 model as an MLflow model: this package's code file, no pickle."""
     from importlib.metadata import version
 
     reqs = [r for r in pip_requirements() if not r.startswith("torch==")]
     reqs += [f"onnxruntime=={version('onnxruntime')}", f"pandas=={version('pandas')}"]
-    with tracking.active_run(config, run_id), tracking.no_mlflow_prints():
+    with tracker.active(), tracking.no_mlflow_prints():
         info = mlflow.pyfunc.log_model(
             name="model-int8", python_model=str(PYFUNC_CODE), artifacts=artifacts,
             input_example=input_example(Path(artifacts["spec"])), pip_requirements=reqs)
@@ -240,15 +238,14 @@ def log_int8_model(config: SweepflowConfig, run_id: str, artifacts: dict[str, st
 
 
 def register_int8(config: SweepflowConfig, model_uri: str, registry: RegistryResult,
-                  run_id: str, f1_drop: float) -> tuple[int, list[str]]:
+                  tracker: tracking.Tracker, f1_drop: float) -> tuple[int, list[str]]:
     """A version of the same registered model, with alias challenger-int8, and
     champion-int8 when its full-precision twin is the champion."""
     name = registered_name(config)
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client = tracker.client
     tags = {"sweepflow.variant": "int8", "sweepflow.fp32_version": str(registry.version),
-            "sweepflow.run_id": run_id, "compress.f1_drop": f"{f1_drop:.6g}"}
-    with tracking.no_mlflow_prints():  # register_model prints "Successfully registered ..."
-        version = int(mlflow.register_model(model_uri, name, tags=tags).version)
+            "sweepflow.run_id": tracker.run_id, "compress.f1_drop": f"{f1_drop:.6g}"}
+    version = tracker.register_model(model_uri, name, tags)
     aliases = ["challenger-int8"]
     if registry.champion_version == registry.version:
         aliases.append("champion-int8")
@@ -258,7 +255,7 @@ def register_int8(config: SweepflowConfig, model_uri: str, registry: RegistryRes
 
 
 def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
-             registry: RegistryResult | None, run_id: str) -> CompressResult:
+             registry: RegistryResult | None, tracker: tracking.Tracker) -> CompressResult:
     lt = tokens.long_texts()
     spec = ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
                           max_chars=config.compress.max_text_chars, truncation=lt.truncation,
@@ -267,9 +264,8 @@ def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     with tempfile.TemporaryDirectory(prefix="sweepflow-int8-") as tmp:
         artifacts = build_int8(model_dir, Path(tmp), spec)
         fp32, int8 = measure(config, tokens, model_dir, artifacts)
-        client = tracking.MlflowClient(tracking.tracking_uri(config))
-        log_comparison(client, run_id, fp32, int8)
-        model_uri = log_int8_model(config, run_id, artifacts)
+        log_comparison(tracker, fp32, int8)
+        model_uri = log_int8_model(tracker, artifacts)
     drop = fp32.f1_macro - int8.f1_macro
     version, aliases = None, []
     limit = config.compress.max_f1_drop
@@ -278,26 +274,26 @@ def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
     elif registry is None:
         reason = "registry.enabled=false: not registered"
     else:
-        version, aliases = register_int8(config, model_uri, registry, run_id, drop)
+        version, aliases = register_int8(config, model_uri, registry, tracker, drop)
         reason = f"macro-F1 drop {drop:.4f} <= {limit}: registered as v{version}"
-    client.set_tag(run_id, "compress.decision", reason)
+    tracker.log(tags={"compress.decision": reason})
     return CompressResult(fp32=fp32, int8=int8, f1_drop=drop, model_uri=model_uri,
                           version=version, aliases=aliases, reason=reason)
 
 
 @task(name="compress", cache_policy=NO_CACHE)
 def compress_task(config: SweepflowConfig, tokens: TokenizedData, model_dir: str,
-                  registry: RegistryResult | None, run_id: str) -> CompressResult | None:
+                  registry: RegistryResult | None, tracker: tracking.Tracker
+                  ) -> CompressResult | None:
     """An optional extra: a model that cannot be exported or quantized is said in one line
     and tagged on the run (compress.error); the full-precision results stand."""
     if not config.compress.enabled:
         return None
     try:
-        result = compress(config, tokens, Path(model_dir), registry, run_id)
+        result = compress(config, tokens, Path(model_dir), registry, tracker)
     except Exception as err:  # noqa: BLE001 - e.g. an architecture the exporter cannot trace
         message = f"{type(err).__name__}: {err}"[:500]
-        tracking.MlflowClient(tracking.tracking_uri(config)).set_tag(run_id, "compress.error",
-                                                                     message)
+        tracker.log(tags={"compress.error": message})
         report.warning(f"int8 model not made (compress.enabled=false skips it): {message}")
         return None
     f, q = result.fp32, result.int8

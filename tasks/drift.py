@@ -172,10 +172,10 @@ def figure(ref: dict[str, Any], texts: list[str], labels: list[str], r: DriftRep
 
 
 def drift(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck | None,
-          run_id: str) -> DriftReport | None:
+          tracker: tracking.Tracker) -> DriftReport | None:
     """Log this run's reference, then measure its newest rows against the champion's data."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    client.log_dict(run_id, reference(tokens.data), REFERENCE_ARTIFACT)
+    client = tracker.client
+    tracker.log_dict(reference(tokens.data), REFERENCE_ARTIFACT)
     if not config.drift.enabled or check is None or check.champion is None \
             or not check.champion.run_id:
         return None
@@ -186,31 +186,27 @@ def drift(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck |
     texts, ids = newest_rows(tokens.data, rows)
     labels = [tokens.data.label_names[i] for i in ids]
     result = measure(config.drift, ref, texts, labels, check)
-    log_drift(client, run_id, result, ref, texts, labels)
+    log_drift(tracker, result, ref, texts, labels)
     return result
 
 
-def log_drift(client: tracking.MlflowClient, run_id: str, r: DriftReport, ref: dict,
-              texts: list[str], labels: list[str]) -> None:
-    client.log_dict(run_id, r.model_dump(), "drift/report.json")
+def log_drift(tracker: tracking.Tracker, r: DriftReport, ref: dict, texts: list[str],
+              labels: list[str]) -> None:
+    tracker.log_dict(r.model_dump(), "drift/report.json")
     values = {k: getattr(r, k) for k in ("new_rows", "label_tvd", "label_p_value", "length_ks",
                                          "length_p_value", "oov_share", "oov_share_reference",
                                          "champion_f1_newest", "champion_f1_recorded")}
     values["flagged"] = float(bool(r.flagged))
-    now = tracking.now_ms()
-    client.log_batch(run_id, metrics=[tracking.Metric(f"drift/{k}", float(v), now, 0)
-                                      for k, v in values.items() if v is not None],
-                     tags=[tracking.RunTag("drift.flagged", ",".join(r.flagged)),
-                           tracking.RunTag("drift.summary", r.line()[:5000])])
+    tracker.log(metrics={f"drift/{k}": v for k, v in values.items() if v is not None},
+                tags={"drift.flagged": ",".join(r.flagged), "drift.summary": r.line()[:5000]})
     if r.label_tvd is not None:
-        client.log_figure(run_id, figure(ref, texts, labels, r), "drift/report.png",
-                          save_kwargs={"dpi": 100})
+        tracker.log_figure(figure(ref, texts, labels, r), "drift/report.png", dpi=100)
 
 
 @task(name="drift", cache_policy=NO_CACHE)
 def drift_task(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck | None,
-               run_id: str) -> DriftReport | None:
-    result = drift(config, tokens, check, run_id)
+               tracker: tracking.Tracker) -> DriftReport | None:
+    result = drift(config, tokens, check, tracker)
     if result is not None:
         report.info(result.line())
     return result

@@ -20,13 +20,14 @@ from sklearn.metrics import (
     ConfusionMatrixDisplay,
     accuracy_score,
     classification_report,
+    confusion_matrix,
     precision_recall_fscore_support,
 )
 from sweepflow.tasks.clean import LABEL, TEXT, TEXT_PAIR
 from sweepflow.tasks.ingest import IngestResult, load_ingested
 from sweepflow.tasks.sweep_report import SweepResult
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
-from sweepflow.tasks.train import load_rows, make_loader, resolve_precision, set_threads
+from sweepflow.tasks.train import eval_loader, load_rows, resolve_precision, set_threads
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from sweepflow import tracking
@@ -61,14 +62,22 @@ class TestPredictions(BaseModel):
     pred: list[int]
 
 
-class EvalResult(BaseModel):
+class Evaluation(BaseModel):
+    """What evaluate measures on the test split (nothing logged yet)."""
+
     model: Scores
     baseline: Scores
-    model_uri: str
     test_digest: str
     report: dict[str, Any]
+    confusion: list[list[int]] = []  # rows: true label, columns: predicted
     classes_predicted: int | None = None  # distinct labels predicted on test (guards)
     predictions: TestPredictions | None = None
+
+
+class EvalResult(Evaluation):
+    """The evaluation once logged: with the URI of the model logged beside it."""
+
+    model_uri: str
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
@@ -92,7 +101,7 @@ def predict_test(model_dir: Path, tokens: TokenizedData, batch_size: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     rows = load_rows(tokens.path)["test"]
-    loader = make_loader(rows, tokens, batch_size, train=False, seed=0)
+    loader = eval_loader(rows, tokens, batch_size)
     order = list(loader.sampler)
     preds = np.empty(len(rows), dtype=np.int64)
     chunked = tokens.chunked  # windows: their probabilities are averaged per text
@@ -165,11 +174,15 @@ def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
     return pred
 
 
-def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> Figure:
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> list[list[int]]:
+    return confusion_matrix(y_true, y_pred, labels=list(range(n_labels))).tolist()
+
+
+def confusion_figure(matrix: list[list[int]], names: list[str]) -> Figure:
     fig = Figure(figsize=(5, 4.5))
     ax = fig.subplots()
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(len(names))),
-                                            display_labels=names, ax=ax, colorbar=False)
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=names).plot(ax=ax,
+                                                                          colorbar=False)
     ax.set_title("test confusion matrix")
     fig.tight_layout()
     return fig
@@ -221,42 +234,47 @@ def log_model(model_dir: Path, tokens: TokenizedData, name: str = "model") -> st
     return info.model_uri
 
 
-def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
-             parent_run_id: str) -> EvalResult:
+def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path) -> Evaluation:
+    """Score the model and the baseline on the test split (computes; logs nothing)."""
     names = list(tokens.data.label_names)
     dd = load_ingested(tokens.data)
     y_true = np.asarray(dd["test"][LABEL])
     y_model = predict_test(model_dir, tokens, config.train.eval_batch_size,
                            config.train.precision)
     y_base = cached_baseline(dd, tokens.data, config.seed)
-    per_class = class_report(y_true, y_model, names)
-    result_model = scores(y_true, y_model)
-    result_base = scores(y_true, y_base)
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    client.log_dict(parent_run_id, per_class, "evaluation/classification_report.json")
-    predictions = TestPredictions(
-        test_digest=tokens.data.split_digests["test"], label_names=names,
-        row=list(range(len(y_true))), true=y_true.tolist(), pred=y_model.tolist())
-    client.log_dict(parent_run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
-    client.log_figure(parent_run_id, confusion_figure(y_true, y_model, names),
-                      "evaluation/confusion_matrix.png", save_kwargs={"dpi": 110})
-    metrics = {f"test/{k}": v for k, v in result_model.model_dump().items()}
-    metrics |= {f"test/baseline_{k}": v for k, v in result_base.model_dump().items()}
+    digest = tokens.data.split_digests["test"]
+    predictions = TestPredictions(test_digest=digest, label_names=names,
+                                  row=list(range(len(y_true))), true=y_true.tolist(),
+                                  pred=y_model.tolist())
+    return Evaluation(model=scores(y_true, y_model), baseline=scores(y_true, y_base),
+                      test_digest=digest, report=class_report(y_true, y_model, names),
+                      confusion=confusion(y_true, y_model, len(names)),
+                      classes_predicted=len(np.unique(y_model)), predictions=predictions)
+
+
+def log_evaluation(tracker: tracking.Tracker, evaluation: Evaluation, tokens: TokenizedData,
+                   model_dir: Path, max_chars: int) -> EvalResult:
+    """The report, predictions, confusion matrix, test/* metrics and the model, on the run."""
+    names = list(tokens.data.label_names)
+    tracker.log_dict(evaluation.report, "evaluation/classification_report.json")
+    if evaluation.predictions is not None:
+        tracker.log_dict(evaluation.predictions.model_dump(), PREDICTIONS_ARTIFACT)
+    tracker.log_figure(confusion_figure(evaluation.confusion, names),
+                       "evaluation/confusion_matrix.png", dpi=110)
+    metrics = {f"test/{k}": v for k, v in evaluation.model.model_dump().items()}
+    metrics |= {f"test/baseline_{k}": v for k, v in evaluation.baseline.model_dump().items()}
     for name in names:
-        metrics[f"test/f1_{name}"] = per_class[name]["f1-score"]
-    now = tracking.now_ms()
-    client.log_batch(parent_run_id,
-                     metrics=[tracking.Metric(k, v, now, 0) for k, v in metrics.items()])
-    with tracking.active_run(config, parent_run_id):
-        model_uri = (log_classifier(model_dir, tokens, config.compress.max_text_chars)
-                     if tokens.pair else log_model(model_dir, tokens))
-    return EvalResult(model=result_model, baseline=result_base, model_uri=model_uri,
-                      test_digest=tokens.data.split_digests["test"], report=per_class,
-                      classes_predicted=len(np.unique(y_model)),
-                      predictions=predictions)
+        metrics[f"test/f1_{name}"] = evaluation.report[name]["f1-score"]
+    tracker.log(metrics=metrics)
+    with tracker.active():
+        model_uri = (log_classifier(model_dir, tokens, max_chars) if tokens.pair
+                     else log_model(model_dir, tokens))
+    return EvalResult(**evaluation.model_dump(), model_uri=model_uri)
 
 
 @task(name="evaluate")
 def evaluate_task(config: SweepflowConfig, tokens: TokenizedData, sweep: SweepResult,
-                  run_id: str) -> EvalResult:
-    return evaluate(config, tokens, Path(sweep.model_dir), run_id)
+                  tracker: tracking.Tracker) -> EvalResult:
+    model_dir = Path(sweep.model_dir)
+    return log_evaluation(tracker, evaluate(config, tokens, model_dir), tokens, model_dir,
+                          config.compress.max_text_chars)

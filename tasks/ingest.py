@@ -449,33 +449,38 @@ def ingest_key(config: SweepflowConfig) -> str:
     })[:20]
 
 
-def ingest(config: SweepflowConfig) -> IngestResult:
+def ingest_cached(config: SweepflowConfig) -> cache.Cached[IngestResult]:
     """Prepare the splits once per content key; a complete folder for the key is reused."""
     out_dir = cache_dir("ingest") / ingest_key(config)
     if cache.valid(out_dir):
         log.info("ingest cache hit: %s", out_dir)
-        return IngestResult.model_validate_json((out_dir / "result.json").read_text())
-    return save_splits(load_splits(config.data, config.seed), out_dir)
+        result = IngestResult.model_validate_json((out_dir / "result.json").read_text())
+        return cache.Cached(result, reused=True)
+    return cache.Cached(save_splits(load_splits(config.data, config.seed), out_dir), False)
+
+
+def ingest(config: SweepflowConfig) -> IngestResult:
+    return ingest_cached(config).value
 
 
 def load_ingested(result: IngestResult) -> datasets.DatasetDict:
     return datasets.load_from_disk(str(Path(result.path) / "data"))
 
 
-def describe(result: IngestResult) -> list[str]:
-    """What a user reads about their data: source, rows kept per split, labels, and every
-    row count that cleaning removed, with its reason."""
+def describe(result: IngestResult, reused: bool = False) -> list[str]:
+    """What a user reads about their data: source, rows kept per split, labels, every row
+    count that cleaning removed, with its reason, and whether the splits came from the cache."""
     rows_in = sum(counts.get("rows_in", 0) for counts in result.cleaning.values())
     sizes = " / ".join(f"{split} {n:,}" for split, n in result.sizes.items())
     return [f"data: {result.source}: {rows_in:,} rows read; kept {sizes}; labels "
-            f"{', '.join(result.label_names)}",
+            f"{', '.join(result.label_names)}{f' {cache.REUSED}' if reused else ''}",
             *(f"  {line}" for line in describe_cleaning(result.cleaning))]
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(config: SweepflowConfig) -> IngestResult:
     """Read, clean and split the source (or reuse the folder of the same content)."""
-    result = ingest(config)
-    for line in describe(result):
+    done = ingest_cached(config)
+    for line in describe(done.value, done.reused):
         report.info(line)
-    return result
+    return done.value

@@ -53,31 +53,26 @@ def dataset_source(data: IngestResult, split: str) -> Any:
     return Path(data.source_uri).as_uri()  # a file:// URI names one source type
 
 
-def log_lineage(config: SweepflowConfig, tokens: TokenizedData, run_id: str) -> None:
+def log_lineage(config: SweepflowConfig, tokens: TokenizedData, tracker: tracking.Tracker
+                ) -> None:
     """Params, config file, dataset inputs, data profile and token stats on the parent run."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    flat = config.flat()
-    params = [tracking.Param(k, v[:6000]) for k, v in flat.items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
+    tracker.log(params={k: v[:6000] for k, v in config.flat().items()})
     data = tokens.data
-    client.set_tag(run_id, "data.digest", data.digest)
-    client.set_tag(run_id, "data.source", data.source)
+    tracker.log(tags={"data.digest": data.digest, "data.source": data.source})
     stats = tokens.stats
-    client.log_batch(run_id, metrics=[
-        tracking.Metric(f"data/{k}", float(v), tracking.now_ms(), 0)
+    tracker.log(metrics={
+        f"data/{k}": v
         for k, v in {"token_len_p50": stats.p50, "token_len_p95": stats.p95,
                      "token_len_max": stats.max, "share_truncated": stats.share_truncated,
                      **{f"rows_{s}": n for s, n in data.sizes.items()}}.items()
-    ])
-    client.log_text(run_id, config.to_yaml(), "config.yaml")
+    })
+    tracker.log_text(config.to_yaml(), "config.yaml")
     profile = json.loads((Path(data.path) / "profile.json").read_text())
     profile["tokens"] = stats.model_dump()
-    client.log_dict(run_id, profile, "data_profile.json")
+    tracker.log_dict(profile, "data_profile.json")
     frames = {split: ds.to_pandas() for split, ds in load_ingested(data).items()}
-    client.log_figure(run_id, length_histogram(frames, tokens), "length_histogram.png",
-                      save_kwargs={"dpi": 100})
-    with tracking.active_run(config, run_id):
+    tracker.log_figure(length_histogram(frames, tokens), "length_histogram.png", dpi=100)
+    with tracker.active():
         for split, frame in frames.items():
             dataset = mlflow.data.from_pandas(
                 frame, source=dataset_source(data, split), targets="label",
@@ -88,5 +83,6 @@ def log_lineage(config: SweepflowConfig, tokens: TokenizedData, run_id: str) -> 
 
 
 @task(name="log-lineage")
-def log_lineage_task(config: SweepflowConfig, tokens: TokenizedData, run_id: str) -> None:
-    log_lineage(config, tokens, run_id)
+def log_lineage_task(config: SweepflowConfig, tokens: TokenizedData, tracker: tracking.Tracker
+                     ) -> None:
+    log_lineage(config, tokens, tracker)

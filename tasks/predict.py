@@ -102,11 +102,12 @@ def check_texts(texts: list[Text]) -> None:
                 raise PredictError(f"{side} {i} is empty: give a text to label")
 
 
-def training_long_text(run_id: str | None, default: int) -> LongText:
+def training_long_text(client: tracking.MlflowClient, run_id: str | None, default: int
+                       ) -> LongText:
     """tokenize.* (max_length, truncation, chunks) of the run that logged a model, else head
     truncation at `default` (a model from elsewhere: its run may be unknown)."""
     try:
-        params = tracking.MlflowClient().get_run(run_id).data.params if run_id else {}
+        params = client.get_run(run_id).data.params if run_id else {}
     except Exception:  # noqa: BLE001
         params = {}
     lt = LongText(max_length=int(params.get("tokenize.max_length") or default))
@@ -140,13 +141,15 @@ def default_model(config: SweepflowConfig) -> tuple[str, str]:
             f"int8 twin v{twin} of champion v{champion}; --model {fp32} for full precision")
 
 
-def load_model(config: SweepflowConfig, model_uri: str, trust: bool = False) -> LoadedModel:
-    """Download the model, check it is safe (unless `trust`), load it without the Hub."""
+def load_model(tracker: tracking.Tracker, model_uri: str, max_length: int,
+               trust: bool = False) -> LoadedModel:
+    """Download the model, check it is safe (unless `trust`), load it without the Hub.
+    `max_length`: the token limit of a model whose training run is unknown."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a logged model holds all it needs
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking.tracking_uri(config)
+    uri = tracker.uri
     mlflow.set_tracking_uri(uri)
     try:
         local = modelsafety.fetch_model(model_uri)
@@ -164,7 +167,7 @@ def load_model(config: SweepflowConfig, model_uri: str, trust: bool = False) -> 
         run_id = yaml.safe_load((local / "MLmodel").read_text()).get("run_id") if flavors \
             else None
         return _load_transformers(local, flavors.get("transformers") or {},
-                                  training_long_text(run_id, config.tokenize.max_length))
+                                  training_long_text(tracker.client, run_id, max_length))
     pyfunc = mlflow.pyfunc.load_model(str(local))
     try:  # sweepflow's own classifier says how many characters it accepts
         spec = pyfunc.unwrap_python_model().classifier.spec

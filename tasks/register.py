@@ -1,8 +1,9 @@
 """Register: every evaluated model becomes a new version in the MLflow model registry with
 alias `challenger`; whether it takes alias `champion` follows `registry.promotion`:
-`significant` (default) promotes only a challenger significantly better than the champion on
-the same test rows (McNemar's exact test at `registry.alpha`, see tasks/significance.py),
-`better` one with any higher registry metric, `manual` none (a person moves the alias). The
+`significant` (default) promotes only a challenger right on significantly more of the same
+test rows than the champion (McNemar's exact test at `registry.alpha`, see
+tasks/significance.py) whose `registry.metric` on those rows is also higher, `better` one
+with any higher `registry.metric`, `manual` none (a person moves the alias). The
 first registered model becomes champion (except under `manual`).
 
 A champion scored on a different test split (grown data, another test-data digest) is
@@ -22,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -98,7 +98,7 @@ def champion_uri(config: SweepflowConfig) -> str:
 
 
 def decide(score: float, digest: str, champion: Champion | None, metric: str,
-           promotion: Promotion = "better", alpha: float = 0.05,
+           promotion: Promotion, alpha: float,
            comparison: Comparison | None = None, champion_score: float | None = None,
            why_not: str | None = None) -> Verdict:
     """The registry rule (see the module docstring). `champion_score`: the champion's metric
@@ -118,9 +118,9 @@ def decide(score: float, digest: str, champion: Champion | None, metric: str,
                               "champion kept")
     if champion.digest != digest:
         v += " re-scored on these test rows"
-    if promotion == "significant":
-        return _significant(comparison, alpha, v)
     theirs = champion.score if champion_score is None else champion_score
+    if promotion == "significant":
+        return _significant(comparison, alpha, v, metric, score, theirs)
     if theirs is None:
         return Verdict(decision="not_comparable", reason=f"{v} has no {metric} tag")
     if score > theirs:
@@ -129,16 +129,26 @@ def decide(score: float, digest: str, champion: Champion | None, metric: str,
                    reason=f"{metric} {score:.4f} <= {theirs:.4f} ({v})")
 
 
-def _significant(comparison: Comparison | None, alpha: float, v: str) -> Verdict:
+def _significant(comparison: Comparison | None, alpha: float, v: str, metric: str,
+                 score: float, theirs: float | None) -> Verdict:
+    """McNemar decides significance, `registry.metric` on the same rows the direction."""
     if comparison is None:
         return Verdict(decision="not_comparable",
                        reason=f"no test predictions of both {v} and this model on the same "
                               f"rows ({PREDICTIONS_ARTIFACT}) to test with, champion kept")
-    if comparison.significant(alpha):
-        return Verdict(decision="promoted", reason=f"significantly better than {v} at "
-                       f"alpha={alpha:g}: {comparison.describe()}")
-    return Verdict(decision="kept_champion", reason=f"not significantly better than {v} at "
-                   f"alpha={alpha:g}: {comparison.describe()}")
+    if not comparison.significant(alpha):
+        return Verdict(decision="kept_champion", reason=f"not significantly better than {v} "
+                       f"at alpha={alpha:g}: {comparison.describe()}")
+    if theirs is None:
+        return Verdict(decision="not_comparable", reason=f"{v} has no {metric} on these test "
+                       "rows, champion kept")
+    if score <= theirs:
+        return Verdict(decision="kept_champion", reason=f"right on significantly more rows "
+                       f"than {v}, but {metric} {score:.4f} <= {theirs:.4f}: "
+                       f"{comparison.describe()}")
+    return Verdict(decision="promoted", reason=f"significantly better than {v} at "
+                   f"alpha={alpha:g}, {metric} {score:.4f} > {theirs:.4f}: "
+                   f"{comparison.describe()}")
 
 
 def champion_predictions(client: tracking.MlflowClient, champion: Champion,
@@ -189,16 +199,15 @@ def current_champion(client: tracking.MlflowClient, name: str, metric: str) -> C
 
 
 def register(config: SweepflowConfig, model_uri: str, scores: Scores, test_digest: str,
-             run_id: str, predictions: TestPredictions | None = None,
+             tracker: tracking.Tracker, predictions: TestPredictions | None = None,
              check: ChampionCheck | None = None) -> RegistryResult:
-    """Register the model, set its aliases and log the decision to the parent run and to
-    the model version. `check`: the champion re-scored on this run's test rows."""
+    """Register the model, set its aliases and log the decision to the tracker's (parent)
+    run and to the model version. `check`: the champion re-scored on this run's test rows."""
     name, metric = registered_name(config), config.registry.metric
     score = getattr(scores, metric.split("/", 1)[1])
-    tags = {DIGEST_TAG: test_digest, RUN_TAG: run_id,
+    tags = {DIGEST_TAG: test_digest, RUN_TAG: tracker.run_id,
             **{f"test/{k}": str(v) for k, v in scores.model_dump().items()}}
-    tracking.setup(config)  # mlflow.register_model uses the global tracking/registry URI
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client = tracker.client
     champion = current_champion(client, name, metric)
     rescored = check.predictions if check is not None and check.champion == champion else None
     comparison = compare_with(client, champion, predictions, config.seed, rescored)
@@ -207,8 +216,7 @@ def register(config: SweepflowConfig, model_uri: str, scores: Scores, test_diges
         theirs = getattr(check.test, metric.split("/", 1)[1])
     elif champion is not None and champion.digest == test_digest:
         theirs = champion.score
-    with tracking.no_mlflow_prints():  # register_model prints "Successfully registered ..."
-        version = int(mlflow.register_model(model_uri, name, tags=tags).version)
+    version = tracker.register_model(model_uri, name, tags)
     rule = config.registry
     verdict = decide(score, test_digest, champion, metric, rule.promotion, rule.alpha,
                      comparison, theirs, check.reason if check is not None else None)
@@ -224,7 +232,7 @@ def register(config: SweepflowConfig, model_uri: str, scores: Scores, test_diges
     )
     for key, value in decision_tags(result).items():
         client.set_model_version_tag(name, str(version), key, value)
-    log_decision(client, run_id, result)
+    log_decision(tracker, result)
     return result
 
 
@@ -256,12 +264,12 @@ class PromoteError(UserError):
     kind = "promote error"
 
 
-def promote_by_hand(config: SweepflowConfig, version: int | None, reason: str, who: str
-                    ) -> tuple[int, int | None]:
+def promote_by_hand(config: SweepflowConfig, tracker: tracking.Tracker, version: int | None,
+                    reason: str, who: str) -> tuple[int, int | None]:
     """Make `version` the champion (None: roll back to the version that was champion before
     the current one), recorded on the version's tags with who, when and why. Returns (new,
     old) champion versions."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+    client = tracker.client
     name = registered_name(config)
     current = current_champion(client, name, config.registry.metric)
     if version is None:
@@ -301,25 +309,22 @@ def decision_tags(result: RegistryResult) -> dict[str, str]:
     return tags
 
 
-def log_decision(client: tracking.MlflowClient, run_id: str, result: RegistryResult) -> None:
+def log_decision(tracker: tracking.Tracker, result: RegistryResult) -> None:
     """Tags for the decision; the previous champion's score as test/champion_<metric> only
     when it was measured on the same test data; the p-value and the F1-difference interval
     as registry/* metrics when the two were compared."""
     tags = {"registry.model_name": result.model_name, "registry.version": str(result.version),
             "registry.champion_version": str(result.champion_version or ""),
             **decision_tags(result)}
-    now = tracking.now_ms()
-    metrics = []
+    metrics = {}
     if result.champion_score is not None:  # on these test rows (re-scored or its own)
-        key = result.metric.replace("test/", "test/champion_", 1)
-        metrics.append(tracking.Metric(key, result.champion_score, now, 0))
+        metrics[result.metric.replace("test/", "test/champion_", 1)] = result.champion_score
     if result.comparison is not None:
         c = result.comparison
-        metrics += [tracking.Metric(f"registry/{k}", float(v), now, 0) for k, v in (
+        metrics |= {f"registry/{k}": v for k, v in (
             ("p_value", c.p_value), ("f1_diff", c.f1_diff), ("f1_diff_ci_low", c.ci_low),
-            ("f1_diff_ci_high", c.ci_high))]
-    client.log_batch(run_id, metrics=metrics,
-                     tags=[tracking.RunTag(k, v) for k, v in tags.items()])
+            ("f1_diff_ci_high", c.ci_high))}
+    tracker.log(metrics=metrics, tags=tags)
 
 
 def degenerate(config: SweepflowConfig, evaluation: EvalResult) -> str | None:
@@ -334,7 +339,7 @@ def degenerate(config: SweepflowConfig, evaluation: EvalResult) -> str | None:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(config: SweepflowConfig, evaluation: EvalResult, run_id: str,
+def register_task(config: SweepflowConfig, evaluation: EvalResult, tracker: tracking.Tracker,
                   champion: ChampionCheck | None = None) -> RegistryResult | None:
     logger = get_run_logger()
     if not config.registry.enabled:
@@ -343,11 +348,10 @@ def register_task(config: SweepflowConfig, evaluation: EvalResult, run_id: str,
     refused = degenerate(config, evaluation)
     if refused:
         logger.warning("model not registered: %s", refused)
-        tracking.MlflowClient(tracking.tracking_uri(config)).set_tag(
-            run_id, "registry.decision", f"refused: {refused}")
+        tracker.log(tags={"registry.decision": f"refused: {refused}"})
         return None
     result = register(config, evaluation.model_uri, evaluation.model, evaluation.test_digest,
-                      run_id, evaluation.predictions, champion)
+                      tracker, evaluation.predictions, champion)
     logger.info("registered %s v%d: %s (%s)", result.model_name, result.version,
                 result.decision, result.reason)
     return result

@@ -30,9 +30,9 @@ class Comparison(BaseModel):
     ci_high: float
 
     def significant(self, alpha: float) -> bool:
-        """The challenger is right more often, significantly, and has the higher macro-F1."""
-        return (self.p_value < alpha and self.challenger_only > self.champion_only
-                and self.f1_diff > 0)
+        """McNemar: the challenger is right on significantly more of these rows. Whether it
+        is better is judged on `registry.metric` (tasks/register.py)."""
+        return self.p_value < alpha and self.challenger_only > self.champion_only
 
     def describe(self) -> str:
         return (f"McNemar p={self.p_value:.3g} ({self.challenger_only} rows only the "

@@ -36,21 +36,19 @@ def _ui(uri: str) -> str:
 
 
 def summarize(config: SweepflowConfig, sweep: SweepResult, evaluation: EvalResult,
-              run_id: str, registry: RegistryResult | None = None,
+              run: tracking.Tracker, registry: RegistryResult | None = None,
               version: DataVersion | None = None, drift: DriftReport | None = None
               ) -> PipelineSummary:
-    uri = tracking.tracking_uri(config)
-    return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
-                           tracking_uri=uri, metric=config.sweep.metric, sweep=sweep,
-                           evaluation=evaluation, registry=registry, ui_command=_ui(uri),
-                           data_version=version, drift=drift)
+    return PipelineSummary(run_id=run.run_id, experiment=run.experiment, tracking_uri=run.uri,
+                           metric=config.sweep.metric, sweep=sweep, evaluation=evaluation,
+                           registry=registry, ui_command=_ui(run.uri), data_version=version,
+                           drift=drift)
 
 
-def skipped_summary(config: SweepflowConfig, run_id: str, version: DataVersion,
+def skipped_summary(config: SweepflowConfig, run: tracking.Tracker, version: DataVersion,
                     reason: str) -> PipelineSummary:
-    uri = tracking.tracking_uri(config)
-    return PipelineSummary(run_id=run_id, experiment=config.tracking.experiment,
-                           tracking_uri=uri, metric=config.sweep.metric, ui_command=_ui(uri),
+    return PipelineSummary(run_id=run.run_id, experiment=run.experiment, tracking_uri=run.uri,
+                           metric=config.sweep.metric, ui_command=_ui(run.uri),
                            data_version=version, skipped=reason)
 
 

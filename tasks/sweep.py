@@ -272,23 +272,24 @@ def drop_beaten_models(study: optuna.Study, key: str) -> None:
 
 
 def run_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-              parent_run_id: str | None) -> TrialResult:
-    """Ask the study for a trial, train it in a nested MLflow run, tell the study the outcome."""
+              tracker: tracking.Tracker) -> TrialResult:
+    """Ask the study for a trial, train it in an MLflow run (a child of the tracker's run,
+    if any), tell the study the outcome."""
     study = load_study(ref, config, trial_steps(config.train, tokens.data.sizes["train"]))
-    return run_asked(config, tokens, ref, study, study.ask(), parent_run_id)
+    return run_asked(config, tokens, ref, study, study.ask(), tracker)
 
 
 def run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-              study: optuna.Study, trial: optuna.Trial, parent_run_id: str | None,
+              study: optuna.Study, trial: optuna.Trial, tracker: tracking.Tracker,
               tags: dict[str, str] | None = None) -> TrialResult:
     """Train an asked trial (its heartbeat recorded while it runs, on a shared storage)."""
     shared = storage.open_storage(ref.storage, config.sweep)
     with storage.heartbeat(shared, ref.name, trial.number):
-        return _run_asked(config, tokens, ref, study, trial, parent_run_id, tags or {})
+        return _run_asked(config, tokens, ref, study, trial, tracker, tags or {})
 
 
 def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-               study: optuna.Study, trial: optuna.Trial, parent_run_id: str | None,
+               study: optuna.Study, trial: optuna.Trial, tracker: tracking.Tracker,
                tags: dict[str, str]) -> TrialResult:
     key = basis(tokens)
     start = time.perf_counter()
@@ -302,8 +303,7 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         study.tell(trial, state=TrialState.FAIL)
         raise
     try:
-        return _train_trial(config, tokens, ref, study, trial, params, parent_run_id, start,
-                            tags)
+        return _train_trial(config, tokens, ref, study, trial, params, tracker, start, tags)
     except (TrialFailed, TrialTaken) as err:
         return TrialResult(number=trial.number, state="failed", value=None, params=params,
                            steps=0, seconds=time.perf_counter() - start, run_id=err.run_id,
@@ -312,18 +312,17 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
 
 def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                  study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
-                 parent_run_id: str | None, start: float, extra_tags: dict[str, str]
+                 tracker: tracking.Tracker, start: float, extra_tags: dict[str, str]
                  ) -> TrialResult:
     train_cfg = config.train.model_copy(update=params)
     tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number),
             "data.digest": tokens.data.digest, **extra_tags}
-    with tracking.managed_run(config, f"trial-{trial.number}", tags, parent_run_id) as run_id:
-        uri = tracking.tracking_uri(config)
-        client = tracking.MlflowClient(uri)
-        client.log_batch(run_id, params=[tracking.Param(k, str(v)) for k, v in params.items()])
+    with tracker.start_run(f"trial-{trial.number}", tags) as run:
+        run_id = run.run_id
+        run.log(params=params)
         pruning, guard = StepPruning(trial, config.sweep), DivergenceGuard()
         mode = "max" if ref.direction == "maximize" else "min"
-        logger = MLFlowLogger(tracking_uri=uri, run_id=run_id, synchronous=False)
+        logger = MLFlowLogger(tracking_uri=run.uri, run_id=run_id, synchronous=False)
         try:
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
@@ -332,15 +331,14 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                 raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
             study.tell(trial, state=TrialState.FAIL)
-            client.log_batch(run_id, tags=[
-                tracking.RunTag("optuna.state", "failed"),
-                tracking.RunTag(REASON_TAG, f"{type(err).__name__}: {err}"[:4000])])
+            run.log(tags={"optuna.state": "failed",
+                          REASON_TAG: f"{type(err).__name__}: {err}"[:4000]})
             raise TrialFailed(trial.number, run_id, err) from err
         except BaseException:  # Ctrl-C: the trial must not stay RUNNING in the study either
             if still_running(study, trial):
                 trial.set_user_attr("fail_reason", "interrupted")
                 study.tell(trial, state=TrialState.FAIL)
-            client.set_tag(run_id, "optuna.state", "interrupted")
+            run.log(tags={"optuna.state": "interrupted"})
             raise
         state = "pruned" if pruning.pruned_at is not None else "complete"
         if fitted.best_value is None:
@@ -353,11 +351,8 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
                              seconds=time.perf_counter() - start, run_id=run_id, note=note)
         tell(study, trial, result, module, fitted.state, tokens,
              storage.open_storage(ref.storage, config.sweep))
-        tags = [tracking.RunTag("optuna.state", state),
-                tracking.RunTag("optuna.steps", str(result.steps))]
-        if note:
-            tags.append(tracking.RunTag(NOTE_TAG, note))
-        client.log_batch(run_id, tags=tags)
+        run.log(tags={"optuna.state": state, "optuna.steps": str(result.steps),
+                      **({NOTE_TAG: note} if note else {})})
     return result
 
 
@@ -464,8 +459,8 @@ def outcome_line(result: TrialResult, metric: str, total_steps: int) -> str:
 
 @task(name="train-trial", cache_policy=NO_CACHE)
 def run_trial_task(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef,
-                   parent_run_id: str | None) -> TrialResult:
-    result = run_trial(config, tokens, study, parent_run_id)
+                   tracker: tracking.Tracker) -> TrialResult:
+    result = run_trial(config, tokens, study, tracker)
     total = trial_steps(config.train, tokens.data.sizes["train"])
     report.info(outcome_line(result, study.metric, total))
     return result

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from pydantic import BaseModel
 from sweepflow.tasks.pruning import SIGNAL_ATTR
@@ -60,7 +59,7 @@ def _state_name(state: TrialState) -> str:
     return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(state, "failed")
 
 
-def log_plots(client: tracking.MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
+def log_plots(tracker: tracking.Tracker, study: optuna.Study) -> list[str]:
     """Each plot as HTML (plotly) and PNG (matplotlib backend) under sweep/ on the run; a plot
     that does not apply (importances need two complete trials) is skipped. Returns the names
     of the plots written."""
@@ -74,10 +73,10 @@ def log_plots(client: tracking.MlflowClient, run_id: str, study: optuna.Study) -
                 if name == "intermediate_values" and SIGNAL_ATTR in study.user_attrs:
                     fig.update_layout(yaxis_title=study.user_attrs[SIGNAL_ATTR])
                     ax.set_ylabel(study.user_attrs[SIGNAL_ATTR])
-                client.log_figure(run_id, fig, f"sweep/{name}.html")
+                tracker.log_figure(fig, f"sweep/{name}.html")
                 ax.figure.set_size_inches(8, 5)
                 ax.figure.tight_layout()
-                client.log_figure(run_id, ax.figure, f"sweep/{name}.png")
+                tracker.log_figure(ax.figure, f"sweep/{name}.png")
             written.append(name)
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             log.info("skipped %s: %s", name, err)
@@ -91,9 +90,19 @@ def trials_table(study: optuna.Study) -> Any:
     return study.trials_dataframe(attrs=cols)
 
 
+def wall_seconds(study_trials: list[FrozenTrial], numbers: set[int]) -> float:
+    """Wall time of the trials `numbers`: first start to last end. Workers run trials side
+    by side, so this is not the sum of their durations."""
+    mine = [t for t in study_trials if t.number in numbers and t.datetime_start is not None]
+    ends = [t.datetime_complete for t in mine if t.datetime_complete is not None]
+    if not mine or not ends:
+        return 0.0
+    return (max(ends) - min(t.datetime_start for t in mine)).total_seconds()
+
+
 def summarize_sweep(config: SweepflowConfig, study_name: str, storage: str,
-                    tokens: TokenizedData, trials: list[Any], parent_run_id: str | None,
-                    started: float | None = None) -> SweepResult:
+                    tokens: TokenizedData, trials: list[Any],
+                    tracker: tracking.Tracker) -> SweepResult:
     """The study's best trial on this run's training basis and the folder of its model."""
     study = optuna.load_study(study_name=study_name,
                               storage=open_storage(storage, config.sweep))
@@ -110,7 +119,7 @@ def summarize_sweep(config: SweepflowConfig, study_name: str, storage: str,
             f"the model of trial {best.number}, the best of study '{study_name}' on this data, "
             f"cannot be used ({model_dir}: {problem}); start a fresh study with "
             "sweep.continue_study=false or another sweep.study_name")
-    wall = sum(t.seconds for t in trials) if started is None else time.time() - started
+    wall = wall_seconds(study.trials, {t.number for t in trials})
     result = SweepResult(
         study=study_name, best_number=best.number, best_value=best.value,
         best_params=best.params, model_dir=str(model_dir),
@@ -119,37 +128,33 @@ def summarize_sweep(config: SweepflowConfig, study_name: str, storage: str,
         other_data_trials=sum(t.user_attrs.get(BASIS_ATTR) != key for t in study.trials),
         steps=sum(t.steps for t in trials), wall_seconds=wall,
     )
-    if parent_run_id:
-        log_sweep(config, study, result, parent_run_id)
+    if tracker.run_id:
+        log_sweep(tracker, config.sweep.metric, study, result)
     return result
 
 
-def log_sweep(config: SweepflowConfig, study: optuna.Study, result: SweepResult,
-              run_id: str) -> None:
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    now = tracking.now_ms()
+def log_sweep(tracker: tracking.Tracker, metric: str, study: optuna.Study,
+              result: SweepResult) -> None:
     metrics = {
-        config.sweep.metric: result.best_value, "sweep/best_value": result.best_value,
+        metric: result.best_value, "sweep/best_value": result.best_value,
         "sweep/best_trial": result.best_number, "sweep/wall_seconds": result.wall_seconds,
         "sweep/optimizer_steps": result.steps,
         **{f"sweep/n_{k}": v for k, v in result.counts.items()},
         **{f"sweep/study_n_{k}": v for k, v in result.study_counts.items()},
     }
-    client.log_batch(run_id, metrics=[tracking.Metric(k, float(v), now, 0)
-                                      for k, v in metrics.items()])
-    client.log_batch(run_id, tags=[tracking.RunTag("optuna.best_trial", str(result.best_number)),
-                                   tracking.RunTag("optuna.best_params", str(result.best_params))])
-    client.log_text(run_id, trials_table(study).to_csv(index=False), "sweep/trials.csv")
-    written = log_plots(client, run_id, study)
+    tracker.log(metrics=metrics, tags={"optuna.best_trial": str(result.best_number),
+                                       "optuna.best_params": str(result.best_params)})
+    tracker.log_text(trials_table(study).to_csv(index=False), "sweep/trials.csv")
+    written = log_plots(tracker, study)
     skipped = [name for name in PLOTS if name not in written]
     if skipped:  # e.g. importances before two complete trials: say so on the run
-        client.set_tag(run_id, "sweep.skipped_plots", ",".join(skipped))
+        tracker.log(tags={"sweep.skipped_plots": ",".join(skipped)})
 
 
 @task(name="summarize-sweep")
 def summarize_sweep_task(config: SweepflowConfig, study: Any, tokens: TokenizedData,
-                         trials: list[Any], parent_run_id: str | None) -> SweepResult:
-    result = summarize_sweep(config, study.name, study.storage, tokens, trials, parent_run_id)
+                         trials: list[Any], tracker: tracking.Tracker) -> SweepResult:
+    result = summarize_sweep(config, study.name, study.storage, tokens, trials, tracker)
     if result.other_data_trials:
         report.info(f"study '{result.study}' also holds {result.other_data_trials} trials "
                     "trained on other data, model or tokenization: the best is chosen among "

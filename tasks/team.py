@@ -70,38 +70,37 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def close_stale_runs(config: SweepflowConfig, study: optuna.Study) -> int:
+def close_stale_runs(tracker: tracking.Tracker, study: optuna.Study) -> int:
     """Close as KILLED the MLflow trial runs still RUNNING whose Optuna trial was failed on its
     heartbeat (failed without a `fail_reason`, which a live worker always sets first): their
     worker died or is cut off. Returns how many."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    exp = client.get_experiment_by_name(config.tracking.experiment)
-    if exp is None:
+    if tracker.experiment_id is None:
         return 0
     stale = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
              if "fail_reason" not in t.user_attrs}
-    runs = client.search_runs([exp.experiment_id], f"tags.`optuna.study` = '{study.study_name}'"
-                              " and attributes.status = 'RUNNING'", max_results=1000)
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`optuna.study` = '{study.study_name}'"
+        " and attributes.status = 'RUNNING'", max_results=1000)
     closed = 0
     for run in runs:
         if int(run.data.tags.get("optuna.trial_number", -1)) in stale:
-            client.log_batch(run.info.run_id, tags=[
-                tracking.RunTag("optuna.state", "failed"),
-                tracking.RunTag("error", f"worker {run.data.tags.get(WORKER_TAG, '?')} "
-                                         "stopped sending heartbeats: trial failed and retried")])
-            client.set_terminated(run.info.run_id, status="KILLED")
+            tracker.on(run.info.run_id).log(tags={
+                "optuna.state": "failed",
+                "error": f"worker {run.data.tags.get(WORKER_TAG, '?')} stopped sending "
+                         "heartbeats: trial failed and retried"})
+            tracker.client.set_terminated(run.info.run_id, status="KILLED")
             closed += 1
     return closed
 
 
-def reap(config: SweepflowConfig, study: optuna.Study) -> None:
+def reap(config: SweepflowConfig, tracker: tracking.Tracker, study: optuna.Study) -> None:
     """Fail the trials of dead workers (Optuna re-queues them) and close their MLflow runs.
     Under the study lock: a worker telling its result holds it too, so a trial is never failed
     between "still running?" and "told" (tasks/sweep.py tell)."""
     with storage.study_lock(storage.open_storage(storage.storage_url(config.sweep),
                                                  config.sweep), study.study_name):
         storage.fail_stale_trials(study)
-    closed = close_stale_runs(config, study)
+    closed = close_stale_runs(tracker, study)
     if closed:
         report.info(f"closed {closed} MLflow run(s) of trials whose worker died; "
                     "their params are queued again")
@@ -116,9 +115,10 @@ def worker_threads(config: SweepflowConfig) -> int:
     return max(1, cores // per_host)
 
 
-def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: TeamPlan
-         ) -> list[TrialResult]:
-    """Pull trials from the shared study until it holds `plan.target` finished trials."""
+def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: TeamPlan,
+         tracker: tracking.Tracker) -> list[TrialResult]:
+    """Pull trials from the shared study until it holds `plan.target` finished trials;
+    `tracker`: on the sweep's parent run."""
     threads = config.train.num_threads or worker_threads(config)
     config = config.model_copy(update={"train": config.train.model_copy(
         update={"num_threads": threads})})
@@ -127,7 +127,7 @@ def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: Te
     tags = {SWEEP_TAG: plan.sweep_id, WORKER_TAG: worker_name()}
     results: list[TrialResult] = []
     while True:
-        reap(config, load_study(ref, config, steps))
+        reap(config, tracker, load_study(ref, config, steps))
         with storage.study_lock(shared, ref.name):  # count and ask as one step
             study = load_study(ref, config, steps)
             step = next_step(study.get_trials(deepcopy=False), plan.target)
@@ -135,7 +135,7 @@ def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: Te
         if trial is not None:
             for key, value in tags.items():
                 trial.set_user_attr(key, value)
-            result = run_asked(config, tokens, ref, study, trial, plan.parent_run_id, tags)
+            result = run_asked(config, tokens, ref, study, trial, tracker, tags)
             report.info(f"[{tags[WORKER_TAG]}, {threads} thread(s)] "
                         + outcome_line(result, ref.metric, steps))
             results.append(result)
@@ -147,8 +147,8 @@ def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: Te
 
 @task(name="pull-trials", cache_policy=NO_CACHE)
 def work_task(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef,
-              plan: TeamPlan) -> int:
-    return len(work(config, tokens, study, plan))
+              plan: TeamPlan, tracker: tracking.Tracker) -> int:
+    return len(work(config, tokens, study, plan, tracker))
 
 
 # -- the sweep's side: targets and results ------------------------------------------
@@ -162,26 +162,27 @@ def start_target(config: SweepflowConfig, ref: StudyRef) -> int:
         return finished_count(study.get_trials(deepcopy=False)) + config.sweep.n_trials
 
 
-def report_finished(config: SweepflowConfig, ref: StudyRef, plan: TeamPlan,
-                    study: optuna.Study, reported: set[int], total: int) -> set[int]:
+def report_finished(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef,
+                    plan: TeamPlan, study: optuna.Study, reported: set[int], total: int
+                    ) -> set[int]:
     new = {t.number for t in study.get_trials(deepcopy=False, states=DONE_STATES)
            if t.user_attrs.get(SWEEP_TAG) == plan.sweep_id} - reported
     if not new:
         return set()
-    for result in collect(config, ref, plan):
+    for result in collect(config, tracker, ref, plan):
         if result.number in new:
             report.info(outcome_line(result, ref.metric, total))
     return new
 
 
-def collect(config: SweepflowConfig, ref: StudyRef, plan: TeamPlan) -> list[TrialResult]:
+def collect(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef, plan: TeamPlan
+            ) -> list[TrialResult]:
     """This sweep's trials as TrialResults, from their MLflow runs and the study."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    exp = client.get_experiment_by_name(config.tracking.experiment)
     study = load_study(ref, config)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    runs = client.search_runs([exp.experiment_id], f"tags.`{SWEEP_TAG}` = '{plan.sweep_id}'",
-                              max_results=10000) if exp else []
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`{SWEEP_TAG}` = '{plan.sweep_id}'",
+        max_results=10000) if tracker.experiment_id else []
     results = []
     for run in runs:
         trial = trials.get(int(run.data.tags.get("optuna.trial_number", -1)))

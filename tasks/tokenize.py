@@ -175,12 +175,18 @@ def tokenize_long(dd: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, 
 
 
 def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
+    return tokenize_cached(config, data).value
+
+
+def tokenize_cached(config: SweepflowConfig, data: IngestResult
+                    ) -> cache.Cached[TokenizedData]:
     """Tokenize once per key; an existing folder for the key is reused."""
     key = tokenize_key(config, data)
     out_dir = cache_dir("tokenized") / key
     if cache.valid(out_dir):
         log.info("tokenize cache hit: %s", out_dir)
-        return TokenizedData.model_validate_json((out_dir / "result.json").read_text())
+        result = TokenizedData.model_validate_json((out_dir / "result.json").read_text())
+        return cache.Cached(result, reused=True)
     log.info("tokenize cache miss: %s", key)
     model_path = resolve_model(config.model.name_or_path)
     dd = datasets.load_from_disk(str(Path(data.path) / "data"))
@@ -208,7 +214,7 @@ def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
         (tmp / "result.json").write_text(result.model_dump_json(indent=2))
 
     cache.publish(out_dir, build)
-    return result
+    return cache.Cached(result, reused=False)
 
 
 @functools.lru_cache(maxsize=2)
@@ -222,12 +228,13 @@ def load_tokenized(path: str) -> datasets.DatasetDict:
 @task(name="tokenize", cache_policy=NO_CACHE)
 def tokenize_task(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     """Tokenize once per data digest, tokenizer files, settings and code version."""
-    result = tokenize(config, data)
-    s = result.stats
+    done = tokenize_cached(config, data)
+    result, s = done.value, done.value.stats
     if result.long is None:
         what = f"{100 * s.share_truncated:.1f}% of texts truncated at {result.max_length}"
     else:
         what = (f"{100 * s.share_truncated:.1f}% of texts longer than {result.max_length}: "
                 f"{result.long.describe()}")
-    report.info(f"tokens: p50 {s.p50:.0f}, p95 {s.p95:.0f}, max {s.max}; {what}")
+    reused = f" {cache.REUSED}" if done.reused else ""
+    report.info(f"tokens: p50 {s.p50:.0f}, p95 {s.p95:.0f}, max {s.max}; {what}{reused}")
     return result

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import Logger
-from sweepflow.tasks.batching import MEGA_BATCHES, BucketedBatchSampler
+from sweepflow.tasks.batching import train_batches
 from sweepflow.tasks.clean import LABEL
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
@@ -25,27 +25,13 @@ from transformers import (
     DataCollatorWithPadding,
     get_linear_schedule_with_warmup,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from sweepflow.config import Batching, TrainConfig
+from sweepflow.config import TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.memory import keep_freed_memory
+from sweepflow.precision import resolve_precision
 
 log = logging.getLogger(__name__)
-
-
-def resolve_precision(precision: str) -> str:
-    """'auto': bf16 autocast where the hardware has it, fp16 where only that, else fp32."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return "bf16-mixed"
-        return "16-mixed"
-    cpu = torch.cpu
-    if cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def set_threads(num_threads: int | None) -> int:
@@ -94,27 +80,22 @@ def load_rows(path: str) -> dict[str, Rows]:
     return {split: kind(dd[split]) for split in dd}
 
 
-def make_loader(rows: Rows, tokens: TokenizedData, batch_size: int, train: bool,
-                seed: int, batching: Batching = "shuffle", bucket_batches: int = MEGA_BATCHES
-                ) -> DataLoader:
-    """Train: batches drawn as `batching` says (tasks/batching.py), random per epoch from
-    `seed`; evaluation: rows sorted by length (little padding)."""
+def _collate(tokens: TokenizedData) -> DataCollatorWithPadding:
     # Multiples of 8 help GPU tensor cores; on CPU they only add padding (~10% more tokens).
     multiple = 8 if torch.cuda.is_available() else None
-    collate = DataCollatorWithPadding(load_tokenizer(tokens.model_path),
-                                      pad_to_multiple_of=multiple)
-    if not train:
-        order = sorted(range(len(rows)), key=rows.lengths.__getitem__)
-        return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=collate)
-    if batching == "bucketed":
-        sampler = BucketedBatchSampler(rows.lengths, batch_size, seed, bucket_batches)
-        return DataLoader(rows, batch_sampler=sampler, collate_fn=collate)
-    gen = torch.Generator().manual_seed(seed)
-    if batching == "grouped":
-        grouped = LengthGroupedSampler(batch_size, lengths=rows.lengths, generator=gen)
-        return DataLoader(rows, batch_size=batch_size, sampler=grouped, collate_fn=collate)
-    return DataLoader(rows, batch_size=batch_size, shuffle=True, generator=gen,
-                      collate_fn=collate)
+    return DataCollatorWithPadding(load_tokenizer(tokens.model_path),
+                                   pad_to_multiple_of=multiple)
+
+
+def train_loader(rows: Rows, tokens: TokenizedData, cfg: TrainConfig, seed: int) -> DataLoader:
+    """Batches drawn as `cfg.batching` says (tasks/batching.py), random per epoch from `seed`."""
+    return DataLoader(rows, collate_fn=_collate(tokens), **train_batches(rows.lengths, cfg, seed))
+
+
+def eval_loader(rows: Rows, tokens: TokenizedData, batch_size: int) -> DataLoader:
+    """Rows sorted by length (little padding); `loader.sampler` is that order."""
+    order = sorted(range(len(rows)), key=rows.lengths.__getitem__)
+    return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=_collate(tokens))
 
 
 class TextClassifier(pl.LightningModule):
@@ -233,9 +214,8 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     stop = EarlyStopping(monitor, mode=mode, patience=cfg.early_stopping_patience,
                          check_on_train_epoch_end=False)
     trainer = build_trainer(cfg, [best, stop, *callbacks], logger, progress)
-    train = make_loader(rows["train"], tokens, cfg.batch_size, True, seed, cfg.batching,
-                        cfg.bucket_batches)
-    val = make_loader(rows["validation"], tokens, cfg.eval_batch_size, False, seed)
+    train = train_loader(rows["train"], tokens, cfg, seed)
+    val = eval_loader(rows["validation"], tokens, cfg.eval_batch_size)
     start = time.perf_counter()
     trainer.fit(module, train, val)
     seconds = time.perf_counter() - start

@@ -134,16 +134,16 @@ def load_json_artifact(client: tracking.MlflowClient, run_id: str, path: str
         return json.loads(Path(local).read_text())
 
 
-def record_version(config: SweepflowConfig, data: IngestResult, run_id: str) -> DataVersion:
-    """Diff against the previous run, then log rows, version, metrics and tags on `run_id`."""
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
+def record_version(tracker: tracking.Tracker, data: IngestResult) -> DataVersion:
+    """Diff against the previous run, then log rows, version, metrics and tags on the
+    tracker's run."""
+    client = tracker.client
     current = rows_of(data)
-    run = previous_run(client, client.get_run(run_id).info.experiment_id, run_id)
+    run = previous_run(client, tracker.experiment_id, tracker.run_id)
     previous = load_json_artifact(client, run.info.run_id, ROWS_ARTIFACT) if run else None
     version = diff(current, previous, run if previous else None)
-    client.log_dict(run_id, current, ROWS_ARTIFACT)
-    client.log_dict(run_id, version.model_dump(), VERSION_ARTIFACT)
-    now = tracking.now_ms()
+    tracker.log_dict(current, ROWS_ARTIFACT)
+    tracker.log_dict(version.model_dump(), VERSION_ARTIFACT)
     metrics = {"data/rows_added": sum(version.added.values()),
                "data/rows_removed": sum(version.removed.values()),
                **{f"data/{s}_added": n for s, n in version.added.items()},
@@ -151,9 +151,7 @@ def record_version(config: SweepflowConfig, data: IngestResult, run_id: str) -> 
     tags = {ROWS_TAG: "true", "data.digest": version.digest, "data.change": version.line(),
             "data.previous_run": version.previous_run or "",
             "data.previous_digest": version.previous_digest or ""}
-    client.log_batch(run_id, metrics=[tracking.Metric(k, float(v), now, 0)
-                                      for k, v in metrics.items()],
-                     tags=[tracking.RunTag(k, v[:5000]) for k, v in tags.items()])
+    tracker.log(metrics=metrics, tags={k: v[:5000] for k, v in tags.items()})
     return version
 
 
@@ -191,26 +189,24 @@ def unchanged(config: SweepflowConfig, version: DataVersion, champion: int | Non
 
 
 @task(name="data-version", cache_policy=NO_CACHE)
-def record_version_task(config: SweepflowConfig, data: IngestResult, run_id: str
+def record_version_task(config: SweepflowConfig, data: IngestResult, tracker: tracking.Tracker
                         ) -> DataVersion:
-    version = record_version(config, data, run_id)
+    version = record_version(tracker, data)
     report.info(version.line())
     return version
 
 
 @task(name="unchanged", cache_policy=NO_CACHE)
-def skip_unchanged_task(config: SweepflowConfig, version: DataVersion, run_id: str
-                        ) -> str | None:
+def skip_unchanged_task(config: SweepflowConfig, version: DataVersion,
+                        tracker: tracking.Tracker) -> str | None:
     """Whether to skip this run (sweep.on_unchanged=skip); the check is recorded either way."""
     from sweepflow.tasks.register import current_champion, registered_name
 
-    client = tracking.MlflowClient(tracking.tracking_uri(config))
-    champion = current_champion(client, registered_name(config), config.registry.metric) \
-        if config.registry.enabled else None
+    champion = current_champion(tracker.client, registered_name(config),
+                                config.registry.metric) if config.registry.enabled else None
     reason = unchanged(config, version, champion.version if champion else None)
-    client.log_batch(run_id, metrics=[tracking.Metric("sweep/skipped", float(bool(reason)),
-                                                      tracking.now_ms(), 0)],
-                     tags=[tracking.RunTag(SKIPPED_TAG, reason or "")])
+    tracker.log(metrics={"sweep/skipped": float(bool(reason))},
+                tags={SKIPPED_TAG: reason or ""})
     if reason:
         report.info(f"skipped: {reason}")
     return reason

@@ -40,7 +40,9 @@ def test_default_console_is_quiet_and_says_what_happened(tiny_overrides, store, 
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "dropped 25 texts that are also in validation (no leakage): train 25" in out
-    assert "data:" in out and "tokens: p50" in out
+    data_line = next(line for line in out.splitlines() if line.startswith("data:"))
+    tokens_line = next(line for line in out.splitlines() if line.startswith("tokens: p50"))
+    assert "reused from cache" not in data_line + tokens_line  # a new store: both computed
     trial_lines = [line for line in out.splitlines() if line.startswith("trial ")]
     assert len(trial_lines) == 2 and all("val/f1_macro" in line for line in trial_lines)
     assert "test split" in out and "registry:" in out  # the final summary
@@ -49,6 +51,17 @@ def test_default_console_is_quiet_and_says_what_happened(tiny_overrides, store, 
     lines = [line for line in out.splitlines() if line.strip() and "━" not in line]
     repeated = [line for line, n in Counter(lines).items() if n > 1 and len(line) > 30]
     assert not repeated, repeated
+
+    # Run again with one more trial: ingest and tokenize are cache hits, and the console says so.
+    again = _run(["run", *overrides, "sweep.n_trials=1", "sweep.on_unchanged=more_trials"],
+                 store)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    lines = out.splitlines()
+    assert next(line for line in lines if line.startswith("data:")) == (
+        f"{data_line} (reused from cache)")
+    assert next(line for line in lines if line.startswith("tokens: p50")) == (
+        f"{tokens_line} (reused from cache)")
 
 
 def test_verbose_brings_the_libraries_logs_back(tiny_overrides, store, tmp_path):

@@ -36,7 +36,8 @@ def test_register_predict_compare(tiny_config, tiny_overrides, tmp_path):
         "compress.latency_texts=5", "compress.throughput_batches=1", "compress.max_f1_drop=1"]))
     reg = second.registry
     assert reg is not None and reg.version == 2 and reg.comparison is not None
-    significant = reg.comparison.significant(tiny_config.registry.alpha)
+    significant = reg.comparison.significant(tiny_config.registry.alpha) and (
+        reg.score > reg.champion_score)
     assert reg.decision == ("promoted" if significant else "kept_champion")
     client = MlflowClient(tracking.tracking_uri(tiny_config))
     aliases = client.get_registered_model("tiny").aliases

@@ -56,14 +56,34 @@ def test_serve_needs_a_prefect_server(tiny_overrides):
     assert f"no Prefect server answers at PREFECT_API_URL={nobody}" in _output(result)
 
 
-def test_prefect_yaml_takes_its_defaults_from_base_yaml():
-    """The deployment embeds no config: a run without parameters loads conf/base.yaml."""
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (deployment,) = spec["deployments"]
+def test_prefect_yaml_is_generated_from_base_yaml(tmp_path):
+    """The committed prefect.yaml is what `sweepflow deploy-file` makes of conf/base.yaml: the
+    deployment embeds no config (a run without parameters loads conf/base.yaml), and its
+    schedule and pool come from the config."""
+    committed = (ROOT / "prefect.yaml").read_text()
+    result = runner.invoke(app, ["deploy-file", "--out", str(tmp_path / "prefect.yaml")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "prefect.yaml").read_text() == committed
+    (deployment,) = yaml.safe_load(committed)["deployments"]
     assert deployment["entrypoint"] == "flows/pipeline.py:pipeline_flow"
-    assert deployment["schedules"][0]["cron"]
     assert deployment["parameters"] == {}
     assert inspect.signature(pipeline_flow.fn).parameters["config"].default is None
+
+    out = tmp_path / "nightly.yaml"
+    result = runner.invoke(app, ["deploy-file", "--out", str(out), "schedule.cron=0 3 * * *",
+                                 "schedule.work_pool=gpu"])
+    assert result.exit_code == 0, result.output
+    (deployment,) = yaml.safe_load(out.read_text())["deployments"]
+    assert deployment["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC",
+                                        "active": True}]
+    assert deployment["work_pool"]["name"] == "gpu" and deployment["parameters"] == {}
+    result = runner.invoke(app, ["deploy-file", "--out", str(out), "sweep.n_trials=7"])
+    (deployment,) = yaml.safe_load(out.read_text())["deployments"]
+    assert deployment["parameters"]["config"]["sweep"]["n_trials"] == 7
+    result = runner.invoke(app, ["deploy-file", "--out", str(tmp_path / "bad.yaml"),
+                                 "schedule.cron=every day"])
+    assert result.exit_code == 2 and "bad value for 'schedule.cron'" in _output(result)
+    assert not (tmp_path / "bad.yaml").exists()
 
 
 def _deployment(api: str, name: str) -> dict | None:

@@ -28,7 +28,7 @@ def test_each_epoch_holds_every_row_once_in_full_batches():
 
 def test_batches_hold_like_lengths_in_a_random_order():
     lens = lengths(3200)
-    bucketed = list(BucketedBatchSampler(lens, 32, seed=3))
+    bucketed = list(BucketedBatchSampler(lens, 32, seed=3, mega_batches=50))
     perm = torch.randperm(len(lens), generator=torch.Generator().manual_seed(3)).tolist()
     shuffled = [perm[i:i + 32] for i in range(0, len(perm), 32)]
     assert padding_share(bucketed, lens) < padding_share(shuffled, lens) / 4
@@ -38,17 +38,33 @@ def test_batches_hold_like_lengths_in_a_random_order():
 
 def test_epochs_differ_and_a_seed_repeats():
     lens = lengths(500)
-    a, b = BucketedBatchSampler(lens, 16, seed=5), BucketedBatchSampler(lens, 16, seed=5)
+    a, b = (BucketedBatchSampler(lens, 16, seed=5, mega_batches=8) for _ in range(2))
     first = list(a)
     assert first == list(b)
     a.set_epoch(1)
     assert list(a) != first
-    assert list(BucketedBatchSampler(lens, 16, seed=6)) != first
+    assert list(BucketedBatchSampler(lens, 16, seed=6, mega_batches=8)) != first
+
+
+def test_the_defaults_are_the_configs():
+    """No second source of defaults: the trainer takes batching from conf/base.yaml."""
+    import inspect
+
+    from sweepflow.tasks import batching
+    from sweepflow.tasks.train import train_loader
+
+    from sweepflow.config import load_config
+
+    train = load_config().train
+    assert (train.batching, train.bucket_batches) == ("shuffle", 8)  # as README documents
+    for fn in (batching.BucketedBatchSampler, batching.train_batches, train_loader):
+        params = inspect.signature(fn).parameters.values()
+        assert all(p.default is inspect.Parameter.empty for p in params), fn
 
 
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="batch_size and mega_batches"):
-        BucketedBatchSampler([3, 4], batch_size=0, seed=0)
+        BucketedBatchSampler([3, 4], batch_size=0, seed=0, mega_batches=8)
 
 
 class Numbers(Dataset):
@@ -94,11 +110,12 @@ def test_lightning_draws_a_new_order_each_epoch():
 def test_the_configured_batching_feeds_the_train_loader(tiny_config, batching):
     from sweepflow.tasks.ingest import ingest
     from sweepflow.tasks.tokenize import tokenize
-    from sweepflow.tasks.train import load_rows, make_loader
+    from sweepflow.tasks.train import load_rows, train_loader
 
     tokens = tokenize(tiny_config, ingest(tiny_config))
     rows = load_rows(tokens.path)["train"]
-    loader = make_loader(rows, tokens, 8, train=True, seed=0, batching=batching)
+    cfg = tiny_config.train.model_copy(update={"batch_size": 8, "batching": batching})
+    loader = train_loader(rows, tokens, cfg, seed=0)
     ids = [row for batch in loader for row in batch["input_ids"].tolist()]
     assert len(ids) == len(rows)
     assert isinstance(loader.batch_sampler, BucketedBatchSampler) == (batching == "bucketed")
@@ -107,11 +124,11 @@ def test_the_configured_batching_feeds_the_train_loader(tiny_config, batching):
 def test_bucket_batches_sets_the_chunk_of_the_bucketed_sampler(tiny_config):
     from sweepflow.tasks.ingest import ingest
     from sweepflow.tasks.tokenize import tokenize
-    from sweepflow.tasks.train import load_rows, make_loader
+    from sweepflow.tasks.train import load_rows, train_loader
 
-    assert tiny_config.train.bucket_batches == 8  # the default chunk (conf/base.yaml)
     tokens = tokenize(tiny_config, ingest(tiny_config))
     rows = load_rows(tokens.path)["train"]
-    loader = make_loader(rows, tokens, 4, train=True, seed=0, batching="bucketed",
-                         bucket_batches=3)
+    cfg = tiny_config.train.model_copy(update={"batch_size": 4, "batching": "bucketed",
+                                               "bucket_batches": 3})
+    loader = train_loader(rows, tokens, cfg, seed=0)
     assert loader.batch_sampler.chunk == 4 * 3

@@ -50,7 +50,8 @@ def test_int8_twin_measured_logged_and_loadable(compress_config, overrides, thre
     tiny_model_dir = three_label_model
     tokens = tokenize(compress_config, ingest(compress_config))
     with tracking.managed_run(compress_config, "sweep-tiny") as run_id:
-        result = compress(compress_config, tokens, tiny_model_dir, None, run_id)
+        result = compress(compress_config, tokens, tiny_model_dir, None,
+                          tracking.Tracker.open(compress_config, run_id))
     assert result.version is None and "registry.enabled=false" in result.reason
     assert 0 < result.int8.size_mb and 0 < result.fp32.size_mb  # tiny: embeddings dominate
     for fp in (result.fp32, result.int8):
@@ -105,7 +106,8 @@ def test_predict_defaults_to_the_int8_twin_of_the_champion(compress_config, over
 
     tokens = tokenize(compress_config, ingest(compress_config))
     with tracking.managed_run(compress_config, "sweep-tiny") as run_id:
-        uri = compress(compress_config, tokens, three_label_model, None, run_id).model_uri
+        uri = compress(compress_config, tokens, three_label_model, None,
+                       tracking.Tracker.open(compress_config, run_id)).model_uri
     client = MlflowClient(tracking.tracking_uri(compress_config))
     name = registered_name(compress_config)
     # three real versions of the int8 model: v1 stands for the champion, v2 is its twin

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from sweepflow.tasks.evaluate import baseline_predictions, confusion_figure, scores
+from sweepflow.tasks.evaluate import (
+    baseline_predictions,
+    confusion,
+    confusion_figure,
+    scores,
+)
 
 from tests.conftest import make_frame
 
@@ -36,7 +41,7 @@ def test_baseline_learns_tiny_data_and_confusion_png(tmp_path):
     y = df["sentiment"].astype("category").cat.codes.to_numpy()
     pred = baseline_predictions(list(df.text[:240]), y[:240], list(df.text[240:]), seed=0)
     assert scores(y[240:], pred).accuracy > 0.8
-    fig = confusion_figure(y[240:], pred, ["negative", "neutral", "positive"])
+    fig = confusion_figure(confusion(y[240:], pred, 3), ["negative", "neutral", "positive"])
     cells = [t.get_text() for t in fig.axes[0].texts]
     assert sum(int(c) for c in cells) == 60 and len(cells) == 9
 

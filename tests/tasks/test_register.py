@@ -28,8 +28,8 @@ def _register(config, f1: float, digest: str, predictions: TestPredictions | Non
         if predictions is not None:
             MlflowClient(tracking.tracking_uri(config)).log_dict(
                 run_id, predictions.model_dump(), PREDICTIONS_ARTIFACT)
-        result = register(config, f"models:/{model.model_id}", _scores(f1), digest, run_id,
-                          predictions)
+        result = register(config, f"models:/{model.model_id}", _scores(f1), digest,
+                          tracking.Tracker.open(config, run_id), predictions)
     return result, MlflowClient(tracking.tracking_uri(config)).get_run(run_id)
 
 
@@ -78,7 +78,7 @@ def test_champion_challenger_promotion(better_config):
     (0.9, Champion(version=1, score=None, digest="d"), "not_comparable"),
 ])
 def test_decide(score, champion, decision):
-    assert decide(score, "d", champion, "test/f1_macro", "better").decision == decision
+    assert decide(score, "d", champion, "test/f1_macro", "better", 0.05).decision == decision
 
 
 def _predictions(y: np.ndarray, accuracy: float, seed: int) -> TestPredictions:
@@ -159,7 +159,7 @@ def test_a_champion_rescored_on_the_new_test_rows_can_be_beaten(tiny_config):
         with tracking.active_run(tiny_config, run_id):
             model = mlflow.initialize_logged_model(name="model")
         result = register(tiny_config, f"models:/{model.model_id}", _scores(_f1(better)),
-                          "ddd", run_id, better, check)
+                          "ddd", tracking.Tracker.open(tiny_config, run_id), better, check)
     assert result.decision == "promoted", result.reason
     assert "re-scored on these test rows" in result.reason
     assert result.comparison.n == 900 and result.champion_score == check.test.f1_macro
@@ -173,7 +173,7 @@ def test_a_champion_rescored_on_the_new_test_rows_can_be_beaten(tiny_config):
     assert result.decision == "not_comparable"
     from sweepflow.tasks.register import decide as rule
 
-    verdict = rule(0.99, "eee", cannot.champion, "test/f1_macro", "significant",
+    verdict = rule(0.99, "eee", cannot.champion, "test/f1_macro", "significant", 0.05,
                    why_not=cannot.reason)
     assert verdict.decision == "not_comparable" and "unsafe model" in verdict.reason
 
@@ -184,12 +184,41 @@ def test_promote_and_roll_back_by_hand(better_config):
     _register(better_config, 0.6, "aaa")
     _register(better_config, 0.7, "aaa")  # promoted: v2, previous champion v1
     assert _aliases(better_config)[CHAMPION] == 2
-    assert promote_by_hand(better_config, None, "v2 mislabels refunds", "ana") == (1, 2)
+    tracker = tracking.Tracker.open(better_config)
+    assert promote_by_hand(better_config, tracker, None, "v2 mislabels refunds", "ana") == (1, 2)
     client = MlflowClient(tracking.tracking_uri(better_config))
     mv = client.get_model_version("tiny", "1")
     assert mv.tags["registry.decision"] == "promoted_by_hand"
     assert mv.tags["registry.promoted_by"] == "ana" and "v2 mislabels refunds" in mv.tags[
         "registry.reason"]
     assert "v1 by ana" in client.get_model_version("tiny", "2").tags["registry.demoted"]
-    assert promote_by_hand(better_config, 2, "fixed upstream", "bo") == (2, 1)
+    assert promote_by_hand(better_config, tracker, 2, "fixed upstream", "bo") == (2, 1)
     assert _aliases(better_config)[CHAMPION] == 2
+
+
+def _comparison(challenger_only: int, champion_only: int, p_value: float, f1_diff: float):
+    from sweepflow.tasks.significance import Comparison
+
+    return Comparison(n=900, challenger_only=challenger_only, champion_only=champion_only,
+                      p_value=p_value, f1_diff=f1_diff, ci_low=f1_diff - 0.01,
+                      ci_high=f1_diff + 0.01)
+
+
+def test_significant_promotion_judges_the_direction_on_registry_metric():
+    """McNemar decides significance; registry.metric (here accuracy), not macro-F1, decides
+    whether the challenger is better."""
+    champion = Champion(version=1, score=0.70, digest="d", run_id="r")
+    # Right on more rows (accuracy up) but worse on the rare classes (macro-F1 down).
+    majority = _comparison(60, 10, 1e-9, -0.03)
+    verdict = decide(0.75, "d", champion, "test/accuracy", "significant", 0.05, majority)
+    assert verdict.decision == "promoted"
+    assert "test/accuracy 0.7500 > 0.7000" in verdict.reason
+    # McNemar favours it, yet registry.metric (a macro average) is lower: kept.
+    verdict = decide(0.68, "d", champion, "test/recall_macro", "significant", 0.05,
+                     _comparison(60, 10, 1e-9, 0.02))
+    assert verdict.decision == "kept_champion"
+    assert "but test/recall_macro 0.6800 <= 0.7000" in verdict.reason
+    # A higher metric without significance is still kept.
+    verdict = decide(0.80, "d", champion, "test/accuracy", "significant", 0.05,
+                     _comparison(4, 1, 0.375, 0.01))
+    assert verdict.decision == "kept_champion" and "not significantly better" in verdict.reason

@@ -39,7 +39,7 @@ def champion(tiny_overrides, tiny_model_dir, tmp_path):
     with tracking.managed_run(config, "sweep-tiny") as run_id:
         with tracking.active_run(config, run_id):
             uri = log_model(out, None)
-        register(config, uri, scores, "digest", run_id)
+        register(config, uri, scores, "digest", tracking.Tracker.open(config, run_id))
     return config
 
 

@@ -30,6 +30,21 @@ def ingest_texts_ids(config, data):
     return tokenizer(texts)["input_ids"]
 
 
+def test_the_console_lines_say_when_a_step_was_reused(tiny_config):
+    """The data and tokens lines end with "(reused from cache)" on a cache hit only."""
+    from sweepflow.tasks.ingest import describe, ingest_cached
+    from sweepflow.tasks.tokenize import tokenize_cached
+
+    first = ingest_cached(tiny_config)
+    assert not first.reused and not describe(first.value, first.reused)[0].endswith(
+        "(reused from cache)")
+    again = ingest_cached(tiny_config)
+    assert again.reused and again.value == first.value
+    assert describe(again.value, again.reused)[0].endswith("(reused from cache)")
+    assert not tokenize_cached(tiny_config, again.value).reused
+    assert tokenize_cached(tiny_config, again.value).reused
+
+
 def test_cache_hits_when_unchanged_and_misses_when_changed(tiny_config, tiny_overrides,
                                                            tiny_model_dir, tmp_path, caplog):
     data = ingest(tiny_config)

@@ -15,6 +15,7 @@ from sweepflow.tasks.tokenize import tokenize
 from sweepflow.tasks.train import fit, resolve_precision
 
 from sweepflow.config import ConfigError, load_config
+from sweepflow.tracking import Tracker
 
 
 def test_precision_auto_follows_the_hardware():
@@ -80,8 +81,8 @@ def test_suggest_follows_space(tiny_config):
 def test_run_trial_reports_and_continues_study(tiny_config):
     tokens = tokenize(tiny_config, ingest(tiny_config))
     ref = create_study(tiny_config)
-    first = run_trial(tiny_config, tokens, ref, None)
-    second = run_trial(tiny_config, tokens, create_study(tiny_config), None)
+    first = run_trial(tiny_config, tokens, ref, Tracker.open(tiny_config))
+    second = run_trial(tiny_config, tokens, create_study(tiny_config), Tracker.open(tiny_config))
     assert first.state == "complete" and first.value is not None
     assert second.number == 1 and second.params != first.params
     study = optuna.load_study(study_name=ref.name, storage=ref.storage)
@@ -104,7 +105,7 @@ def _prune(overrides: list[str], warmup: float) -> tuple[Any, dict[int, float]]:
     study.add_trial(optuna.trial.create_trial(  # on the same data: the pruner compares them
         value=0.0, intermediate_values=dict.fromkeys(range(1000), 0.0),
         user_attrs={BASIS_ATTR: basis(tokens)}))
-    result = run_trial(config, tokens, ref, None)
+    result = run_trial(config, tokens, ref, Tracker.open(config))
     return result, optuna.load_study(study_name=ref.name, storage=ref.storage
                                      ).trials[1].intermediate_values
 
@@ -141,7 +142,7 @@ def trial_rows(overrides: list[str]) -> int:
 def test_a_study_keeps_its_pruning_signal(tiny_config):
     tokens = tokenize(tiny_config, ingest(tiny_config))
     ref = create_study(tiny_config)
-    run_trial(tiny_config, tokens, ref, None)
+    run_trial(tiny_config, tokens, ref, Tracker.open(tiny_config))
     assert optuna.load_study(study_name=ref.name, storage=ref.storage
                              ).user_attrs["pruning_signal"] == "val/f1_macro"
     loss = tiny_config.model_copy(update={"sweep": tiny_config.sweep.model_copy(
@@ -220,7 +221,7 @@ def test_pruning_and_warm_start_are_per_data_version(tiny_config, tiny_overrides
     best = warm_start(config, tokens, ref)
     assert [t.number for t in best] == [0, 1]  # sweep.warm_start=2, the best first
     assert warm_start(config, tokens, ref) == []  # once per data version
-    result = run_trial(config, tokens, ref, None)
+    result = run_trial(config, tokens, ref, Tracker.open(config))
     assert result.state == "complete" and result.params["learning_rate"] == 1e-4
     trial = load_study(ref, config).trials[3]
     assert trial.user_attrs[BASIS_ATTR] == basis(tokens) and trial.user_attrs[
@@ -257,7 +258,8 @@ def test_a_trial_failed_under_a_running_worker_ends_killed_with_the_reason(tiny_
     watcher = threading.Thread(target=fail_once_suggested)
     watcher.start()
     try:
-        result = run_asked(tiny_config, tokens, ref, study, trial, None)
+        result = run_asked(tiny_config, tokens, ref, study, trial,
+                           Tracker.open(tiny_config))
     finally:
         done.set()
         watcher.join()

@@ -30,6 +30,10 @@ class Cluster:
     def run(self, *args: str) -> None:
         _as_postgres([*self.ctl, *args])
 
+    def url_at(self, address: str, user: str = "postgres") -> str:
+        """The server URL (no password, no database) as a client reaching `address` sees it."""
+        return f"postgresql://{user}@{address}:{self.url.rsplit(':', 1)[1]}"
+
 
 def _as_postgres(cmd: list[str]) -> None:
     """initdb and pg_ctl refuse root: run them as the `postgres` user."""
@@ -50,7 +54,11 @@ def pg_bin() -> Path:
 
 
 @contextmanager
-def private_cluster(max_connections: int = 100) -> Iterator[Cluster]:
+def private_cluster(max_connections: int = 100, listen: tuple[str, ...] = ("127.0.0.1",),
+                    password: str | None = None) -> Iterator[Cluster]:
+    """A cluster on 127.0.0.1 and `listen`. Connections from other addresses need
+    `password` (the `postgres` user's, checked with scram-sha-256); without one they are
+    let in (trust). Local connections (127.0.0.1, the socket) are always trusted."""
     bindir = pg_bin()
     # Not under pytest's tmp_path: the postgres user cannot enter root's 0700 folders.
     home = Path(tempfile.mkdtemp(prefix="sweepflow-pg-"))
@@ -60,12 +68,23 @@ def private_cluster(max_connections: int = 100) -> Iterator[Cluster]:
         shutil.chown(home, "postgres")
         shutil.chown(data, "postgres")
     port = free_port()
+    addresses = ",".join(dict.fromkeys(("127.0.0.1", *listen)))
     cluster = Cluster(f"postgresql://postgres@127.0.0.1:{port}", (
         str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "pg.log"), "-w", "-o",
-        f"-p {port} -k {home} -c listen_addresses=127.0.0.1 "
+        f"-p {port} -k {home} -c listen_addresses={addresses} "
         f"-c max_connections={max_connections}"))
     try:
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"])
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+        if password is not None:
+            (home / "pw").write_text(password)
+            if os.geteuid() == 0:
+                shutil.chown(home / "pw", "postgres")
+            initdb.append(f"--pwfile={home / 'pw'}")
+        _as_postgres(initdb)
+        (home / "pw").unlink(missing_ok=True)
+        method = "scram-sha-256" if password is not None else "trust"
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all 0.0.0.0/0 {method}\n")
         cluster.run("start")
         yield cluster
     finally:

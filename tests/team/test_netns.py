@@ -1,0 +1,128 @@
+"""Team mode across hosts: two network namespaces (tests/team/netns.py) stand in for two
+machines, each with its own hostname, its own store and one Prefect worker, reaching the
+servers (a private PostgreSQL cluster, the MLflow and Prefect servers) by the server address,
+with only the shared folder in common. The sweep's parent runs beside the servers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sweepflow.tasks.team import WORKER_TAG
+
+from sweepflow.stack import database_url, ensure_databases, started_stack
+from tests.flows.servers import clean_env, free_port, started, tail
+from tests.team import netns
+from tests.team.conftest import BIN, sweepflow_cmd
+from tests.team.pgcluster import NoCluster, private_cluster
+from tests.team.test_team_faults import _check_one_sweep, _opt
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+HOSTNAMES = ("host-a", "host-b")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Two hosts and the servers they reach."""
+
+    net: netns.Network
+    pg: str  # the PostgreSQL server as the hosts see it (no database)
+    admin: str  # the same server from the servers' machine (local, trusted)
+    mlflow: str
+    prefect_api: str
+    shared: Path
+    root: Path
+
+    def env(self, who: str) -> dict[str, str]:
+        """The environment of a process on host `who`: its own store and Prefect home."""
+        home = self.root / who
+        return clean_env(PREFECT_API_URL=self.prefect_api, SWEEPFLOW_HOME=str(home / "mlruns"),
+                         PREFECT_HOME=str(home / "prefect"), PREFECT_WORKER_QUERY_SECONDS="1",
+                         HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                         TOKENIZERS_PARALLELISM="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+
+    def on(self, i: int, *args: str) -> list[str]:
+        """`args` run on host i, under its own hostname (a UTS namespace of their own)."""
+        return self.net.hosts[i].cmd("unshare", "--uts", "sh", "-c",
+                                     f'hostname {HOSTNAMES[i]} && exec "$0" "$@"', *args)
+
+
+@pytest.fixture
+def net() -> Iterator[netns.Network]:
+    reason = netns.problem()
+    if reason:
+        pytest.skip(f"hosts as network namespaces: {reason}")
+    with netns.network(2) as built:
+        yield built
+
+
+@pytest.fixture
+def site(net: netns.Network, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Site]:
+    try:
+        with private_cluster(listen=(net.server,)) as cluster, started_stack(
+                tmp_path / "stack", "sf", host=net.server, mlflow_port=free_port(),
+                prefect_port=free_port(), server=cluster.url) as stack:
+            shared = tmp_path / "shared"
+            shutil.copytree(tiny_model_dir, shared / "model")  # the hosts share nothing else
+            yield Site(net=net, pg=cluster.url_at(net.server), admin=cluster.url,
+                       mlflow=stack.mlflow_url, prefect_api=stack.prefect_api, shared=shared,
+                       root=tmp_path)
+    except NoCluster as err:
+        pytest.skip(str(err))
+
+
+def _overrides(site: Site, csv: Path, *extra: str) -> list[str]:
+    db = f"sf_{uuid.uuid4().hex[:12]}"
+    ensure_databases(site.admin, [db])
+    return [
+        f"data.path={csv}", "data.max_train_samples=null", "data.max_eval_samples=null",
+        f"model.name_or_path={site.shared / 'model'}", "tokenize.max_length=16",
+        "train.max_epochs=2", "train.batch_size=16", "train.val_checks_per_epoch=2",
+        "train.early_stopping_patience=20", "train.precision=32-true", "compress.enabled=false",
+        "sweep.pruner=none", "sweep.n_trials=3", "sweep.workers=2", "sweep.start_worker=false",
+        "registry.refuse_single_class=false", f"sweep.storage={database_url(site.pg, db)}",
+        f"sweep.work_pool=pool-{uuid.uuid4().hex[:8]}", "sweep.heartbeat_interval=1",
+        "sweep.grace_period=10", "sweep.max_retry=2", f"tracking.uri={site.mlflow}",
+        f"tracking.experiment=hosts-{uuid.uuid4().hex[:8]}", f"store.shared_dir={site.shared}",
+        *extra]
+
+
+def _worker(site: Site, i: int, pool: str) -> list[str]:
+    return site.on(i, str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type",
+                   "process", "--limit", "1")
+
+
+def _predict(site: Site, i: int, overrides: list[str]) -> subprocess.CompletedProcess:
+    keep = [o for o in overrides if o.startswith(("tracking.", "data."))]
+    return subprocess.run(site.on(i, *sweepflow_cmd("predict", *keep, "great love happy")),
+                          capture_output=True, text=True, timeout=300,
+                          env=site.env(HOSTNAMES[i]))
+
+
+def test_a_sweep_across_two_hosts(site, team_csv, tmp_path):
+    overrides = _overrides(site, team_csv)
+    pool = _opt(overrides, "sweep.work_pool")
+    logs = [tmp_path / "parent.log", tmp_path / "host-a.log", tmp_path / "host-b.log"]
+    began = time.monotonic()
+    with started(_worker(site, 0, pool), logs[1], site.env(HOSTNAMES[0])), \
+            started(_worker(site, 1, pool), logs[2], site.env(HOSTNAMES[1])), \
+            started(sweepflow_cmd("run", *overrides), logs[0], site.env("parent")) as parent:
+        assert parent.wait(900) == 0, "\n".join(tail(p, 60) for p in logs)
+    print(f"sweep of 3 trials on 2 namespaced hosts: {time.monotonic() - began:.0f} s")
+    study, children = _check_one_sweep(overrides, site.mlflow)
+    where = {t.user_attrs[WORKER_TAG].split(":")[0] for t in study.get_trials()}
+    assert where == set(HOSTNAMES)  # both hosts ran trials
+    assert {r.info.status for r in children} == {"FINISHED"}
+    for i in range(2):  # the registered best model, from either host
+        done = _predict(site, i, overrides)
+        assert done.returncode == 0, done.stderr[-3000:]
+        line = json.loads(done.stdout.strip().splitlines()[-1])
+        assert line["text"] == "great love happy" and line["label"]
