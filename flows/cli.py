@@ -293,15 +293,12 @@ def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
     """Serve a registered model over HTTP with MLflow's scoring server: POST
     {"inputs": ["text", ...]} to /invocations; labels and probabilities come back."""
     from sweepflow.tasks.register import champion_uri
-    from sweepflow.tasks.serving import serve_command, serve_env, served_model
+    from sweepflow.tasks.serving import checked_model, serve_command, serve_env
 
     cfg = _config(config, overrides)
     uri = model or champion_uri(cfg)
     _open_store(cfg, study=False)
-    from sweepflow.modelsafety import check_model, fetch_model
-
-    check_model(fetch_model(uri))  # a pickled pyfunc would run code in the server
-    served = served_model(cfg, uri)
+    served = checked_model(cfg, uri)
     console.print(f"Serving [bold]{uri}[/bold] on http://{host}:{port}/invocations "
                   "(MLflow scoring server); Ctrl-C stops", soft_wrap=True)
     os.execve(sys.executable, serve_command(served, host, port), serve_env(cfg))

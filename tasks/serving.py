@@ -37,22 +37,37 @@ class ServeError(UserError):
 
 
 def model_info(config: SweepflowConfig, model_uri: str):  # noqa: ANN201 - mlflow ModelInfo
+    """The model's MLflow metadata, looked up in the configured store (MLflow is pointed at
+    it first: a models:/ URI read before that would create ./mlflow.db); ServeError (one line
+    naming the model and the store) when there is no such model."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(config))
+    uri = tracking.tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
     try:
         return mlflow.models.get_model_info(model_uri)
     except (MlflowException, OSError) as err:
-        raise ServeError(f"cannot find {model_uri} in {tracking.tracking_uri(config)}: "
-                         f"{getattr(err, 'message', err)}. `sweepflow run` registers one "
-                         "(registry.enabled=true).") from None
+        reason = str(getattr(err, "message", err)).strip().splitlines()[0][:300]
+        raise ServeError(f"cannot find {model_uri} in {uri}: {reason}. `sweepflow run` "
+                         "registers one (registry.enabled=true).") from None
 
 
-def served_model(config: SweepflowConfig, model_uri: str) -> str:
+def checked_model(config: SweepflowConfig, model_uri: str) -> str:
+    """What `serve-model` serves for `model_uri`: looked up first (a missing model is a
+    ServeError), its files checked before anything loads them (a pickled pyfunc would run
+    code in the server), then `served_model`."""
+    from sweepflow.modelsafety import check_model, fetch_model
+
+    info = model_info(config, model_uri)
+    check_model(fetch_model(model_uri))
+    return served_model(config, model_uri, info)
+
+
+def served_model(config: SweepflowConfig, model_uri: str, info: object = None) -> str:
     """What `mlflow models serve -m` gets: the URI itself when it is already the text
     classifier model, else the folder of its wrapped copy."""
-    info = model_info(config, model_uri)
+    info = info or model_info(config, model_uri)
     pyfunc = info.flavors.get("python_function", {})
     if pyfunc.get("loader_module") in CLASSIFIER_LOADERS and "transformers" not in \
             info.flavors:
