@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from sweepflow import console as sweepflow_console
 from sweepflow import interrupts, tempserver
 from sweepflow.config import ConfigError, SweepflowConfig, load_config
 from sweepflow.usererrors import UserError
+
+if TYPE_CHECKING:  # imported where used: `sweepflow --help` stays fast
+    from sweepflow.tracking import Tracker
 
 app = typer.Typer(help="Fine-tune transformer text classifiers in Optuna sweeps, "
                        "run as Prefect flows, tracked in MLflow.", no_args_is_help=True)
@@ -45,19 +48,22 @@ def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig
         _fail("config error", err, 2)
 
 
-def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
+def _open_store(cfg: SweepflowConfig, study: bool = True) -> Tracker:
     """Before any work: the stores are readable, and what a dead process left RUNNING on
-    them is closed (one line says so)."""
+    them is closed (one line says so). Returns the tracker on the store (the experiment is
+    not created: a command that reads the store leaves it as it was)."""
     from sweepflow.tasks.sweep import study_storage
 
-    from sweepflow import reaper, stores, tracking
+    from sweepflow import reaper, stores
+    from sweepflow.tracking import Tracker
 
-    uri = tracking.tracking_uri(cfg)
+    tracker = Tracker.open(cfg, create=False)  # checks the MLflow store first
     storage = study_storage(cfg) if study else None
-    stores.check(uri, storage)
-    line = reaper.reap(uri, storage)
+    stores.check(storage)
+    line = reaper.reap(tracker.client, storage)
     if line:
         console.print(line, soft_wrap=True, highlight=False)
+    return tracker
 
 
 def _fail(kind: str, err: BaseException | str, code: int) -> NoReturn:
@@ -166,16 +172,18 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
     from sweepflow import tracking
 
     cfg = _config(config, overrides)
-    uri = tracking.tracking_uri(cfg)
+    tracker = tracking.Tracker.open(cfg)  # the experiment exists for the link below
+    uri = tracker.uri
     url = f"http://127.0.0.1:{port}"
-    runs = f"{url}/#/experiments/{tracking.setup(cfg)}/runs?workflowType=machine_learning"
+    runs = f"{url}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
     console.print(f"MLflow UI on [bold]{url}[/bold] (store {uri}); Ctrl-C stops\n"
                   f"experiment '{cfg.tracking.experiment}': {runs}", soft_wrap=True)
     # `mlflow ui` is an alias of `mlflow server`. Runs keep the artifact location of their
     # experiment; --artifacts-destination only keeps uploads through the UI out of the cwd.
     # The server's job runner serves GenAI features only; off, it saves seven processes.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    artifacts = tracking.artifact_location(cfg) or (tracking.store_dir() / "artifacts").as_uri()
+    artifacts = tracking.artifact_location(cfg, uri) or \
+        (tracking.store_dir() / "artifacts").as_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--artifacts-destination", artifacts,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -263,8 +271,6 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     )
     from sweepflow.tasks.predict import predict as label_texts
 
-    from sweepflow.tracking import Tracker
-
     overrides, texts = _split_overrides(args or [])
     cfg = _config(config, overrides)
     errors = Console(stderr=True)
@@ -280,12 +286,11 @@ def predict(args: Texts = None, config: ConfigOpt = None,
         if not texts:
             raise PredictError("no text: give TEXT arguments, --file FILE or - (stdin)")
         check_texts(texts)
-        _open_store(cfg, study=False)
+        tracker = _open_store(cfg, study=False)
         if model is None:
-            model, what = default_model(cfg)
+            model, what = default_model(cfg, tracker.client)
             errors.print(f"model: {model} ({what})", soft_wrap=True, highlight=False)
-        loaded = load_model(Tracker.open(cfg, create=False), model, cfg.tokenize.max_length,
-                            trust_model)
+        loaded = load_model(tracker, model, cfg.tokenize.max_length, trust_model)
         with Progress(TextColumn("labelling"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=errors, transient=True,
                       disable=len(texts) < PROGRESS_FROM or not errors.is_terminal) as bar:
@@ -318,11 +323,11 @@ def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
     cfg = _config(config, overrides)
     uri = model or champion_uri(cfg)
     try:
-        _open_store(cfg, study=False)
+        tracker = _open_store(cfg, study=False)
         from sweepflow.modelsafety import check_model, fetch_model
 
+        served = served_model(cfg, tracker, uri)  # a missing model: ServeError, one line
         check_model(fetch_model(uri))  # a pickled pyfunc would run code in the server
-        served = served_model(cfg, uri)
     except ServeError as err:
         Console(stderr=True).print(f"[red]serve error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -331,7 +336,7 @@ def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
         raise typer.Exit(2) from None
     console.print(f"Serving [bold]{uri}[/bold] on http://{host}:{port}/invocations "
                   "(MLflow scoring server); Ctrl-C stops", soft_wrap=True)
-    os.execve(sys.executable, serve_command(served, host, port), serve_env(cfg))
+    os.execve(sys.executable, serve_command(served, host, port), serve_env(tracker.uri))
 
 
 @app.command()
@@ -347,15 +352,12 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
     from sweepflow.tasks import compare as cmp
     from sweepflow.tasks.sweep import study_storage
 
-    from sweepflow import tracking
-
     cfg = _config(config, overrides)
     try:
-        _open_store(cfg)
+        tracker = _open_store(cfg)
     except UserError as err:
         _fail(err.kind, err, 2)
-    name, uri = experiment or cfg.tracking.experiment, tracking.tracking_uri(cfg)
-    client = tracking.MlflowClient(uri)
+    name, uri, client = experiment or cfg.tracking.experiment, tracker.uri, tracker.client
     exp = client.get_experiment_by_name(name)
     runs = cmp.last_sweeps(client, exp.experiment_id, last) if exp else []
     if not runs:
@@ -387,17 +389,15 @@ def promote(version: Annotated[int | None, typer.Argument(
 
     from sweepflow.tasks.register import promote_by_hand, registered_name
 
-    from sweepflow.tracking import Tracker
-
     cfg = _config(config, overrides)
     if (version is None) == (not rollback) or not reason.strip():
         _fail("promote error", "give a VERSION or --rollback, and --reason", 2)
     from mlflow.exceptions import MlflowException
 
     try:
-        _open_store(cfg, study=False)
-        new, old = promote_by_hand(cfg, Tracker.open(cfg, create=False), version,
-                                   reason.strip(), by or getpass.getuser())
+        tracker = _open_store(cfg, study=False)
+        new, old = promote_by_hand(cfg, tracker, version, reason.strip(),
+                                   by or getpass.getuser())
     except (ValueError, MlflowException) as err:
         _fail("promote error", getattr(err, "message", str(err)), 1)
     except UserError as err:

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 from pydantic import BaseModel, ConfigDict
 
-from sweepflow import cost, owner
+from sweepflow import cost, owner, stores
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import PACKAGE_DIR, store_dir
 
@@ -91,9 +91,11 @@ class Tracker(BaseModel):
     @classmethod
     def open(cls, config: SweepflowConfig, run_id: str | None = None, create: bool = True
              ) -> Tracker:
-        """Point MLflow at the configured store; the experiment is created if new (unless
-        not `create`: a command that only reads the store)."""
+        """Point MLflow at the configured store (a damaged SQLite file is one StoreError
+        line); the experiment is created if new (unless not `create`: a command that only
+        reads the store)."""
         uri = tracking_uri(config)
+        stores.check(uri)
         mlflow.set_tracking_uri(uri)  # the fluent API (log_model, register_model) reads it
         client = MlflowClient(uri)
         name = config.tracking.experiment
