@@ -100,8 +100,13 @@ class Tracker(BaseModel):
         client = MlflowClient(uri)
         name = config.tracking.experiment
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-            name, artifact_location=artifact_location(config, uri)) if create else None
+        if exp is not None:
+            exp_id = exp.experiment_id
+        elif create:
+            exp_id = client.create_experiment(name,
+                                              artifact_location=artifact_location(config, uri))
+        else:
+            exp_id = None
         tracker = cls(uri=uri, experiment=name, experiment_id=exp_id, run_id=run_id)
         tracker.__dict__["client"] = client  # the one already made (see cached_property)
         return tracker
