@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import click
 import typer
@@ -20,6 +20,9 @@ from sweepflow import console as sweepflow_console
 from sweepflow import interrupts
 from sweepflow.config import SweepflowConfig, load_config
 from sweepflow.usererrors import UserError
+
+if TYPE_CHECKING:  # imported where used: `sweepflow --help` stays fast
+    from sweepflow.tracking import Tracker
 
 console = Console()
 DATA_ON_STDOUT = {"predict", "serve-model"}  # their errors go to stderr
@@ -77,19 +80,22 @@ def _config(config: Path | None, overrides: list[str] | None) -> SweepflowConfig
     return load_config(config, overrides or [])
 
 
-def _open_store(cfg: SweepflowConfig, study: bool = True) -> None:
+def _open_store(cfg: SweepflowConfig, study: bool = True) -> Tracker:
     """Before any work: the stores are readable, and what a dead process left RUNNING on
-    them is closed (one line says so)."""
+    them is closed (one line says so). Returns the tracker on the store (the experiment is
+    not created: a command that reads the store leaves it as it was)."""
     from sweepflow.tasks.sweep import study_storage
 
-    from sweepflow import reaper, stores, tracking
+    from sweepflow import reaper, stores
+    from sweepflow.tracking import Tracker
 
-    uri = tracking.tracking_uri(cfg)
+    tracker = Tracker.open(cfg, create=False)  # checks the MLflow store first
     storage = study_storage(cfg) if study else None
-    stores.check(uri, storage)
-    line = reaper.reap(uri, storage)
+    stores.check(storage)
+    line = reaper.reap(tracker.client, storage)
     if line:
         console.print(line, soft_wrap=True, highlight=False)
+    return tracker
 
 
 def _fail(ctx: click.Context, kind: str | None, err: BaseException | str, code: int
@@ -157,16 +163,18 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
     from sweepflow import tracking
 
     cfg = _config(config, overrides)
-    uri = tracking.tracking_uri(cfg)
+    tracker = tracking.Tracker.open(cfg)  # the experiment exists for the link below
+    uri = tracker.uri
     url = f"http://127.0.0.1:{port}"
-    runs = f"{url}/#/experiments/{tracking.setup(cfg)}/runs?workflowType=machine_learning"
+    runs = f"{url}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
     console.print(f"MLflow UI on [bold]{url}[/bold] (store {uri}); Ctrl-C stops\n"
                   f"experiment '{cfg.tracking.experiment}': {runs}", soft_wrap=True)
     # `mlflow ui` is an alias of `mlflow server`. Runs keep the artifact location of their
     # experiment; --artifacts-destination only keeps uploads through the UI out of the cwd.
     # The server's job runner serves GenAI features only; off, it saves seven processes.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    artifacts = tracking.artifact_location(cfg) or (tracking.store_dir() / "artifacts").as_uri()
+    artifacts = tracking.artifact_location(cfg, uri) or \
+        (tracking.store_dir() / "artifacts").as_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--artifacts-destination", artifacts,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -251,8 +259,6 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     )
     from sweepflow.tasks.predict import predict as label_texts
 
-    from sweepflow.tracking import Tracker
-
     overrides, texts = _split_overrides(args or [])
     cfg = _config(config, overrides)
     errors = Console(stderr=True)
@@ -267,12 +273,11 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     if not texts:
         raise PredictError("no text: give TEXT arguments, --file FILE or - (stdin)")
     check_texts(texts)
-    _open_store(cfg, study=False)
+    tracker = _open_store(cfg, study=False)
     if model is None:
-        model, what = default_model(cfg)
+        model, what = default_model(cfg, tracker.client)
         errors.print(f"model: {model} ({what})", soft_wrap=True, highlight=False)
-    loaded = load_model(Tracker.open(cfg, create=False), model, cfg.tokenize.max_length,
-                        trust_model)
+    loaded = load_model(tracker, model, cfg.tokenize.max_length, trust_model)
     with Progress(TextColumn("labelling"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=errors, transient=True,
                   disable=len(texts) < PROGRESS_FROM or not errors.is_terminal) as bar:
@@ -297,11 +302,11 @@ def serve_model(config: ConfigOpt = None, overrides: Overrides = None,
 
     cfg = _config(config, overrides)
     uri = model or champion_uri(cfg)
-    _open_store(cfg, study=False)
-    served = checked_model(cfg, uri)
+    tracker = _open_store(cfg, study=False)
+    served = checked_model(cfg, tracker, uri)
     console.print(f"Serving [bold]{uri}[/bold] on http://{host}:{port}/invocations "
                   "(MLflow scoring server); Ctrl-C stops", soft_wrap=True)
-    os.execve(sys.executable, serve_command(served, host, port), serve_env(cfg))
+    os.execve(sys.executable, serve_command(served, host, port), serve_env(tracker.uri))
 
 
 @app.command()
@@ -317,12 +322,9 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None,
     from sweepflow.tasks import compare as cmp
     from sweepflow.tasks.sweep import study_storage
 
-    from sweepflow import tracking
-
     cfg = _config(config, overrides)
-    _open_store(cfg)
-    name, uri = experiment or cfg.tracking.experiment, tracking.tracking_uri(cfg)
-    client = tracking.MlflowClient(uri)
+    tracker = _open_store(cfg)
+    name, uri, client = experiment or cfg.tracking.experiment, tracker.uri, tracker.client
     exp = client.get_experiment_by_name(name)
     runs = cmp.last_sweeps(client, exp.experiment_id, last) if exp else []
     if not runs:
@@ -350,14 +352,11 @@ def promote(version: Annotated[int | None, typer.Argument(
 
     from sweepflow.tasks.register import promote_by_hand, registered_name
 
-    from sweepflow.tracking import Tracker
-
     cfg = _config(config, overrides)
     if (version is None) == (not rollback) or not reason.strip():
         raise PromoteUsage("give a VERSION or --rollback, and --reason")
-    _open_store(cfg, study=False)
-    new, old = promote_by_hand(cfg, Tracker.open(cfg, create=False), version, reason.strip(),
-                               by or getpass.getuser())
+    tracker = _open_store(cfg, study=False)
+    new, old = promote_by_hand(cfg, tracker, version, reason.strip(), by or getpass.getuser())
     console.print(f"{registered_name(cfg)}: champion v{old or '-'} -> v{new} ({reason.strip()})",
                   soft_wrap=True, highlight=False)
 

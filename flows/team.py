@@ -72,7 +72,8 @@ def team_config(config: SweepflowConfig, uri: str) -> SweepflowConfig:
                         "store; point tracking.uri at an MLflow server (http://host:5000)")
     return config.model_copy(update={
         "tracking": config.tracking.model_copy(update={"uri": uri}),
-        "store": config.store.model_copy(update={"shared_dir": str(paths.shared_dir())})})
+        "store": config.store.model_copy(update={
+            "shared_dir": str(paths.shared_dir(config.store.shared_dir))})})
 
 
 def ensure_deployment(pool: str) -> str:

@@ -43,6 +43,9 @@ QUIET_ENV = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # With a tracking server, MLflow writes "🏃 View run … / 🧪 View experiment …" to stdout
+    # at the end of every run (parent, trials, evaluation): `sweepflow ui` shows them all.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 ENV = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "sweepflow",  # our logs reach the Prefect UI too

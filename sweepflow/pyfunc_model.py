@@ -4,9 +4,10 @@ ONNX Runtime) or `transformers` (a saved transformers folder with safetensors we
 `tokenizer` (its saved folder) and `spec` (classifier.json: labels, max_length, max_chars).
 
 predict: texts (a list, a one-column DataFrame, or one string) in; one row per text out with
-`label`, `score` (its probability) and `probabilities` (every label's). An empty or oversized
-text raises BadTexts (INVALID_PARAMETER_VALUE): the scoring server answers 400 with the
-reason only.
+`label`, `score` (its probability) and `probabilities` (every label's); a multi-label model
+gives `labels` (those whose probability reaches their threshold, kept in the spec) and
+`probabilities` instead. An empty or oversized text raises BadTexts
+(INVALID_PARAMETER_VALUE): the scoring server answers 400 with the reason only.
 """
 
 from __future__ import annotations
@@ -91,7 +92,13 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
             probs = self.classifier.probabilities(texts) if texts else np.zeros((0, 0))
         except InputError as err:
             raise BadTexts(str(err)) from None
-        labels = self.classifier.spec.labels
+        spec = self.classifier.spec
+        labels = spec.labels
+        if spec.multi_label:
+            return pd.DataFrame({
+                "labels": spec.label_sets(probs) if len(texts) else [],
+                "probabilities": [dict(zip(labels, map(float, p), strict=True))
+                                  for p in probs]})
         best = probs.argmax(-1) if len(texts) else np.zeros(0, dtype=int)
         return pd.DataFrame({
             "label": [labels[i] for i in best],

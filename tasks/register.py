@@ -333,7 +333,7 @@ def degenerate(config: SweepflowConfig, evaluation: EvalResult) -> str | None:
     if not all(math.isfinite(v) for v in evaluation.model.model_dump().values()):
         return "its test scores are not finite"
     if config.registry.refuse_single_class and (evaluation.classes_predicted or 2) < 2:
-        return ("it predicts a single class on the test split "
+        return ("it predicts a single class (multi-label: one label set) on the test split "
                 "(registry.refuse_single_class)")
     return None
 

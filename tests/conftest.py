@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sweepflow")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from tests
 
 WORDS = {
     "negative": ["awful", "terrible", "hate", "broken", "worst", "sad", "angry", "late"],

@@ -38,7 +38,7 @@ def test_four_nights(tiny_overrides, tiny_csv, caplog):
     """First data; grown data (champion re-scored on the challenger's test rows, promoted);
     unchanged (skipped in seconds); drifted (label shift flagged)."""
     caplog.set_level(logging.INFO, logger=REPORT)
-    overrides = [*tiny_overrides, *FAST, "registry.promotion=better"]
+    overrides = [*tiny_overrides, *FAST]  # the default promotion rule: significant
     rows = make_frame(3000, seed=5)
     first = _night(overrides, tiny_csv, rows.iloc[:60])
     assert first.registry.decision == "promoted" and first.data_version.previous_run is None
@@ -54,6 +54,7 @@ def test_four_nights(tiny_overrides, tiny_csv, caplog):
     reg = grown.registry
     assert reg.comparison is not None
     assert reg.comparison.n == len(grown.evaluation.predictions.row)  # the same rows
+    print(f"night 2: {reg.decision}: {reg.reason}")
     assert reg.decision == "promoted", reg.reason
     parent = client.get_run(grown.run_id).data
     assert "test/champion_f1_macro" in parent.metrics

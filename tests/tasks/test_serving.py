@@ -45,10 +45,11 @@ def champion(tiny_overrides, tiny_model_dir, tmp_path):
 
 
 def test_the_champion_is_served_over_http(champion):
-    model = served_model(champion, champion_uri(champion))
-    assert served_model(champion, champion_uri(champion)) == model  # wrapped once
+    tracker = tracking.Tracker.open(champion)
+    model = served_model(champion, tracker, champion_uri(champion))
+    assert served_model(champion, tracker, champion_uri(champion)) == model  # wrapped once
     port = free_port()
-    server = subprocess.Popen(serve_command(model, "127.0.0.1", port), env=serve_env(champion),
+    server = subprocess.Popen(serve_command(model, "127.0.0.1", port), env=serve_env(tracker.uri),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
