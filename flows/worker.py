@@ -9,7 +9,6 @@ from sweepflow.tasks.sweep import StudyRef
 from sweepflow.tasks.team import TeamPlan, work_task
 from sweepflow.tasks.tokenize import TokenizedData
 
-from sweepflow import paths
 from sweepflow.config import SweepflowConfig
 from sweepflow.tracking import Tracker
 
@@ -17,6 +16,5 @@ from sweepflow.tracking import Tracker
 @flow(name="trial-worker")
 def trial_worker_flow(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef,
                       plan: TeamPlan) -> int:
-    paths.use_shared_dir(config.store.shared_dir)
     tracker = Tracker.open(config, plan.parent_run_id)  # trials are children of the sweep's run
     return work_task(config, tokens, study, plan, tracker)

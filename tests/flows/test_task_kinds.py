@@ -95,7 +95,7 @@ def test_long_documents_in_chunks_end_to_end(tiny_overrides):
         assert [p["text"] for p in lines] == [LONG, "awful hate"]
         assert all(p["label"] in LABELS and 0 < p["probability"] <= 1 for p in lines)
 
-    served = served_model(config, champion_uri(config))  # what `serve-model` serves
+    served = served_model(config, tracking.Tracker.open(config), champion_uri(config))
     spec = json.loads(next(Path(served).rglob("classifier.json")).read_text())
     assert (spec["long_text"], spec["stride"], spec["max_length"]) == ("chunk", 2, 8)
     frame = mlflow.pyfunc.load_model(served).predict([LONG, "awful hate"])
@@ -130,7 +130,7 @@ def test_sentence_pairs_end_to_end(tiny_overrides, tmp_path):
     result = runner.invoke(app, ["predict", *overrides, "great love", "--pair", " "])
     assert result.exit_code == 1 and "text_pair 1 is empty" in result.output
 
-    served = served_model(config, champion_uri(config))  # what `serve-model` serves
+    served = served_model(config, tracking.Tracker.open(config), champion_uri(config))
     frame = mlflow.pyfunc.load_model(served).predict(
         [{"text": "great love", "text_pair": "happy best"}])
     assert set(frame["label"]) <= pairs and len(frame) == 1
