@@ -38,6 +38,7 @@ from sweepflow import paths, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.stack import stop
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ FLOW_NAME = "trial-worker"
 ENTRYPOINT = "sweepflow.flows.worker.trial_worker_flow"
 
 
-class TeamError(RuntimeError):
+class TeamError(UserError):
     """Team mode cannot start; the message says what to set or start."""
+
+    kind = "team error"
+    exit_code = 2
 
 
 def prefect_api() -> str:
