@@ -19,7 +19,6 @@ from sweepflow.tasks.sweep import create_study_task
 from sweepflow.tasks.tokenize import tokenize_task
 from sweepflow.tasks.versions import record_version_task, skip_unchanged_task
 
-from sweepflow import paths
 from sweepflow.config import SweepflowConfig, load_config
 from sweepflow.tracking import Tracker
 
@@ -27,7 +26,6 @@ from sweepflow.tracking import Tracker
 @flow(name="pipeline")
 def pipeline_flow(config: SweepflowConfig | None = None) -> PipelineSummary:
     config = config or load_config()
-    paths.use_shared_dir(config.store.shared_dir)
     data = ingest_task(config)
     study = create_study_task(config)
     tags = run_tags(config, study.name, flow_run.get_id())

@@ -8,7 +8,6 @@ from sweepflow.tasks.sweep import StudyRef, create_study_task, run_trial_task, w
 from sweepflow.tasks.sweep_report import SweepResult, summarize_sweep_task
 from sweepflow.tasks.tokenize import TokenizedData
 
-from sweepflow import paths
 from sweepflow.config import SweepflowConfig
 from sweepflow.tracking import Tracker
 
@@ -18,7 +17,6 @@ def sweep_flow(config: SweepflowConfig, tokens: TokenizedData, study: StudyRef |
                tracker: Tracker | None = None) -> SweepResult:
     """`tracker`: logging to the pipeline's parent run (run alone: opened here, and each
     trial is a run of its own)."""
-    paths.use_shared_dir(config.store.shared_dir)
     tracker = tracker or Tracker.open(config)
     study = study or create_study_task(config)
     warm_start_task(config, tokens, study)  # a new data version starts from the last best

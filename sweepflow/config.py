@@ -19,12 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sweepflow.encoding import LongText
 from sweepflow.paths import CONF_DIR, project_dir
+from sweepflow.usererrors import UserError
 
 BUNDLED = "bundled"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value is wrong; the message names it."""
+
+    kind = "config error"
+    exit_code = 2
 
 
 class _Model(BaseModel):
@@ -56,6 +60,8 @@ class DataConfig(_Model):
     text_column: str | list[str]  # a list of two columns: a sentence pair
     text_pair_column: str | None  # the second text of a sentence pair
     label_column: str
+    label_columns: list[str] | None = Field(min_length=1)  # multi-label from 0/1 columns
+    allow_empty_labels: bool  # multi-label: an empty label set is a valid "no tag" row
     labels: list[str | int] | dict[str | int, str] | None
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
@@ -77,6 +83,11 @@ class DataConfig(_Model):
                                                    or self.text_pair_column):
             raise ValueError("data.text_column takes one column, or a list of two (a "
                              "sentence pair; then no data.text_pair_column)")
+        if self.label_columns and len(set(self.label_columns)) != len(self.label_columns):
+            raise ValueError("data.label_columns names a column twice")
+        if self.label_columns and self.labels is not None:
+            raise ValueError("data.label_columns names the labels itself; leave data.labels "
+                             "null")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1")
         return self

@@ -38,11 +38,19 @@ class ClassifierSpec:
     long_text: str = "truncate"
     stride: int = 16
     pair: bool = False  # inputs are sentence pairs (text, text_pair)
+    multi_label: bool = False  # sigmoid per label; a text's labels: those at their threshold
+    thresholds: list[float] | None = None  # multi-label: per label (picked on validation)
 
     def long_texts(self) -> LongText:
         return LongText(max_length=self.max_length, truncation=self.truncation,
                         head_share=self.head_share, long_text=self.long_text,
                         stride=self.stride)
+
+    def label_sets(self, probs: np.ndarray) -> list[list[str]]:
+        """Multi-label: each row's labels whose probability reaches their threshold."""
+        cut = np.asarray(self.thresholds or [0.5] * len(self.labels), dtype=np.float32)
+        return [[label for label, hit in zip(self.labels, row, strict=True) if hit]
+                for row in probs >= cut[None, :]]
 
     def save(self, folder: Path) -> Path:
         path = folder / SPEC_FILE
@@ -73,26 +81,33 @@ def check_texts(texts: list[Text], max_chars: int, pair: bool = False) -> None:
 
 
 def text_probabilities(tokenizer: Any, lt: LongText, texts: list[Text],
-                       tensors: str, logits: Callable[[Any], np.ndarray]) -> np.ndarray:
+                       tensors: str, logits: Callable[[Any], np.ndarray],
+                       multi_label: bool = False) -> np.ndarray:
     """(len(texts), labels) probabilities: the texts encoded as in training (truncated, or
     in windows whose probabilities are averaged per text; pairs joined by the tokenizer and
-    truncated longest-first), `logits` run on the encoding."""
+    truncated longest-first), `logits` run on the encoding; softmax, or a sigmoid per label
+    for a multi-label model."""
+    activation = sigmoid if multi_label else softmax
     if texts and isinstance(texts[0], tuple):
         enc = tokenizer([t[0] for t in texts], [t[1] for t in texts],
                         truncation="longest_first", max_length=lt.max_length, padding=True,
                         return_tensors=tensors)
-        return softmax(logits(enc))
+        return activation(logits(enc))
     if lt.plain:
         enc = tokenizer(texts, truncation=True, max_length=lt.max_length, padding=True,
                         return_tensors=tensors)
-        return softmax(logits(enc))
+        return activation(logits(enc))
     enc, docs = encode(tokenizer, texts, lt, padding=True, return_tensors=tensors)
-    return mean_by_doc(softmax(logits(enc)), docs, len(texts))
+    return mean_by_doc(activation(logits(enc)), docs, len(texts))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 class OnnxClassifier:
@@ -119,7 +134,8 @@ class OnnxClassifier:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             out[idx] = text_probabilities(self.tokenizer, self.spec.long_texts(),
-                                          [texts[i] for i in idx], "np", self._logits)
+                                          [texts[i] for i in idx], "np", self._logits,
+                                          self.spec.multi_label)
         return out
 
     def _logits(self, enc: Any) -> np.ndarray:
@@ -143,4 +159,5 @@ class TorchClassifier:
         check_texts(texts, self.spec.max_chars, self.spec.pair)
         with self.torch.inference_mode():
             return text_probabilities(self.tokenizer, self.spec.long_texts(), texts, "pt",
-                                      lambda enc: self.model(**enc).logits.float().numpy())
+                                      lambda enc: self.model(**enc).logits.float().numpy(),
+                                      self.spec.multi_label)

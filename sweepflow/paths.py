@@ -22,30 +22,19 @@ def store_dir() -> Path:
     return Path(os.environ.get("SWEEPFLOW_HOME", project_dir() / "mlruns")).resolve()
 
 
-_shared: dict[str, Path] = {}  # "dir" -> store.shared_dir of the running flow
+def shared_dir(setting: str | None) -> Path:
+    """Where the caches and the kept models live: `store.shared_dir` (`setting`, a folder
+    every worker reaches), else the local store."""
+    return Path(setting).expanduser().resolve() if setting else store_dir()
 
 
-def use_shared_dir(path: str | None) -> None:
-    """Put the caches and kept models under `path` (store.shared_dir: a folder every
-    worker reaches), or back in the local store when None. Called once per flow run."""
-    if path:
-        _shared["dir"] = Path(path).expanduser().resolve()
-    else:
-        _shared.pop("dir", None)
-
-
-def shared_dir() -> Path:
-    """Where the tokenized data and the kept models live: store.shared_dir, else the store."""
-    return _shared.get("dir") or store_dir()
-
-
-def cache_dir(kind: str) -> Path:
-    path = shared_dir() / "cache" / kind
+def cache_dir(shared: Path, kind: str) -> Path:
+    path = shared / "cache" / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def models_dir(study: str, basis: str) -> Path:
-    """A study's kept models for one training basis (data, model, tokenization): one folder
-    `trial-<n>` for the best trial on that basis (a trial beaten later is removed)."""
-    return shared_dir() / "models" / study / basis
+def models_dir(shared: Path, study: str) -> Path:
+    """A study's kept models: a folder per training basis (data, model, tokenization), each
+    holding `trial-<n>` for the best trial on that basis (a trial beaten later is removed)."""
+    return shared / "models" / study

@@ -18,8 +18,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sweepflow.tasks.clean import LABEL, TEXT
-from sweepflow.tasks.evaluate import TestPredictions, scores
+from sweepflow.tasks.evaluate import TestPredictions
+from sweepflow.tasks.evaluate import score_predictions as scores
 from sweepflow.tasks.ingest import IngestResult, load_ingested
+from sweepflow.tasks.multilabel import multi_hot
 from sweepflow.tasks.register import (
     Champion,
     ChampionCheck,
@@ -38,9 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def label_with(tracker: tracking.Tracker, uri: str, texts: list[str], names: list[str],
-               max_length: int) -> np.ndarray:
-    """The model's label ids (in `names` order) for `texts`; ValueError when its labels
-    are not `names`."""
+               max_length: int, multi_label: bool = False) -> np.ndarray:
+    """The model's label ids (in `names` order) for `texts`, or 0/1 rows for a multi-label
+    model; ValueError when its labels or its kind are not this data's."""
     from sweepflow.tasks.predict import load_model, predict
 
     loaded = load_model(tracker, uri, max_length)
@@ -49,7 +51,19 @@ def label_with(tracker: tracking.Tracker, uri: str, texts: list[str], names: lis
         raise ValueError(f"it knows the labels {sorted(map(str, known.values()))}, this "
                          f"data {sorted(names)}")
     index = {name: i for i, name in enumerate(names)}
-    return np.asarray([index[p.label] for p in predict(loaded, texts)], dtype=np.int64)
+    preds = predict(loaded, texts)
+    if preds and (preds[0].labels is not None) != multi_label:
+        kinds = ("single-label", "multi-label")
+        raise ValueError(f"it is a {kinds[preds[0].labels is not None]} model, this data "
+                         f"{kinds[multi_label]}")
+    found = {x for p in preds for x in (p.labels if multi_label else [p.label])}
+    if found - set(index):
+        raise ValueError(f"it predicts labels {sorted(found - set(index))} this data does "
+                         "not have")
+    if multi_label:
+        return multi_hot([[index[x] for x in p.labels] for p in preds],
+                         len(names)).astype(np.int64)
+    return np.asarray([index[p.label] for p in preds], dtype=np.int64)
 
 
 def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: tracking.Tracker
@@ -63,13 +77,13 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: trac
     data, names = tokens.data, list(tokens.data.label_names)
     dd = load_ingested(data)
     uri = f"models:/{name}/{champion.version}"
-    test_texts, y_test = list(dd["test"][TEXT]), np.asarray(dd["test"][LABEL])
+    test_texts, y_test = list(dd["test"][TEXT]), truth(dd["test"][LABEL], data)
     newest_texts, y_new = newest(client, champion, data, config.drift.max_rows)
     same_test = champion.digest == data.split_digests["test"]
     try:
         texts = newest_texts if same_test else test_texts + newest_texts
-        pred = label_with(tracker, uri, texts, names, config.tokenize.max_length) if texts \
-            else np.zeros(0, np.int64)
+        pred = label_with(tracker, uri, texts, names, config.tokenize.max_length,
+                          data.multi_label) if texts else np.zeros(0, np.int64)
     except (UserError, ValueError, OSError, RuntimeError) as err:
         reason = f"champion v{champion.version} could not be re-scored: {err}"
         log.info(reason)
@@ -86,6 +100,13 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: trac
                                     "test": scores(y_test, test_pred)})
 
 
+def truth(labels: list, data: IngestResult) -> np.ndarray:
+    """Label ids, or multi-label 0/1 rows."""
+    if data.multi_label:
+        return multi_hot(labels, len(data.label_names)).astype(np.int64)
+    return np.asarray(labels, dtype=np.int64)
+
+
 def newest(client: tracking.MlflowClient, champion: Champion, data: IngestResult, limit: int
            ) -> tuple[list[str], np.ndarray]:
     """At most `limit` of this run's rows that the champion's data did not hold."""
@@ -94,7 +115,7 @@ def newest(client: tracking.MlflowClient, champion: Champion, data: IngestResult
     if rows is None:
         return [], np.zeros(0, np.int64)
     texts, labels = newest_rows(data, rows)
-    return texts[:limit], np.asarray(labels[:limit], dtype=np.int64)
+    return texts[:limit], truth(labels[:limit], data)
 
 
 def log_check(tracker: tracking.Tracker, check: ChampionCheck) -> None:

@@ -12,6 +12,7 @@ docs/beyond-the-peers.md (`python -m bench --only quantize` measures both).
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,8 +26,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 from sweepflow.tasks.clean import LABEL
-from sweepflow.tasks.evaluate import input_example, model_inputs, pip_requirements, scores
+from sweepflow.tasks.evaluate import (
+    THRESHOLDS_ARTIFACT,
+    classifier_spec,
+    input_example,
+    model_inputs,
+    pip_requirements,
+    score_predictions,
+)
 from sweepflow.tasks.ingest import load_ingested
+from sweepflow.tasks.multilabel import decide, multi_hot
 from sweepflow.tasks.register import RegistryResult, registered_name
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
 from sweepflow.tasks.train import set_threads
@@ -120,10 +129,11 @@ def module_predictor(model: torch.nn.Module, tokenizer: Any, max_length: int,
     """Texts -> softmax probabilities of a loaded PyTorch classifier, under inference mode."""
 
     def run(texts: list[str]) -> np.ndarray:
-        if spec is not None and (spec.pair or not spec.long_texts().plain):
+        if spec is not None and (spec.pair or spec.multi_label or not spec.long_texts().plain):
             with torch.inference_mode():
                 return text_probabilities(tokenizer, spec.long_texts(), texts, "pt",
-                                          lambda enc: model(**enc).logits.float().numpy())
+                                          lambda enc: model(**enc).logits.float().numpy(),
+                                          spec.multi_label)
         enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
                         return_tensors="pt")
         with torch.inference_mode():
@@ -151,7 +161,7 @@ def timings(run: Predictor, texts: list[str], batches: int) -> tuple[float, floa
 
 def footprint(run: Predictor, texts: list[str], preds: np.ndarray, y_true: np.ndarray,
               size_bytes: int, config: SweepflowConfig) -> Footprint:
-    s = scores(y_true, preds)
+    s = score_predictions(y_true, preds)
     rng = np.random.default_rng(config.seed)
     sample = [texts[i] for i in rng.permutation(len(texts))[:config.compress.latency_texts]]
     p50, p95, rate = timings(run, sample, config.compress.throughput_batches)
@@ -159,13 +169,17 @@ def footprint(run: Predictor, texts: list[str], preds: np.ndarray, y_true: np.nd
                      latency_p50_ms=p50, latency_p95_ms=p95, throughput_per_s=rate)
 
 
-def predict_labels(run: Predictor, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Label indices of all texts, batched by length so little padding is computed."""
+def predict_labels(run: Predictor, texts: list[str], batch_size: int = 64,
+                   thresholds: list[float] | None = None) -> np.ndarray:
+    """Label indices of all texts, batched by length so little padding is computed
+    (multi-label, with `thresholds`: (texts, labels) 0/1 rows)."""
     order = np.argsort([chars(t) for t in texts], kind="stable")
-    out = np.empty(len(texts), dtype=np.int64)
+    shape = (len(texts),) if thresholds is None else (len(texts), len(thresholds))
+    out = np.empty(shape, dtype=np.int64)
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
-        out[idx] = run([texts[i] for i in idx]).argmax(-1)
+        probs = run([texts[i] for i in idx])
+        out[idx] = probs.argmax(-1) if thresholds is None else decide(probs, thresholds)
     return out
 
 
@@ -184,14 +198,18 @@ def measure(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
             artifacts: dict[str, str]) -> tuple[Footprint, Footprint]:
     """Both models on the whole test split, then timed on the same sampled texts."""
     dd = load_ingested(tokens.data)
-    texts, y_true = model_inputs(dd["test"]), np.asarray(dd["test"][LABEL])
     spec = ClassifierSpec.load(Path(artifacts["spec"]))
+    cut = spec.thresholds if spec.multi_label else None
+    texts, y_true = model_inputs(dd["test"]), (
+        multi_hot(dd["test"][LABEL], len(spec.labels)).astype(np.int64) if spec.multi_label
+        else np.asarray(dd["test"][LABEL]))
     int8 = OnnxClassifier(Path(artifacts["onnx"]), Path(artifacts["tokenizer"]), spec)
     fp32_run = torch_predictor(model_dir, tokens.max_length, spec)
     fp32_size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-    return (footprint(fp32_run, texts, predict_labels(fp32_run, texts), y_true, fp32_size,
-                      config),
-            footprint(int8.probabilities, texts, predict_labels(int8.probabilities, texts),
+    return (footprint(fp32_run, texts, predict_labels(fp32_run, texts, thresholds=cut),
+                      y_true, fp32_size, config),
+            footprint(int8.probabilities, texts,
+                      predict_labels(int8.probabilities, texts, thresholds=cut),
                       y_true, Path(artifacts["onnx"]).stat().st_size, config))
 
 
@@ -256,11 +274,12 @@ def register_int8(config: SweepflowConfig, model_uri: str, registry: RegistryRes
 
 def compress(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
              registry: RegistryResult | None, tracker: tracking.Tracker) -> CompressResult:
-    lt = tokens.long_texts()
-    spec = ClassifierSpec(labels=list(tokens.data.label_names), max_length=tokens.max_length,
-                          max_chars=config.compress.max_text_chars, truncation=lt.truncation,
-                          head_share=lt.head_share, long_text=lt.long_text, stride=lt.stride,
-                          pair=tokens.pair)
+    thresholds = None
+    if tokens.data.multi_label:  # the evaluated model's, picked on validation
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracker.client.download_artifacts(tracker.run_id, THRESHOLDS_ARTIFACT, tmp)
+            thresholds = list(json.loads(Path(path).read_text()).values())
+    spec = classifier_spec(tokens, config.compress.max_text_chars, thresholds)
     with tempfile.TemporaryDirectory(prefix="sweepflow-int8-") as tmp:
         artifacts = build_int8(model_dir, Path(tmp), spec)
         fp32, int8 = measure(config, tokens, model_dir, artifacts)

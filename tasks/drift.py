@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import chi2_contingency, ks_2samp
 from sweepflow.tasks.clean import LABEL, TEXT
-from sweepflow.tasks.ingest import load_ingested
+from sweepflow.tasks.ingest import label_texts, load_ingested
 from sweepflow.tasks.register import ChampionCheck
 from sweepflow.tasks.tokenize import TokenizedData
 from sweepflow.tasks.versions import ROWS_ARTIFACT, load_json_artifact, newest_rows
@@ -89,10 +89,13 @@ def reference(data: Any) -> dict[str, Any]:
     counts, text lengths and vocabulary, and the unknown-word share of its own test rows."""
     dd = load_ingested(data)
     names = data.label_names
+    labels = label_texts(data, dd["train"][LABEL])
+    if data.multi_label:  # label-set shares
+        names = sorted(set(labels))
     vocab = Counter(w for t in dd["train"][TEXT] for w in words(t))
     known = {w for w, _ in vocab.most_common(VOCAB_SIZE)}
     return {"label_names": names,
-            "labels": dict(Counter(names[i] for i in dd["train"][LABEL])),
+            "labels": dict(Counter(labels)),
             "lengths": [len(t) for t in dd["train"][TEXT]],
             "vocab": sorted(known), "oov_share_test": oov_share(dd["test"][TEXT], known)}
 
@@ -184,7 +187,7 @@ def drift(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck |
     if ref is None or rows is None:
         return None
     texts, ids = newest_rows(tokens.data, rows)
-    labels = [tokens.data.label_names[i] for i in ids]
+    labels = label_texts(tokens.data, ids)
     result = measure(config.drift, ref, texts, labels, check)
     log_drift(tracker, result, ref, texts, labels)
     return result

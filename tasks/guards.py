@@ -45,7 +45,9 @@ class DivergenceGuard(Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
                                 outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
-        if isinstance(outputs, torch.Tensor):
+        if isinstance(outputs, torch.Tensor) and outputs.dim() == 2:  # multi-label: label sets
+            self._seen.update(map(tuple, outputs.unique(dim=0).tolist()))
+        elif isinstance(outputs, torch.Tensor):
             self._seen.update(outputs.unique().tolist())
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:

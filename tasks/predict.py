@@ -35,22 +35,31 @@ from sweepflow import modelsafety, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.encoding import LongText
 from sweepflow.onnx_classifier import Text, chars, text_probabilities
+from sweepflow.usererrors import UserError
 
 BATCH = 64
 CHUNK = 1024  # texts per call of the model (progress is reported per chunk)
 MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenizing (the tokenizer truncates)
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError):
     """A model, alias or input file that cannot be used; the message says which."""
+
+    kind = "predict error"
 
 
 class Prediction(BaseModel):
+    """One text's answer: its label and that label's probability, or for a multi-label
+    model its set of labels and every label's probability (None fields are left out of the
+    JSON line)."""
+
     model_config = ConfigDict(frozen=True)
     text: str
-    text_pair: str | None = None  # sentence pairs only (left out of the JSON line otherwise)
-    label: str
-    probability: float
+    text_pair: str | None = None  # sentence pairs only
+    label: str | None = None
+    probability: float | None = None
+    labels: list[str] | None = None  # multi-label
+    probabilities: dict[str, float] | None = None  # multi-label
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ def training_long_text(client: tracking.MlflowClient, run_id: str | None, defaul
                     stride=int(params.get("tokenize.stride", lt.stride)))
 
 
-def default_model(config: SweepflowConfig) -> tuple[str, str]:
+def default_model(config: SweepflowConfig, client: tracking.MlflowClient) -> tuple[str, str]:
     """(model URI, what it is): the champion's int8 twin when the registry holds one for the
     current champion, else the champion."""
     from mlflow.exceptions import MlflowException
@@ -124,7 +133,6 @@ def default_model(config: SweepflowConfig) -> tuple[str, str]:
     name = registered_name(config)
     fp32 = f"models:/{name}@{CHAMPION}"
     try:
-        client = tracking.MlflowClient(tracking.tracking_uri(config))
         aliases = client.get_registered_model(name).aliases
         champion, twin = aliases.get(CHAMPION), aliases.get(f"{CHAMPION}-int8")
         if champion is None or twin is None:
@@ -224,6 +232,11 @@ def _predict_pyfunc(loaded: LoadedModel, texts: list[str]) -> list[Prediction]:
         frame = loaded.model.predict(frame)
     except MlflowException as err:  # e.g. the int8 model refusing an oversized text
         raise PredictError(f"the model refused the input: {err.message}") from None
+    if "labels" in frame:  # a multi-label model: label sets
+        return [Prediction(text=t[0] if pairs else t, text_pair=t[1] if pairs else None,
+                           labels=list(labels), probabilities=probs)
+                for t, labels, probs in zip(texts, frame["labels"], frame["probabilities"],
+                                            strict=True)]
     return [Prediction(text=t[0] if pairs else t, text_pair=t[1] if pairs else None,
                        label=str(label), probability=float(score))
             for t, label, score in zip(texts, frame["label"], frame["score"], strict=True)]

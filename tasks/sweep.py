@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from sweepflow.config import (
 )
 from sweepflow.console import report
 from sweepflow.hashing import hash_json
-from sweepflow.paths import models_dir
+from sweepflow.paths import models_dir, shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class StudyRef(BaseModel):
     storage: str
     direction: str
     metric: str
+    models: str  # the folder of the study's kept models (store.shared_dir/models/<name>)
 
 
 class TrialResult(BaseModel):
@@ -118,8 +121,10 @@ def study_name(config: SweepflowConfig) -> str:
 
 def create_study(config: SweepflowConfig, name: str | None = None) -> StudyRef:
     """Create the study, or load it when it exists: a re-run continues it."""
-    ref = StudyRef(name=name or study_name(config), storage=study_storage(config),
-                   direction=config.sweep.direction, metric=config.sweep.metric)
+    name = name or study_name(config)
+    models = models_dir(shared_dir(config.store.shared_dir), name)
+    ref = StudyRef(name=name, storage=study_storage(config), direction=config.sweep.direction,
+                   metric=config.sweep.metric, models=str(models))
     shared = storage.open_storage(ref.storage, config.sweep)
     with storage.study_lock(shared, ref.name):  # two sweeps started at once: one study
         study = optuna.create_study(study_name=ref.name, storage=shared,
@@ -227,17 +232,18 @@ def warm_start(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef
     return best
 
 
-def trial_model_dir(study: str, key: str, number: int) -> Path:
-    return models_dir(study, key) / f"trial-{number}"
+def trial_model_dir(models: str | Path, key: str, number: int) -> Path:
+    """The kept model of trial `number` on basis `key`, under a study's `models` folder."""
+    return Path(models) / key / f"trial-{number}"
 
 
 def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any,
-                 state: dict, tokens: TokenizedData) -> bool:
+                 state: dict, tokens: TokenizedData, models: str | Path) -> bool:
     """Save a complete trial's best weights when it ranks above the basis' best so far (ties
     go to the lower trial number, as in Optuna). Called under the study lock before the study
     is told, so the trial that Optuna calls best always has its folder."""
     best = best_on_basis(study, key)
-    if best is not None and trial_model_dir(study.study_name, key, best.number).exists():
+    if best is not None and trial_model_dir(models, key, best.number).exists():
         if rank(study, result.value, result.number) <= rank(study, best.value, best.number):
             return False
     module.model.load_state_dict(state)
@@ -257,14 +263,14 @@ def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any
             "params": result.params, "run_id": result.run_id, "basis": key,
             "data_digest": tokens.data.digest}))
 
-    cache.publish(trial_model_dir(study.study_name, key, result.number), build, replace=True)
+    cache.publish(trial_model_dir(models, key, result.number), build, replace=True)
     return True
 
 
-def drop_beaten_models(study: optuna.Study, key: str) -> None:
+def drop_beaten_models(study: optuna.Study, key: str, models: str | Path) -> None:
     """Remove the folders of finished trials that are not the basis' best (the folder of a
     trial still running, e.g. in another worker, is left alone)."""
-    folder = models_dir(study.study_name, key)
+    folder = Path(models) / key
     if not folder.is_dir():
         return
     best = best_on_basis(study, key)
@@ -331,10 +337,11 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
         except Exception as err:
-            if isinstance(err, UpdateFinishedTrialError) or not still_running(study, trial):
-                raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
-            study.tell(trial, state=TrialState.FAIL)
+            with lost_if_out_of_reach(trial.number, run_id, config.sweep, err):
+                if isinstance(err, UpdateFinishedTrialError) or not still_running(study, trial):
+                    raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
+                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
+                study.tell(trial, state=TrialState.FAIL)
             run.log(tags={"optuna.state": "failed",
                           REASON_TAG: f"{type(err).__name__}: {err}"[:4000]})
             raise TrialFailed(trial.number, run_id, err) from err
@@ -353,17 +360,20 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         result = TrialResult(number=trial.number, state=state, value=fitted.best_value,
                              params=params, steps=fitted.steps,
                              seconds=time.perf_counter() - start, run_id=run_id, note=note)
-        tell(study, trial, result, module, fitted.state, tokens,
-             storage.open_storage(ref.storage, config.sweep))
+        with lost_if_out_of_reach(trial.number, run_id, config.sweep):
+            tell(study, trial, result, module, fitted.state, tokens, ref.models,
+                 storage.open_storage(ref.storage, config.sweep))
         run.log(tags={"optuna.state": state, "optuna.steps": str(result.steps),
                       **({NOTE_TAG: note} if note else {})})
     return result
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: Any,
-         state: dict | None, tokens: TokenizedData, shared: Any = None) -> None:
-    """Tell the study the outcome; a complete trial's model is saved first if it is the best
-    on its basis, and the models it beat are removed after. `shared`: the opened storage
+         state: dict | None, tokens: TokenizedData, models: str | Path, shared: Any = None
+         ) -> None:
+    """Tell the study the outcome; a complete trial's model is saved first (under `models`,
+    the study's folder) if it is the best on its basis, and the models it beat are removed
+    after. `shared`: the opened storage
     (open_storage), whose study lock serialises this across workers. A trial that is no
     longer RUNNING (failed on its heartbeat while this worker was cut off, and retried) is
     refused with TrialTaken: nothing is told, kept or dropped."""
@@ -381,21 +391,22 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
             return
         key = basis(tokens)
         try:
-            kept = keep_if_best(study, key, result, module, state, tokens)
+            kept = keep_if_best(study, key, result, module, state, tokens, models)
         except BaseException as err:
+            if storage.out_of_reach(err):  # nothing to tell it with (lost_if_out_of_reach)
+                raise
             trial.set_user_attr("fail_reason", f"model not kept: {type(err).__name__}: {err}"
                                 [:1000])
             study.tell(trial, state=TrialState.FAIL)
             raise
         try:
             _tell_or_taken(study, trial, result, values=result.value)
-        except TrialTaken:  # failed by a reaper that did not take the lock
+        except Exception:  # failed by a reaper that did not take the lock, or out of reach
             if kept:
-                shutil.rmtree(trial_model_dir(study.study_name, key, trial.number),
-                              ignore_errors=True)
+                shutil.rmtree(trial_model_dir(models, key, trial.number), ignore_errors=True)
             raise
         if kept:
-            drop_beaten_models(study, key)
+            drop_beaten_models(study, key, models)
 
 
 def _tell_or_taken(study: optuna.Study, trial: optuna.Trial, result: TrialResult,
@@ -424,6 +435,40 @@ class TrialTaken(tracking.RunKilled):
             "worker was out of reach (network partition, paused process) and its params were "
             "queued again; nothing of this run was told to the study or kept")
         self.number, self.run_id = number, run_id
+
+
+class TrialOutOfReach(TrialTaken):
+    """The study database stayed out of reach (network partition, outage) for longer than
+    the connections wait for it (sweep.grace_period): the trial's heartbeat has stopped with
+    it, so a reaper fails the trial and its params are retried. This worker walks away
+    from it; the MLflow run ends KILLED with this reason."""
+
+    def __init__(self, number: int, run_id: str, grace_period: int, err: BaseException
+                 ) -> None:
+        reason = storage.out_of_reach(err) or type(err).__name__
+        tracking.RunKilled.__init__(
+            self, f"trial {number} abandoned: the study database was out of reach for more "
+            f"than sweep.grace_period ({grace_period} s; network partition or database "
+            f"outage: {reason}); its heartbeat stopped, so it is failed and its params "
+            "queued again; nothing of this run was told to the study or kept")
+        self.number, self.run_id = number, run_id
+
+
+@contextmanager
+def lost_if_out_of_reach(number: int, run_id: str, sweep: SweepConfig,
+                         cause: BaseException | None = None) -> Iterator[None]:
+    """Turn "the study database cannot be reached" (in the block, or `cause` already) into
+    TrialOutOfReach; other errors pass as they are."""
+    if storage.out_of_reach(cause):
+        raise TrialOutOfReach(number, run_id, sweep.grace_period, cause) from cause
+    try:
+        yield
+    except TrialTaken:
+        raise
+    except Exception as err:
+        if storage.out_of_reach(err):
+            raise TrialOutOfReach(number, run_id, sweep.grace_period, err) from err
+        raise
 
 
 class TrialFailed(RuntimeError):

@@ -13,13 +13,14 @@ from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from pydantic import BaseModel
 from sweepflow.tasks.pruning import SIGNAL_ATTR
-from sweepflow.tasks.sweep import BASIS_ATTR, basis, best_on_basis, trial_model_dir
+from sweepflow.tasks.sweep import BASIS_ATTR, StudyRef, basis, best_on_basis, trial_model_dir
 from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import cache, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.storage import open_storage
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ class SweepResult(BaseModel):
     wall_seconds: float
 
 
-class NoCompleteTrial(RuntimeError):
-    pass
+class NoCompleteTrial(UserError):
+    """No trial of the sweep completed, so there is no model to evaluate."""
+
+    kind = "sweep error"
 
 
 def count_states(states: list[str]) -> dict[str, int]:
@@ -97,19 +100,19 @@ def wall_seconds(study_trials: list[FrozenTrial], numbers: set[int]) -> float:
     return (max(ends) - min(t.datetime_start for t in mine)).total_seconds()
 
 
-def summarize_sweep(config: SweepflowConfig, study_name: str, storage: str,
-                    tokens: TokenizedData, trials: list[Any],
-                    tracker: tracking.Tracker) -> SweepResult:
+def summarize_sweep(config: SweepflowConfig, ref: StudyRef, tokens: TokenizedData,
+                    trials: list[Any], tracker: tracking.Tracker) -> SweepResult:
     """The study's best trial on this run's training basis and the folder of its model."""
+    study_name = ref.name
     study = optuna.load_study(study_name=study_name,
-                              storage=open_storage(storage, config.sweep))
+                              storage=open_storage(ref.storage, config.sweep))
     key = basis(tokens)
     best = best_on_basis(study, key)
     if best is None:
         errors = [t.error for t in trials if getattr(t, "error", None)]
         raise NoCompleteTrial(f"study '{study_name}' has no complete trial on this data"
                               + (f"; first error: {errors[0]}" if errors else ""))
-    model_dir = trial_model_dir(study_name, key, best.number)
+    model_dir = trial_model_dir(ref.models, key, best.number)
     problem = cache.check(model_dir) if model_dir.exists() else "it is missing"
     if problem:
         raise NoCompleteTrial(
@@ -149,9 +152,9 @@ def log_sweep(tracker: tracking.Tracker, metric: str, study: optuna.Study,
 
 
 @task(name="summarize-sweep")
-def summarize_sweep_task(config: SweepflowConfig, study: Any, tokens: TokenizedData,
+def summarize_sweep_task(config: SweepflowConfig, study: StudyRef, tokens: TokenizedData,
                          trials: list[Any], tracker: tracking.Tracker) -> SweepResult:
-    result = summarize_sweep(config, study.name, study.storage, tokens, trials, tracker)
+    result = summarize_sweep(config, study, tokens, trials, tracker)
     if result.other_data_trials:
         report.info(f"study '{result.study}' also holds {result.other_data_trials} trials "
                     "trained on other data, model or tokenization: the best is chosen among "

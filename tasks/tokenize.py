@@ -21,7 +21,7 @@ from sweepflow.config import BUNDLED, SweepflowConfig
 from sweepflow.console import report
 from sweepflow.encoding import LongText, encode
 from sweepflow.hashing import code_version, hash_files, hash_json
-from sweepflow.paths import cache_dir
+from sweepflow.paths import cache_dir, shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def tokenize_cached(config: SweepflowConfig, data: IngestResult
                     ) -> cache.Cached[TokenizedData]:
     """Tokenize once per key; an existing folder for the key is reused."""
     key = tokenize_key(config, data)
-    out_dir = cache_dir("tokenized") / key
+    out_dir = cache_dir(shared_dir(config.store.shared_dir), "tokenized") / key
     if cache.valid(out_dir):
         log.info("tokenize cache hit: %s", out_dir)
         result = TokenizedData.model_validate_json((out_dir / "result.json").read_text())

@@ -17,9 +17,15 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import Logger
 from sweepflow.tasks.batching import train_batches
 from sweepflow.tasks.clean import LABEL
+from sweepflow.tasks.multilabel import multi_hot
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+)
 from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
@@ -50,6 +56,9 @@ class Rows(Dataset):
         self.input_ids = cols["input_ids"]
         self.attention_mask = cols["attention_mask"]
         self.labels = cols[LABEL]
+        inner = getattr(split.features[LABEL], "feature", None)
+        if inner is not None:  # multi-label: label-id lists as float multi-hot rows (BCE)
+            self.labels = multi_hot(self.labels, inner.num_classes).tolist()
         self.lengths = cols["length"]
         self.docs = cols.get("doc")  # chunks: the text each window comes from
 
@@ -99,18 +108,26 @@ def eval_loader(rows: Rows, tokens: TokenizedData, batch_size: int) -> DataLoade
 
 
 class TextClassifier(pl.LightningModule):
-    def __init__(self, model_path: str, label_names: list[str], cfg: TrainConfig) -> None:
+    def __init__(self, model_path: str, label_names: list[str], cfg: TrainConfig,
+                 multi_label: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.multi_label = multi_label
         n = len(label_names)
+        # Multi-label: sigmoid outputs and binary cross-entropy (transformers' own loss).
+        extra = {"problem_type": "multi_label_classification"} if multi_label else {}
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_path, num_labels=n, id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
-            ignore_mismatched_sizes=True,
+            ignore_mismatched_sizes=True, **extra,
         )
         self.model.train()  # from_pretrained returns eval mode: dropout must be on to train
-        self.val_acc = MulticlassAccuracy(num_classes=n)
-        self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
+        if multi_label:  # val/accuracy is the subset accuracy; thresholds 0.5 in the sweep
+            self.val_acc = MultilabelExactMatch(num_labels=n)
+            self.val_f1 = MultilabelF1Score(num_labels=n, average="macro")
+        else:
+            self.val_acc = MulticlassAccuracy(num_classes=n)
+            self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
 
     def on_fit_start(self) -> None:
         if self.cfg.fast_dropout:  # once the model is on its device: CPU only
@@ -126,9 +143,12 @@ class TextClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
         out = self.model(**batch)
-        preds = out.logits.argmax(-1)
-        self.val_acc.update(preds, batch["labels"])
-        self.val_f1.update(preds, batch["labels"])
+        if self.multi_label:  # (rows, labels) 0/1 at probability 0.5
+            preds, target = (out.logits > 0).long(), batch["labels"].long()
+        else:
+            preds, target = out.logits.argmax(-1), batch["labels"]
+        self.val_acc.update(preds, target)
+        self.val_f1.update(preds, target)
         self.log("val/loss", out.loss, on_epoch=True, batch_size=len(batch["labels"]))
         return preds  # for callbacks (tasks/guards.py counts the classes predicted)
 
@@ -209,7 +229,8 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     set_threads(cfg.num_threads)
     keep_freed_memory()
     rows = load_rows(tokens.path)
-    module = TextClassifier(tokens.model_path, list(tokens.data.label_names), cfg)
+    module = TextClassifier(tokens.model_path, list(tokens.data.label_names), cfg,
+                            tokens.data.multi_label)
     best = BestWeights(monitor, mode)
     stop = EarlyStopping(monitor, mode=mode, patience=cfg.early_stopping_patience,
                          check_on_train_epoch_end=False)

@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 from sweepflow.tasks.clean import LABEL, TEXT
-from sweepflow.tasks.ingest import SPLITS, IngestResult, load_ingested
+from sweepflow.tasks.ingest import SPLITS, IngestResult, label_texts, load_ingested
 from sweepflow.tasks.splits import row_ids
 
 from sweepflow import tracking
@@ -84,10 +84,9 @@ def _signed(added: int, removed: int) -> str:
 def rows_of(data: IngestResult) -> dict[str, Any]:
     """Each split's row ids and label names (what `data/rows.json` holds)."""
     dd = load_ingested(data)
-    names = data.label_names
     return {"digest": data.digest, "splits": {
         split: {"ids": row_ids(dd[split][TEXT]),
-                "labels": [names[i] for i in dd[split][LABEL]]} for split in dd}}
+                "labels": label_texts(data, dd[split][LABEL])} for split in dd}}
 
 
 def _labels(rows: dict[str, Any]) -> dict[str, int]:
@@ -156,9 +155,9 @@ def record_version(tracker: tracking.Tracker, data: IngestResult) -> DataVersion
 
 
 def newest_rows(data: IngestResult, champion_rows: dict[str, Any]
-                ) -> tuple[list[str], list[int]]:
-    """Texts and label ids of this run's rows (all splits) that another version's rows
-    (`data/rows.json` of the champion's run) did not hold."""
+                ) -> tuple[list[str], list[int] | list[list[int]]]:
+    """Texts and label ids (multi-label: lists of ids) of this run's rows (all splits) that
+    another version's rows (`data/rows.json` of the champion's run) did not hold."""
     known = {i for part in champion_rows["splits"].values() for i in part["ids"]}
     dd = load_ingested(data)
     texts, labels = [], []
@@ -168,7 +167,7 @@ def newest_rows(data: IngestResult, champion_rows: dict[str, Any]
                                     strict=True):
             if rid not in known:
                 texts.append(text)
-                labels.append(int(label))
+                labels.append(list(label) if data.multi_label else int(label))
     return texts, labels
 
 

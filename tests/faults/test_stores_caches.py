@@ -90,7 +90,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with
 # Over the Optuna database (~120 kB), under the weights (~1.3 MB).
 resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
 try:
-    tell(study, trial, result, module, module.model.state_dict(), tokens)
+    tell(study, trial, result, module, module.model.state_dict(), tokens, ref.models)
 except OSError as err:
     print("refused:", err.errno)
 """
@@ -109,6 +109,7 @@ def _wider_model(tiny_model_dir: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow  # a real full file system mid-trial
 def test_disk_full_leaves_the_study_and_model_folder_consistent(tiny_overrides, store,
                                                                  tiny_model_dir, tmp_path):
     model = _wider_model(tiny_model_dir, tmp_path / "wider")

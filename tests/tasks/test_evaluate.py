@@ -50,15 +50,16 @@ def test_baseline_is_cached_per_data_and_seed(tiny_config):
     from sweepflow.tasks.evaluate import cached_baseline
     from sweepflow.tasks.ingest import ingest, load_ingested
 
-    from sweepflow.paths import cache_dir
+    from sweepflow.paths import cache_dir, shared_dir
 
     data = ingest(tiny_config)
     dd = load_ingested(data)
-    first = cached_baseline(dd, data, seed=0)
-    files = list(cache_dir("baseline").iterdir())
+    folder = cache_dir(shared_dir(tiny_config.store.shared_dir), "baseline")
+    first = cached_baseline(dd, data, 0, folder)
+    files = list(folder.iterdir())
     assert len(files) == 1 and files[0].suffix == ".npy"  # no temp file left
     stamp = files[0].stat().st_mtime_ns
-    assert (cached_baseline(dd, data, seed=0) == first).all()
+    assert (cached_baseline(dd, data, 0, folder) == first).all()
     assert files[0].stat().st_mtime_ns == stamp  # read, not fitted and written again
-    cached_baseline(dd, data, seed=1)
-    assert len(list(cache_dir("baseline").iterdir())) == 2  # another seed, another entry
+    cached_baseline(dd, data, 1, folder)
+    assert len(list(folder.iterdir())) == 2  # another seed, another entry

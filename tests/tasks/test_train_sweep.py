@@ -180,20 +180,20 @@ def test_the_kept_model_is_the_best_trial_on_its_data(tiny_config):
         trial.set_user_attr(BASIS_ATTR, key)
         result = TrialResult(number=trial.number, state="complete", value=value, params={},
                              steps=1, seconds=0.0, run_id="r")
-        kept = keep_if_best(study, key, result, module, state, tokens)
+        kept = keep_if_best(study, key, result, module, state, tokens, ref.models)
         study.tell(trial, value)
-        drop_beaten_models(study, key)
+        drop_beaten_models(study, key, ref.models)
         return trial.number, kept
 
     first, kept = finish(0.5)
-    assert kept and trial_model_dir(ref.name, key, first).is_dir()
+    assert kept and trial_model_dir(ref.models, key, first).is_dir()
     worse, kept = finish(0.4)
-    assert not kept and not trial_model_dir(ref.name, key, worse).exists()
+    assert not kept and not trial_model_dir(ref.models, key, worse).exists()
     better, kept = finish(0.6)
     assert kept and best_on_basis(study, key).number == better
-    folders = sorted(p.name for p in trial_model_dir(ref.name, key, better).parent.iterdir())
+    folders = sorted(p.name for p in trial_model_dir(ref.models, key, better).parent.iterdir())
     assert folders == [f"trial-{better}"]  # the beaten model is gone
-    saved = json.loads((trial_model_dir(ref.name, key, better) / "trial.json").read_text())
+    saved = json.loads((trial_model_dir(ref.models, key, better) / "trial.json").read_text())
     assert (saved["number"], saved["value"]) == (better, 0.6)
 
 
@@ -267,5 +267,5 @@ def test_a_trial_failed_under_a_running_worker_ends_killed_with_the_reason(tiny_
     run = MlflowClient(tracking.tracking_uri(tiny_config)).get_run(result.run_id)
     assert run.info.status == "KILLED"
     assert "late result refused" in run.data.tags["error"]
-    assert not trial_model_dir(ref.name, basis(tokens), trial.number).exists()
+    assert not trial_model_dir(ref.models, basis(tokens), trial.number).exists()
     assert reaper.get_trial(trial._trial_id).state == TrialState.FAIL  # noqa: SLF001

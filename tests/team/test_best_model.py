@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import optuna
 import pytest
@@ -29,6 +30,7 @@ from sweepflow.tasks.tokenize import tokenize
 from sweepflow.tasks.train import TextClassifier
 
 from sweepflow.config import load_config
+from sweepflow.paths import models_dir, shared_dir
 from sweepflow.stack import database_url, drop_databases, ensure_databases, pg_server_url
 from tests.team.conftest import postgres_problem
 
@@ -71,7 +73,7 @@ def _finish_all(config, values: list[float]) -> tuple[optuna.Study, str, list[in
                              steps=1, seconds=0.0, run_id=f"run-{trial.number}")
         start.wait()
         try:
-            tell(study, mine, result, module, state, tokens, storage)
+            tell(study, mine, result, module, state, tokens, ref.models, storage)
         except BaseException as err:  # noqa: BLE001 - reported by the test
             errors.append(err)
 
@@ -86,8 +88,13 @@ def _finish_all(config, values: list[float]) -> tuple[optuna.Study, str, list[in
         t.number for t in trials]
 
 
+def _models(study: optuna.Study) -> Path:
+    """Where the study's models are kept (the tests' store: no store.shared_dir)."""
+    return models_dir(shared_dir(None), study.study_name)
+
+
 def _kept(study: optuna.Study, key: str) -> list[str]:
-    folder = trial_model_dir(study.study_name, key, 0).parent
+    folder = trial_model_dir(_models(study), key, 0).parent
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
@@ -115,7 +122,8 @@ def test_a_late_result_is_refused_and_keeps_the_best_model(pg_config):
     result = TrialResult(number=late.number, state="complete", value=0.9, params={}, steps=1,
                          seconds=0.0, run_id="late")
     with pytest.raises(TrialTaken, match="late result refused"):
-        tell(study, late, result, module, module.model.state_dict(), tokens, ref_storage)
+        tell(study, late, result, module, module.model.state_dict(), tokens, _models(study),
+             ref_storage)
     study = optuna.load_study(study_name=study.study_name, storage=ref_storage)
     assert study.best_trial.number == 0
     assert study.trials[late.number].state == TrialState.FAIL
