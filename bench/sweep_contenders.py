@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -136,7 +137,7 @@ def run_sweepflow(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict
 
     from sweepflow import storage
     from sweepflow.config import load_config
-    from sweepflow.paths import models_dir
+    from sweepflow.paths import models_dir, shared_dir
     from sweepflow.tracking import Tracker
 
     _, tokens = load_tokens(args.overrides)
@@ -144,7 +145,8 @@ def run_sweepflow(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict
     config = load_config(overrides=[*args.overrides, f"seed={args.seed}",
                                     f"sweep.n_trials={args.trials}",
                                     f"sweep.study_name={name}", *extra])
-    watcher = Snapshots(models_dir(name, basis(tokens)), Path(args.work) / "snapshots")
+    kept = models_dir(shared_dir(config.store.shared_dir), name) / basis(tokens)
+    watcher = Snapshots(kept, Path(args.work) / "snapshots")
     watcher.start()
     tracker = Tracker.open(config)
     began, start = datetime.now(), time.perf_counter()
@@ -429,8 +431,9 @@ def run_ray_asha(args: argparse.Namespace) -> dict[str, Any]:
     work, cores = Path(args.work), len(os.sched_getaffinity(0))
     max_t = config.train.val_checks_per_epoch * config.train.max_epochs
     began = time.perf_counter()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(work / "ray"), object_store_memory=100 * 2**20)
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths: <= 107 bytes
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
+             object_store_memory=100 * 2**20)
     startup = time.perf_counter() - began
     trainable = tune.with_resources(tune.with_parameters(
         ray_trial, tokens_json=tokens.model_dump_json(), seed=args.seed,
@@ -447,6 +450,7 @@ def run_ray_asha(args: argparse.Namespace) -> dict[str, Any]:
     grid = tuner.fit()
     seconds = time.perf_counter() - start
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
     trials, snapshots = _ray_trials(grid, start_wall, seconds, max_t, work / "snapshots")
     settings = {"search_alg": "BasicVariantGenerator(random_state=seed) (random)",
                 "scheduler": f"ASHAScheduler(max_t={max_t}, grace_period=1, "
