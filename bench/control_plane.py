@@ -195,8 +195,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "control_plane.json"))
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the cluster on kill
+    from sweepflow.netutil import free_port
     from sweepflow.stack import started_stack
-    from tests.flows.servers import free_port
     from tests.team.pgcluster import pgbouncer, private_cluster
 
     rows = []

@@ -8,35 +8,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from sweepflow.netutil import NotUp, free_port, wait_until_up
 
 
 @dataclass(frozen=True)
 class PrefectServer:
     api_url: str
     startup_seconds: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 @contextmanager
@@ -54,10 +40,10 @@ def prefect_server(env: dict[str, str], log: Path, timeout: float = 180) -> Iter
         proc = subprocess.Popen(cmd, env=server_env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        while not _healthy(url):
-            if proc.poll() is not None or time.perf_counter() - start > timeout:
-                raise RuntimeError(f"prefect server did not start; see {log}")
-            time.sleep(0.5)
+        try:
+            wait_until_up(f"{url}/health", timeout, proc, interval=0.5)
+        except NotUp as err:
+            raise RuntimeError(f"prefect server did not start ({err}); see {log}") from None
         yield PrefectServer(url, time.perf_counter() - start)
     finally:
         _stop(proc)

@@ -210,7 +210,7 @@ def _init_store(overrides: list[str]) -> float:
 def _warm_baseline(overrides: list[str]) -> float:
     """Fit the TF-IDF baseline once, as any earlier run on the same data has: like the
     tokenized data, its test predictions are cached per data. Returns that one-time cost."""
-    from sweepflow.tasks.evaluate import cached_baseline
+    from sweepflow.tasks.evaluate import baseline_cache, cached_baseline
     from sweepflow.tasks.ingest import ingest, load_ingested
 
     from sweepflow.config import load_config
@@ -218,7 +218,7 @@ def _warm_baseline(overrides: list[str]) -> float:
     config = load_config(overrides=overrides)
     data = ingest(config)
     start = time.perf_counter()
-    cached_baseline(load_ingested(data), data, config.seed)
+    cached_baseline(load_ingested(data), data, config.seed, baseline_cache(config))
     return time.perf_counter() - start
 
 

@@ -13,12 +13,12 @@ tokenize or the stack's start.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from typing import Any
 
 from bench.common import data_overrides, run_json
+from sweepflow.netutil import free_port
 
 PARAMS = [{"learning_rate": lr, "warmup_ratio": warmup, "weight_decay": 0.01}
           for lr in (5.0e-5, 8.0e-5, 1.3e-4, 2.0e-4) for warmup in (0.0, 0.1)]
@@ -70,12 +70,6 @@ def team(ctx: Any) -> dict[str, Any]:
         drop_databases(pg_server_url(), [f"{prefix}_{k}" for k in ("optuna", "mlflow",
                                                                     "prefect")])
     return _compare(results, train, evals)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _enqueue(overrides: list[str]) -> None:

@@ -17,13 +17,16 @@ from prefect.schedules import Cron, Interval, Schedule
 from prefect.types.entrypoint import EntrypointType
 
 from sweepflow.config import ConfigError, SweepflowConfig, load_config
+from sweepflow.usererrors import UserError
 
 START_SERVER = ("start one with `make prefect-server` and "
                 "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
 
 
-class ServeError(RuntimeError):
+class ServeError(UserError):
     """There is no Prefect server to serve on; the message says how to start one."""
+
+    kind = "serve error"
 
 
 def pipeline_schedule(config: SweepflowConfig) -> Schedule:

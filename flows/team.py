@@ -38,6 +38,7 @@ from sweepflow import paths, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.stack import stop
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ FLOW_NAME = "trial-worker"
 ENTRYPOINT = "sweepflow.flows.worker.trial_worker_flow"
 
 
-class TeamError(RuntimeError):
+class TeamError(UserError):
     """Team mode cannot start; the message says what to set or start."""
+
+    kind = "team error"
+    exit_code = 2
 
 
 def prefect_api() -> str:
@@ -95,6 +99,10 @@ def ensure_deployment(pool: str) -> str:
         client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
                                  entrypoint=ENTRYPOINT, path=None, pull_steps=[],
                                  enforce_parameter_schema=False, tags=["sweepflow"],
+                                 # the trial lines (and a refused late result) reach the
+                                 # flow run's log, whoever started the Prefect worker
+                                 job_variables={"env": {
+                                     "PREFECT_LOGGING_EXTRA_LOGGERS": "sweepflow"}},
                                  description="sweepflow trial worker: pulls trials from a "
                                              "shared Optuna study")
     return f"{FLOW_NAME}/{pool}"

@@ -19,12 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sweepflow.encoding import LongText
 from sweepflow.paths import CONF_DIR, project_dir
+from sweepflow.usererrors import UserError
 
 BUNDLED = "bundled"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value is wrong; the message names it."""
+
+    kind = "config error"
+    exit_code = 2
 
 
 class _Model(BaseModel):

@@ -1,8 +1,8 @@
 """Who owns a run: host, PID and process start time, tagged on every MLflow run and Optuna
 trial this process opens, so a later command can tell a live owner from a dead one.
 
-The start time (from /proc, in clock ticks since boot) tells a reused PID from the owner:
-a PID whose process started at another time is a different process.
+The start time (psutil's `create_time()`, seconds since the epoch) tells a reused PID from
+the owner: a PID whose process started at another time is a different process.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
+
+import psutil
 
 HOST_TAG, PID_TAG, START_TAG = "sweepflow.owner.host", "sweepflow.owner.pid", \
     "sweepflow.owner.start"
@@ -21,7 +22,7 @@ OWNER_ATTR = "owner"  # Optuna trial user attribute: {"host", "pid", "start"}
 class Owner:
     host: str
     pid: int
-    start: str  # "" where the platform has no /proc
+    start: str  # "" where the start time cannot be read
 
     def tags(self) -> dict[str, str]:
         return {HOST_TAG: self.host, PID_TAG: str(self.pid), START_TAG: self.start}
@@ -31,23 +32,14 @@ class Owner:
 
 
 def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks after boot; None if there is no such process
-    ("" where /proc is not available and the PID exists)."""
-    stat = Path(f"/proc/{pid}/stat")
+    """The process's start time ("%.2f" seconds since the epoch); None if there is no such
+    process ("" if it exists but its start time cannot be read)."""
     try:
-        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-        return stat.read_text().rsplit(")", 1)[1].split()[19]
-    except FileNotFoundError:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
         return None
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return ""
+    except psutil.Error:
+        return "" if psutil.pid_exists(pid) else None
 
 
 def me() -> Owner:
@@ -63,4 +55,5 @@ def is_dead(host: str | None, pid: str | int | None, start: str | None) -> bool:
         now = start_time(int(pid))
     except ValueError:
         return False
-    return now is None or bool(start and now and now != start)
+    # Tags written before psutil held clock ticks since boot (no "."): not comparable.
+    return now is None or bool(start and "." in start and now and now != start)

@@ -6,8 +6,8 @@ ONNX Runtime) or `transformers` (a saved transformers folder with safetensors we
 predict: texts (a list, a one-column DataFrame, or one string) in; one row per text out with
 `label`, `score` (its probability) and `probabilities` (every label's); a multi-label model
 gives `labels` (those whose probability reaches their threshold, kept in the spec) and
-`probabilities` instead. An empty or oversized text raises MlflowException
-INVALID_PARAMETER_VALUE: the scoring server answers 400.
+`probabilities` instead. An empty or oversized text raises BadTexts
+(INVALID_PARAMETER_VALUE): the scoring server answers 400 with the reason only.
 """
 
 from __future__ import annotations
@@ -56,6 +56,25 @@ def as_texts(model_input: Any) -> list[Text]:
     return model_input
 
 
+class BadTexts(MlflowException):
+    """Texts the model refuses: HTTP 400 with the reason only. MLflow's scoring server
+    rewrites the message of an MlflowException from `predict` to "Failed to predict data
+    '<the whole input>'. Error: ..." (mlflow/pyfunc/scoring_server), which would echo a
+    200 kB text back; this message keeps its first value."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_reason"):
+            self._reason = value
+
+
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         art = context.artifacts
@@ -72,7 +91,7 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
             texts = as_texts(model_input)
             probs = self.classifier.probabilities(texts) if texts else np.zeros((0, 0))
         except InputError as err:
-            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+            raise BadTexts(str(err)) from None
         spec = self.classifier.spec
         labels = spec.labels
         if spec.multi_label:

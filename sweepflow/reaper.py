@@ -38,8 +38,7 @@ class Reaped:
                 f"left RUNNING by a dead process (pid {pids})")
 
 
-def reap_runs(uri: str, found: Reaped) -> None:
-    client = MlflowClient(uri)
+def reap_runs(client: MlflowClient, found: Reaped) -> None:
     ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     if not ids:
         return
@@ -70,10 +69,11 @@ def reap_trials(storage_url: str, found: Reaped) -> None:
                 found.pids.add(str(who.get("pid")))
 
 
-def reap(tracking_uri: str, storage_url: str | None) -> str | None:
-    """Close dead owners' runs and trials; the one line to print, or None."""
+def reap(client: MlflowClient, storage_url: str | None) -> str | None:
+    """Close dead owners' runs and trials (`client`: on the tracking store); the one line to
+    print, or None."""
     found = Reaped()
-    reap_runs(tracking_uri, found)
+    reap_runs(client, found)
     if storage_url and not is_shared(storage_url):  # shared studies: Optuna's heartbeats
         reap_trials(storage_url, found)
     return found.line()

@@ -14,14 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+from sweepflow.netutil import NotUp, wait_until_up
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,10 @@ PREFECT_POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "5",
                 "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "5"}
 
 
-class StackError(RuntimeError):
+class StackError(UserError):
     """A service of the stack cannot start; the message says which and why."""
+
+    kind = "stack error"
 
 
 @dataclass(frozen=True)
@@ -126,24 +128,12 @@ def prefect_env(base: dict[str, str], db_url: str, home: Path) -> dict[str, str]
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
 
 
-def answers(url: str) -> bool:
+def _wait_until_up(url: str, proc: subprocess.Popen, logfile: Path, timeout: float) -> None:
     try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, logfile: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = logfile.read_text(errors="replace").splitlines()[-15:]
-            raise StackError(f"{proc.args[3]} exited ({proc.returncode}); log {logfile}:\n"
-                             + "\n".join(tail))
-        if answers(url):
-            return
-        time.sleep(1)
-    raise StackError(f"{url} did not answer within {timeout:.0f} s; log {logfile}")
+        wait_until_up(url, timeout, proc, interval=1)
+    except NotUp as err:
+        tail = logfile.read_text(errors="replace").splitlines()[-15:]
+        raise StackError(f"{proc.args[3]}: {err}; log {logfile}:\n" + "\n".join(tail)) from None
 
 
 @contextmanager
@@ -155,7 +145,7 @@ def service(cmd: list[str], env: dict[str, str], logfile: Path, health: str,
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     try:
-        wait_until_up(health, proc, logfile, timeout)
+        _wait_until_up(health, proc, logfile, timeout)
         yield proc
     finally:
         stop(proc)

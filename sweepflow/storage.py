@@ -81,23 +81,50 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -
                          "or fix the URL") from None
 
 
-# The server is away (restart, failover), not the URL wrong: worth waiting for.
+# The server is away (restart, failover) or out of reach (a network partition), not the URL
+# wrong: worth waiting for.
 _AWAY = ("connection refused", "could not connect", "server closed the connection",
          "the database system is starting up", "the database system is shutting down",
          "the database system is in recovery mode", "no such file or directory",
-         "terminating connection", "connection timed out")
+         "terminating connection", "connection timed out", "no route to host",
+         "network is unreachable", "timeout expired", "could not receive data",
+         "could not send data", "connection reset", "ssl syscall error", "eof detected")
+
+# A connection in the middle of a partition must fail, not hang for TCP's 15 minutes, and a
+# server must drop a cut-off client's connections (and the study lock one of them may hold):
+# keepalives every 5 s after 10 s idle, 3 unanswered = dead; unacknowledged data: 20 s.
+# Seconds (libpq's connect parameters); a URL's own query parameters win.
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+              "keepalives_count": "3", "tcp_user_timeout": "20000", "connect_timeout": "10"}
+
+
+def out_of_reach(err: BaseException | None) -> str | None:
+    """Whether `err`, or an error it was raised from (Optuna wraps SQLAlchemy's, which wraps
+    the driver's), says the study database could not be reached: the driver's first line
+    saying so, or None."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, (SQLAlchemyError, OSError)) or type(err).__name__ in (
+                "OperationalError", "InterfaceError"):
+            line = str(getattr(err, "orig", None) or err).strip().splitlines()
+            if line and any(s in str(err).lower() for s in _AWAY):
+                return line[0][:300]
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def waiting_connect(url: str, budget: float) -> dict:
     """Engine kwargs whose connections wait for a PostgreSQL server that is away, retrying
     with backoff (0.5 s doubling to 8 s) for up to `budget` seconds (sweep.grace_period),
-    one warning line per outage; a wrong URL, database or password fails at once."""
+    one warning line per outage; a wrong URL, database or password fails at once. Connections
+    use TCP keepalives (KEEPALIVES), so a partition fails an operation instead of hanging."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() != "psycopg2":
         return {}
     import psycopg2
 
-    args = parsed.translate_connect_args(username="user", database="dbname") | dict(parsed.query)
+    args = {**KEEPALIVES, **parsed.translate_connect_args(username="user", database="dbname"),
+            **dict(parsed.query)}
 
     def connect() -> object:
         deadline, delay, warned = time.monotonic() + budget, 0.5, False
@@ -151,8 +178,10 @@ def heartbeat(storage: str | RDBStorage, study_name: str, number: int) -> Iterat
         while True:
             try:
                 storage.record_heartbeat(trial_id)
-            except SQLAlchemyError as err:  # the next beat retries; pre-ping reconnects
-                log.warning("heartbeat of trial %d not recorded: %s", number, err)
+            except Exception as err:  # noqa: BLE001 - the next beat retries (Optuna wraps
+                # the database's errors in StorageInternalError, which would end the thread)
+                log.warning("heartbeat of trial %d not recorded: %s", number,
+                            str(err.__cause__ or err).strip().splitlines()[0])
             if stop.wait(interval):
                 return
 

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 from pydantic import BaseModel, ConfigDict
 
-from sweepflow import cost, owner
+from sweepflow import cost, owner, stores
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import PACKAGE_DIR, store_dir
 
@@ -91,15 +91,22 @@ class Tracker(BaseModel):
     @classmethod
     def open(cls, config: SweepflowConfig, run_id: str | None = None, create: bool = True
              ) -> Tracker:
-        """Point MLflow at the configured store; the experiment is created if new (unless
-        not `create`: a command that only reads the store)."""
+        """Point MLflow at the configured store (a damaged SQLite file is one StoreError
+        line); the experiment is created if new (unless not `create`: a command that only
+        reads the store)."""
         uri = tracking_uri(config)
+        stores.check(uri)
         mlflow.set_tracking_uri(uri)  # the fluent API (log_model, register_model) reads it
         client = MlflowClient(uri)
         name = config.tracking.experiment
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-            name, artifact_location=artifact_location(config, uri)) if create else None
+        if exp is not None:
+            exp_id = exp.experiment_id
+        elif create:
+            exp_id = client.create_experiment(name,
+                                              artifact_location=artifact_location(config, uri))
+        else:
+            exp_id = None
         tracker = cls(uri=uri, experiment=name, experiment_id=exp_id, run_id=run_id)
         tracker.__dict__["client"] = client  # the one already made (see cached_property)
         return tracker

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
 from sweepflow import tracking
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,12 @@ def _atomic(path: Path, write: Any) -> Path:
     return path
 
 
+class NoFigure(UserError):
+    """No sweep to draw: none has a complete trial in the study storage."""
+
+    kind = "no figure"
+
+
 def write_comparison(client: tracking.MlflowClient, runs: list[Run], storage: str,
                      html: Path | None, png: Path | None) -> list[Path]:
     """The best-so-far overlay of the runs' own trials (sweeps with no complete trial or no
@@ -242,7 +249,7 @@ def write_comparison(client: tracking.MlflowClient, runs: list[Run], storage: st
     studies = [s for r in runs if (s := run_study(client, r, storage)) is not None
                and any(t.state == optuna.trial.TrialState.COMPLETE for t in s.trials)]
     if not studies:
-        raise ValueError(f"none of these sweeps has a complete trial in {storage}")
+        raise NoFigure(f"none of these sweeps has a complete trial in {storage}")
     metrics = {r.data.params.get("sweep.metric", "objective value") for r in runs}
     target = metrics.pop() if len(metrics) == 1 else "objective value"
     return write_history(studies, target, html, png)

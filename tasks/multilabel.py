@@ -68,6 +68,8 @@ def list_labels(labels: pd.Series, column: str) -> list[list[Any] | None] | None
     `column` is how errors name the column ("column 'tags' of FILE (split train)")."""
     if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
         return None
+    if not labels.dropna().astype(str).str.lstrip().str.startswith("[").any():
+        return None  # the single-label fast path: no cell looks like a list
     values = labels.tolist()
     kinds = [None if not _is_list(v) and pd.isna(v) else _is_list(v) or _list_literal(v)
              for v in values]

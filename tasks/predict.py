@@ -35,14 +35,17 @@ from sweepflow import modelsafety, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.encoding import LongText
 from sweepflow.onnx_classifier import Text, chars, text_probabilities
+from sweepflow.usererrors import UserError
 
 BATCH = 64
 CHUNK = 1024  # texts per call of the model (progress is reported per chunk)
 MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenizing (the tokenizer truncates)
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError):
     """A model, alias or input file that cannot be used; the message says which."""
+
+    kind = "predict error"
 
 
 class Prediction(BaseModel):
@@ -121,7 +124,7 @@ def training_long_text(client: tracking.MlflowClient, run_id: str | None, defaul
                     stride=int(params.get("tokenize.stride", lt.stride)))
 
 
-def default_model(config: SweepflowConfig) -> tuple[str, str]:
+def default_model(config: SweepflowConfig, client: tracking.MlflowClient) -> tuple[str, str]:
     """(model URI, what it is): the champion's int8 twin when the registry holds one for the
     current champion, else the champion."""
     from mlflow.exceptions import MlflowException
@@ -130,7 +133,6 @@ def default_model(config: SweepflowConfig) -> tuple[str, str]:
     name = registered_name(config)
     fp32 = f"models:/{name}@{CHAMPION}"
     try:
-        client = tracking.MlflowClient(tracking.tracking_uri(config))
         aliases = client.get_registered_model(name).aliases
         champion, twin = aliases.get(CHAMPION), aliases.get(f"{CHAMPION}-int8")
         if champion is None or twin is None:

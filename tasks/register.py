@@ -34,6 +34,7 @@ from sweepflow.tasks.significance import Comparison, compare_predictions
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,12 @@ def make_champion(client: tracking.MlflowClient, name: str, version: int,
         pass
 
 
+class PromoteError(UserError):
+    """A promotion by hand that cannot be done; the message says why."""
+
+    kind = "promote error"
+
+
 def promote_by_hand(config: SweepflowConfig, tracker: tracking.Tracker, version: int | None,
                     reason: str, who: str) -> tuple[int, int | None]:
     """Make `version` the champion (None: roll back to the version that was champion before
@@ -269,11 +276,14 @@ def promote_by_hand(config: SweepflowConfig, tracker: tracking.Tracker, version:
         before = client.get_model_version(name, str(current.version)).tags.get(
             PREVIOUS_TAG) if current else None
         if not before:
-            raise ValueError(f"no earlier champion of {name} to roll back to")
+            raise PromoteError(f"no earlier champion of {name} to roll back to")
         version = int(before)
-    mv = client.get_model_version(name, str(version))  # raises for an unknown version
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException as err:  # an unknown version or model
+        raise PromoteError(err.message) from None
     if mv.tags.get("sweepflow.variant") == "int8":
-        raise ValueError(f"v{version} is an int8 twin; promote its full-precision version "
+        raise PromoteError(f"v{version} is an int8 twin; promote its full-precision version "
                          f"v{mv.tags.get('sweepflow.fp32_version')}")
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     make_champion(client, name, version, current)

@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -335,10 +337,11 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
         except Exception as err:
-            if isinstance(err, UpdateFinishedTrialError) or not still_running(study, trial):
-                raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
-            study.tell(trial, state=TrialState.FAIL)
+            with lost_if_out_of_reach(trial.number, run_id, config.sweep, err):
+                if isinstance(err, UpdateFinishedTrialError) or not still_running(study, trial):
+                    raise TrialTaken(trial.number, run_id) from err  # failed on its heartbeat
+                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
+                study.tell(trial, state=TrialState.FAIL)
             run.log(tags={"optuna.state": "failed",
                           REASON_TAG: f"{type(err).__name__}: {err}"[:4000]})
             raise TrialFailed(trial.number, run_id, err) from err
@@ -357,8 +360,9 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         result = TrialResult(number=trial.number, state=state, value=fitted.best_value,
                              params=params, steps=fitted.steps,
                              seconds=time.perf_counter() - start, run_id=run_id, note=note)
-        tell(study, trial, result, module, fitted.state, tokens, ref.models,
-             storage.open_storage(ref.storage, config.sweep))
+        with lost_if_out_of_reach(trial.number, run_id, config.sweep):
+            tell(study, trial, result, module, fitted.state, tokens, ref.models,
+                 storage.open_storage(ref.storage, config.sweep))
         run.log(tags={"optuna.state": state, "optuna.steps": str(result.steps),
                       **({NOTE_TAG: note} if note else {})})
     return result
@@ -389,13 +393,15 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
         try:
             kept = keep_if_best(study, key, result, module, state, tokens, models)
         except BaseException as err:
+            if storage.out_of_reach(err):  # nothing to tell it with (lost_if_out_of_reach)
+                raise
             trial.set_user_attr("fail_reason", f"model not kept: {type(err).__name__}: {err}"
                                 [:1000])
             study.tell(trial, state=TrialState.FAIL)
             raise
         try:
             _tell_or_taken(study, trial, result, values=result.value)
-        except TrialTaken:  # failed by a reaper that did not take the lock
+        except Exception:  # failed by a reaper that did not take the lock, or out of reach
             if kept:
                 shutil.rmtree(trial_model_dir(models, key, trial.number), ignore_errors=True)
             raise
@@ -429,6 +435,40 @@ class TrialTaken(tracking.RunKilled):
             "worker was out of reach (network partition, paused process) and its params were "
             "queued again; nothing of this run was told to the study or kept")
         self.number, self.run_id = number, run_id
+
+
+class TrialOutOfReach(TrialTaken):
+    """The study database stayed out of reach (network partition, outage) for longer than
+    the connections wait for it (sweep.grace_period): the trial's heartbeat has stopped with
+    it, so a reaper fails the trial and its params are retried. This worker walks away
+    from it; the MLflow run ends KILLED with this reason."""
+
+    def __init__(self, number: int, run_id: str, grace_period: int, err: BaseException
+                 ) -> None:
+        reason = storage.out_of_reach(err) or type(err).__name__
+        tracking.RunKilled.__init__(
+            self, f"trial {number} abandoned: the study database was out of reach for more "
+            f"than sweep.grace_period ({grace_period} s; network partition or database "
+            f"outage: {reason}); its heartbeat stopped, so it is failed and its params "
+            "queued again; nothing of this run was told to the study or kept")
+        self.number, self.run_id = number, run_id
+
+
+@contextmanager
+def lost_if_out_of_reach(number: int, run_id: str, sweep: SweepConfig,
+                         cause: BaseException | None = None) -> Iterator[None]:
+    """Turn "the study database cannot be reached" (in the block, or `cause` already) into
+    TrialOutOfReach; other errors pass as they are."""
+    if storage.out_of_reach(cause):
+        raise TrialOutOfReach(number, run_id, sweep.grace_period, cause) from cause
+    try:
+        yield
+    except TrialTaken:
+        raise
+    except Exception as err:
+        if storage.out_of_reach(err):
+            raise TrialOutOfReach(number, run_id, sweep.grace_period, err) from err
+        raise
 
 
 class TrialFailed(RuntimeError):

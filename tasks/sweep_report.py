@@ -20,6 +20,7 @@ from sweepflow import cache, tracking
 from sweepflow.config import SweepflowConfig
 from sweepflow.console import report
 from sweepflow.storage import open_storage
+from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ class SweepResult(BaseModel):
     wall_seconds: float
 
 
-class NoCompleteTrial(RuntimeError):
-    pass
+class NoCompleteTrial(UserError):
+    """No trial of the sweep completed, so there is no model to evaluate."""
+
+    kind = "sweep error"
 
 
 def count_states(states: list[str]) -> dict[str, int]:

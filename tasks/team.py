@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 SWEEP_TAG = "sweepflow.sweep_id"  # MLflow tag and Optuna user attr: which sweep ran the trial
 WORKER_TAG = "sweepflow.worker"  # host:pid of the process that ran the trial
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# Between trials, a worker waits this many sweep.grace_period for a study database out of
+# reach (20 minutes at the default 120 s) before its run ends with the database's error.
+OUT_OF_REACH_WAITS = 10
 
 
 class TeamPlan(BaseModel):
@@ -100,7 +103,11 @@ def reap(config: SweepflowConfig, tracker: tracking.Tracker, study: optuna.Study
     with storage.study_lock(storage.open_storage(storage.storage_url(config.sweep),
                                                  config.sweep), study.study_name):
         storage.fail_stale_trials(study)
-    closed = close_stale_runs(tracker, study)
+    try:
+        closed = close_stale_runs(tracker, study)
+    except Exception as err:  # noqa: BLE001 - the next reaper (the parent's, every 2 s) retries
+        log.warning("MLflow runs of dead workers' trials not closed yet: %s", err)
+        return
     if closed:
         report.info(f"closed {closed} MLflow run(s) of trials whose worker died; "
                     "their params are queued again")
@@ -127,11 +134,7 @@ def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: Te
     tags = {SWEEP_TAG: plan.sweep_id, WORKER_TAG: worker_name()}
     results: list[TrialResult] = []
     while True:
-        reap(config, tracker, load_study(ref, config, steps))
-        with storage.study_lock(shared, ref.name):  # count and ask as one step
-            study = load_study(ref, config, steps)
-            step = next_step(study.get_trials(deepcopy=False), plan.target)
-            trial = study.ask() if step == "ask" else None
+        step, study, trial = take_next(config, tracker, ref, plan, shared, steps)
         if trial is not None:
             for key, value in tags.items():
                 trial.set_user_attr(key, value)
@@ -143,6 +146,33 @@ def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: Te
             time.sleep(config.sweep.heartbeat_interval)
         else:
             return results
+
+
+def take_next(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef,
+              plan: TeamPlan, shared: object, steps: int
+              ) -> tuple[str, optuna.Study, optuna.Trial | None]:
+    """Reap, then count and ask as one step under the study lock. A worker between trials
+    holds nothing, so while the study database is out of reach (a partition, an outage) it
+    waits for it, with backoff, for up to OUT_OF_REACH_WAITS grace periods, saying so once."""
+    deadline, delay, said = None, 1.0, False
+    while True:
+        try:
+            reap(config, tracker, load_study(ref, config, steps))
+            with storage.study_lock(shared, ref.name):
+                study = load_study(ref, config, steps)
+                step = next_step(study.get_trials(deepcopy=False), plan.target)
+                return step, study, study.ask() if step == "ask" else None
+        except Exception as err:
+            limit = OUT_OF_REACH_WAITS * config.sweep.grace_period
+            deadline = deadline or time.monotonic() + limit
+            if not storage.out_of_reach(err) or time.monotonic() > deadline:
+                raise
+            if not said:
+                report.info(f"[{worker_name()}] study database out of reach; waiting up to "
+                            f"{limit} s for it between trials")
+                said = True
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 @task(name="pull-trials", cache_policy=NO_CACHE)

@@ -100,3 +100,41 @@ def test_dropped_rows_are_reported_with_their_reason(tiny_overrides, tmp_path):
     text = "\n".join(lines)
     assert "dropped 3 rows without a label" in text
     assert "dropped 2 texts empty after cleaning" in text
+
+
+@pytest.mark.parametrize(("change", "extra", "message"), [
+    ({"tags": "billing"}, [], "mixes label lists and single labels: row 4 holds a single label"),
+    # the others in the slow tier (each starts a flow; tests/tasks/test_multilabel.py checks
+    # every message at the step itself, fast)
+    pytest.param({"tags": '["billing", "refunds"]'}, ["data.labels=[billing, bug, urgent]"],
+                 "label 'refunds' in column 'tags' of {path} (split train), row 4, is not in "
+                 "data.labels", marks=pytest.mark.slow),
+    pytest.param({"tags": "[]"}, ["data.allow_empty_labels=false"],
+                 "column 'tags' of {path} (split train), row 4, has no label",
+                 marks=pytest.mark.slow),
+    pytest.param({"urgent": 7}, ["data.label_columns=[billing, urgent, bug]"],
+                 "column 'urgent' of {path} (split train), row 4, holds 7: data.label_columns "
+                 "columns hold 0 or 1", marks=pytest.mark.slow),
+])
+def test_bad_multi_label_input_is_one_line_before_training(tiny_overrides, store, tmp_path,
+                                                           change, extra, message):
+    """A bad label cell or 0/1 column: one line naming file, column and row; no run left
+    RUNNING, no prepared data written."""
+    from tests.faults.conftest import statuses
+    from tests.tasks.test_multilabel import make_multilabel
+
+    frame = make_multilabel().astype(object)
+    for column, value in change.items():
+        frame.loc[3, column] = value
+    path = tmp_path / "tickets.csv"
+    frame.to_csv(path, index=False)
+    overrides = [o for o in tiny_overrides if not o.startswith("data.path")]
+    result = runner.invoke(app, ["run", *overrides, f"data.path={path}",
+                                 "data.label_column=tags", *extra])
+    assert result.exit_code == 1, result.output
+    # (in process, the datasets library's progress line shares the output: not the CLI's)
+    lines = [line for line in result.output.splitlines() if "error" in line]
+    assert len(lines) == 1 and lines[0].count("data error: ") == 1, result.output
+    assert message.format(path=path) in lines[0].split("data error: ")[1]
+    assert "RUNNING" not in statuses(store).values() if (store / "mlflow.db").exists() else True
+    assert not list(store.rglob("result.json"))

@@ -8,6 +8,7 @@ import signal
 import time
 
 import psutil
+import pytest
 from prefect.settings import PREFECT_API_URL
 
 from tests.faults.conftest import (
@@ -19,6 +20,8 @@ from tests.faults.conftest import (
     trial_states,
     wait_for_trial,
 )
+
+pytestmark = pytest.mark.slow  # real signals on real `sweepflow run` processes
 
 
 def _server_of(pid: int) -> psutil.Process:

@@ -109,6 +109,7 @@ def _wider_model(tiny_model_dir: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow  # a real full file system mid-trial
 def test_disk_full_leaves_the_study_and_model_folder_consistent(tiny_overrides, store,
                                                                  tiny_model_dir, tmp_path):
     model = _wider_model(tiny_model_dir, tmp_path / "wider")

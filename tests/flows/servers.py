@@ -5,7 +5,6 @@ a stop that always leaves nothing running."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
 from sweepflow import stack
+from sweepflow.netutil import answers, free_port  # noqa: F401 - for the server tests
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -86,10 +79,3 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, logs: list[Pat
         time.sleep(1)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n"
                 + "\n".join(tail(p) for p in logs))
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -9,12 +9,15 @@ import sys
 import time
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 from sweepflow.tasks.sweep import study_storage
 
 from sweepflow import tracking
 from sweepflow.config import load_config
+
+pytestmark = pytest.mark.slow  # a real Ctrl-C mid-trial
 
 
 def _running_trial_runs(uri: str, experiment: str) -> list[str]:

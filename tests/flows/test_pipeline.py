@@ -75,6 +75,7 @@ def test_pipeline_end_to_end(tiny_config, store):
     assert not leftovers  # no temporary folders after a run
 
 
+@pytest.mark.slow  # a second full pipeline variant (make test-all)
 def test_a_study_continued_on_other_data_picks_its_best_on_that_data(tiny_config,
                                                                      tiny_overrides):
     """The model evaluated and registered is the one of the trial Optuna calls best among

@@ -98,6 +98,7 @@ def _finished_runs(api: str, deployment_id: str) -> list[dict]:
     return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
 
 
+@pytest.mark.slow  # a real `prefect server start` and a scheduled run
 def test_serve_runs_the_pipeline_on_schedule(tiny_overrides, store, tmp_path):
     """A real server, `sweepflow serve` every 5 s, until one scheduled run has completed and
     left its MLflow parent run with trials in the store (about a minute on 2 cores)."""

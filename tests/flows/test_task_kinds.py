@@ -51,12 +51,14 @@ def predict_lines(overrides: list[str], *args: str) -> list[dict]:
 
 
 def post_to_served(overrides: list[str], inputs: list, tmp_path: Path) -> list[dict]:
-    """A real `sweepflow serve-model` on a free port: POST /invocations, its predictions."""
+    """A real `sweepflow serve-model` of the champion on a free port, on this test's store:
+    POST /invocations, its predictions."""
     port = free_port()
+    uri = tracking.tracking_uri(load_config(overrides=overrides))
     log = tmp_path / "serve-model.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(BIN / "sweepflow"), "serve-model", *overrides, "--port",
-                                 str(port)], env=clean_env(), stdout=out,
+                                 str(port)], env=clean_env(MLFLOW_TRACKING_URI=uri), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -93,7 +95,7 @@ def test_long_documents_in_chunks_end_to_end(tiny_overrides):
         assert [p["text"] for p in lines] == [LONG, "awful hate"]
         assert all(p["label"] in LABELS and 0 < p["probability"] <= 1 for p in lines)
 
-    served = served_model(config, champion_uri(config))  # what `serve-model` serves
+    served = served_model(config, tracking.Tracker.open(config), champion_uri(config))
     spec = json.loads(next(Path(served).rglob("classifier.json")).read_text())
     assert (spec["long_text"], spec["stride"], spec["max_length"]) == ("chunk", 2, 8)
     frame = mlflow.pyfunc.load_model(served).predict([LONG, "awful hate"])
@@ -128,7 +130,7 @@ def test_sentence_pairs_end_to_end(tiny_overrides, tmp_path):
     result = runner.invoke(app, ["predict", *overrides, "great love", "--pair", " "])
     assert result.exit_code == 1 and "text_pair 1 is empty" in result.output
 
-    served = served_model(config, champion_uri(config))  # what `serve-model` serves
+    served = served_model(config, tracking.Tracker.open(config), champion_uri(config))
     frame = mlflow.pyfunc.load_model(served).predict(
         [{"text": "great love", "text_pair": "happy best"}])
     assert set(frame["label"]) <= pairs and len(frame) == 1

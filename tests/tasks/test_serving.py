@@ -1,24 +1,25 @@
 """`sweepflow serve-model`: MLflow's own scoring server, started as the CLI starts it, serving
 the registered champion (a transformers model, wrapped once into the text classifier model);
-texts posted over real HTTP come back with labels and probabilities, bad texts with a 400."""
+texts posted over real HTTP come back with labels and probabilities, bad texts with a short
+400. The command itself runs from another working folder against a store made by a run."""
 
 from __future__ import annotations
 
-import socket
+import os
 import subprocess
-import time
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 from mlflow.tracking import MlflowClient
-from sweepflow.flows.cli import app
 from sweepflow.tasks.evaluate import Scores, log_model
 from sweepflow.tasks.register import champion_uri, register
 from sweepflow.tasks.serving import serve_command, serve_env, served_model
-from typer.testing import CliRunner
 
-from sweepflow import tracking
+from sweepflow import stack, tracking
 from sweepflow.config import load_config
+from sweepflow.netutil import NotUp, free_port, wait_until_up
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -43,21 +44,16 @@ def champion(tiny_overrides, tiny_model_dir, tmp_path):
     return config
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_champion_is_served_over_http(champion):
-    model = served_model(champion, champion_uri(champion))
-    assert served_model(champion, champion_uri(champion)) == model  # wrapped once
-    port = _free_port()
-    server = subprocess.Popen(serve_command(model, "127.0.0.1", port), env=serve_env(champion),
+    tracker = tracking.Tracker.open(champion)
+    model = served_model(champion, tracker, champion_uri(champion))
+    assert served_model(champion, tracker, champion_uri(champion)) == model  # wrapped once
+    port = free_port()
+    server = subprocess.Popen(serve_command(model, "127.0.0.1", port), env=serve_env(tracker.uri),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(f"{url}/ping", server)
+        wait_until_up(f"{url}/ping", 180, server)
         reply = httpx.post(f"{url}/invocations", timeout=60,
                            json={"inputs": ["great love happy", "awful hate worst"]})
         assert reply.status_code == 200, reply.text
@@ -76,22 +72,67 @@ def test_the_champion_is_served_over_http(champion):
         server.wait(timeout=30)
 
 
-def _wait(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited: {server.stderr.read().decode()[-2000:]}")
+SWEEPFLOW = str(Path(sys.executable).parent / "sweepflow")
+
+
+def _cli_env(store: Path, tmp: Path) -> dict[str, str]:
+    """A user's shell: no Prefect API (the run starts its temporary server), the store."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PREFECT_") and k != "MLFLOW_TRACKING_URI"}
+    return {**env, "SWEEPFLOW_HOME": str(store), "PREFECT_HOME": str(tmp / "prefect-home"),
+            "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """The user's working folder: not the checkout, not the store."""
+    path = tmp_path / "elsewhere"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.slow
+def test_serve_model_command_after_a_run(tiny_overrides, tmp_path, workdir):
+    store = tmp_path / "store"
+    env = _cli_env(store, tmp_path)
+    run = subprocess.run([SWEEPFLOW, "run", *tiny_overrides], cwd=workdir, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    port = free_port()
+    with (tmp_path / "serve.log").open("w") as log:
+        server = subprocess.Popen([SWEEPFLOW, "serve-model", "--port", str(port),
+                                   *tiny_overrides], cwd=workdir, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise AssertionError(f"no answer from {url} in {seconds} s")
+            wait_until_up(f"{url}/ping", 300, server)
+        except NotUp as err:
+            pytest.fail(f"{err}\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+        reply = httpx.post(f"{url}/invocations", json={"inputs": ["love it", "hate it"]},
+                           timeout=60)
+        assert reply.status_code == 200, reply.text
+        rows = reply.json()["predictions"]
+        assert len(rows) == 2 and all(r["label"] in r["probabilities"] for r in rows)
+        reply = httpx.post(f"{url}/invocations", json={"inputs": ["x" * 200_000]}, timeout=60)
+        assert reply.status_code == 400
+        assert len(reply.content) < 2000, reply.content[:300]
+        assert "text 1 has 200,000 characters" in reply.json()["message"]
+    finally:
+        stack.stop(server, grace=10)
+    assert list(workdir.iterdir()) == []  # no mlflow.db, mlruns/ or model copy here
 
 
-def test_serve_model_names_a_missing_model(tiny_overrides):
-    result = CliRunner().invoke(app, ["serve-model", *tiny_overrides])
-    assert result.exit_code == 1
-    assert "cannot find models:/tiny@champion" in result.stderr
-    assert not list(MlflowClient(tracking.tracking_uri(load_config(overrides=tiny_overrides)))
+def test_serve_model_names_a_missing_model(tiny_overrides, tmp_path, workdir):
+    store = tmp_path / "store"
+    out = subprocess.run([SWEEPFLOW, "serve-model", *tiny_overrides], cwd=workdir,
+                         env=_cli_env(store, tmp_path), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stdout + out.stderr, out.stderr
+    assert lines[0].startswith("serve error: cannot find models:/tiny@champion in sqlite:///")
+    assert str(store) in lines[0] and "`sweepflow run` registers one" in lines[0]
+    assert list(workdir.iterdir()) == []  # no stray mlflow.db
+    assert not list(MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
                     .search_registered_models())

@@ -48,3 +48,30 @@ def test_artifacts_follow_the_tracking_store(tmp_path):
     assert tracking.artifact_location(served) is None
     chosen = load_config(overrides=["tracking.artifact_location=file:///srv/a"])
     assert tracking.artifact_location(chosen) == "file:///srv/a"
+
+
+def test_tracker_hashes_by_its_fields_and_nests_runs():
+    """Prefect's cache keys see the same Tracker whatever its client; a child run names its
+    parent; a pickled tracker makes its own client."""
+    import pickle
+
+    from prefect.utilities.hashing import hash_objects
+
+    tracker = tracking.Tracker.open(load_config(overrides=["tracking.experiment=t"]))
+    same = tracking.Tracker(**tracker.model_dump())
+    assert hash_objects(tracker) == hash_objects(same) is not None
+    with tracker.start_run("parent") as parent, parent.start_run("child") as child:
+        child.log(metrics={"m": 1.0}, params={"p": 2}, tags={"t": "v"})
+    run = tracker.client.get_run(child.run_id)
+    assert run.data.tags[tracking.PARENT_TAG] == parent.run_id
+    assert (run.data.metrics["m"], run.data.params["p"], run.info.status) == (1.0, "2",
+                                                                              "FINISHED")
+    copy = pickle.loads(pickle.dumps(tracker))
+    assert copy == tracker and copy.client is not tracker.client
+
+
+def test_a_reading_tracker_creates_no_experiment():
+    tracker = tracking.Tracker.open(load_config(overrides=["tracking.experiment=absent"]),
+                                    create=False)
+    assert tracker.experiment_id is None
+    assert tracker.client.get_experiment_by_name("absent") is None

@@ -14,15 +14,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import optuna
 import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from sweepflow.tasks.team import WORKER_TAG
 
 from sweepflow.stack import database_url, ensure_databases, started_stack
-from tests.flows.servers import clean_env, free_port, started, tail
+from tests.flows.servers import clean_env, free_port, started, tail, wait_for
 from tests.team import netns
 from tests.team.conftest import BIN, sweepflow_cmd
 from tests.team.pgcluster import NoCluster, private_cluster
-from tests.team.test_team_faults import _check_one_sweep, _opt
+from tests.team.test_team_faults import _check_one_sweep, _opt, _study
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -126,3 +130,98 @@ def test_a_sweep_across_two_hosts(site, team_csv, tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         line = json.loads(done.stdout.strip().splitlines()[-1])
         assert line["text"] == "great love happy" and line["label"]
+
+
+def _running_on(overrides: list[str], host: str) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial of `host` that has reported a validation."""
+    study = _study(overrides)
+    for t in study.get_trials(states=(TrialState.RUNNING,)) if study else []:
+        if t.user_attrs.get(WORKER_TAG, "").startswith(f"{host}:") and t.intermediate_values:
+            return t
+    return None
+
+
+def _retry_of(overrides: list[str], victim: optuna.trial.FrozenTrial
+              ) -> optuna.trial.FrozenTrial | None:
+    """The victim's retry once a worker has taken it (a retry starts with a copy of the
+    victim's user attributes, the worker's tag included, until its worker sets its own)."""
+    study = _study(overrides)
+    for t in study.get_trials() if study else []:
+        if victim.number in t.system_attrs.get("retry_history", []) and t.user_attrs.get(
+                WORKER_TAG) != victim.user_attrs[WORKER_TAG]:
+            return t
+    return None
+
+
+def _worker_runs(site: Site) -> list[dict]:
+    answer = httpx.post(f"{site.prefect_api}/flow_runs/filter", timeout=30, json={
+        "flows": {"name": {"any_": ["trial-worker"]}}})
+    answer.raise_for_status()
+    return answer.json()
+
+
+def _run_log(site: Site, run: dict) -> str:
+    """A flow run's log lines, as the Prefect server keeps them."""
+    lines, offset = [], 0
+    while True:
+        answer = httpx.post(f"{site.prefect_api}/logs/filter", timeout=30, json={
+            "logs": {"flow_run_id": {"any_": [run["id"]]}}, "offset": offset, "limit": 200})
+        answer.raise_for_status()
+        lines += [entry["message"] for entry in answer.json()]
+        if len(answer.json()) < 200:
+            return "\n".join(lines)
+        offset += 200
+
+
+def test_a_partition_longer_than_the_grace_period(site, team_csv, tmp_path):
+    """Host A is cut off (its link down) in the middle of a trial for longer than
+    sweep.grace_period, until its trial's retry runs on host B; then its link comes back.
+    Its late result is refused, its run ends KILLED with the reason, the kept model and the
+    registry are the study's best, and the sweep ends with the asked trials."""
+    overrides = _overrides(site, team_csv, "train.max_epochs=4", "sweep.grace_period=5")
+    pool = _opt(overrides, "sweep.work_pool")
+    logs = [tmp_path / "parent.log", tmp_path / "host-a.log", tmp_path / "host-b.log"]
+    host_a = site.net.hosts[0]
+    with started(_worker(site, 0, pool), logs[1], site.env(HOSTNAMES[0])), \
+            started(_worker(site, 1, pool), logs[2], site.env(HOSTNAMES[1])), \
+            started(sweepflow_cmd("run", *overrides), logs[0], site.env("parent")) as parent:
+        victim = wait_for(lambda: _running_on(overrides, HOSTNAMES[0]), 600,
+                          "a trial on host-a that has reported a validation", logs, [parent])
+        host_a.cut()
+        cut = time.monotonic()
+        try:
+            retry = wait_for(lambda: _retry_of(overrides, victim), 300,
+                             f"trial {victim.number} retried on host-b", logs, [parent])
+            while time.monotonic() - cut < 15:  # at least 3 grace periods
+                time.sleep(1)
+        finally:
+            host_a.restore()
+        print(f"host-a cut off for {time.monotonic() - cut:.0f} s")
+        assert parent.wait(900) == 0, "\n".join(tail(p, 60) for p in logs)
+    study, children = _check_one_sweep(overrides, site.mlflow)
+    trials = study.get_trials()
+    assert trials[victim.number].state == TrialState.FAIL
+    assert trials[retry.number].user_attrs[WORKER_TAG].startswith(f"{HOSTNAMES[1]}:")
+    assert trials[retry.number].state == TrialState.COMPLETE
+    assert trials[retry.number].params == victim.params
+    run_of = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    late = run_of[victim.number]
+    assert late.info.status == "KILLED"
+    assert late.data.tags["error"].startswith(("late result refused", f"trial {victim.number}"
+                                                                      " abandoned")), late
+    assert "optuna.steps" not in late.data.tags  # nothing of it was told
+    # The kept model and the registry: the study's best, never the late trial
+    kept = sorted(p.name for p in site.shared.glob("models/*/*/trial-*"))
+    assert kept == [f"trial-{study.best_trial.number}"], kept
+    assert study.best_trial.number != victim.number
+    client = MlflowClient(site.mlflow)
+    name = _opt(overrides, "tracking.experiment")
+    assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert f"best trial #{study.best_trial.number}:" in logs[0].read_text()
+    # Both trial workers ended cleanly (host-a's went back to the queue after the refusal)
+    runs = _worker_runs(site)
+    assert {r["state_type"] for r in runs} == {"COMPLETED"}
+    said = [_run_log(site, r) for r in runs]
+    print(f"trial {victim.number}'s run: {late.data.tags['error']}")
+    assert [f"trial {victim.number} failed" in text and late.data.tags["error"] in text
+            for text in said].count(True) == 1, said

@@ -11,7 +11,7 @@ from sweepflow.stack import drop_databases, pg_server_url
 from tests.flows.servers import answers, clean_env, free_port, started, tail, wait_for
 from tests.team.conftest import postgres_problem, sweepflow_cmd
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]  # starts and stops the team servers
 
 
 def test_stack_command_starts_and_stops_the_servers(tmp_path):

@@ -30,7 +30,8 @@ from sweepflow.storage import CONNECTIONS_PER_PROCESS
 from tests.flows.servers import free_port, started, tail, wait_for
 from tests.team.conftest import ConnectionWatch, drop_databases, sweepflow_cmd
 
-pytestmark = pytest.mark.postgres
+# slow: team servers, killed workers, restarted servers
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def _opt(overrides: list[str], key: str) -> str:
