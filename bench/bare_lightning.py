@@ -44,11 +44,17 @@ SEED = 42
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, model_dir: str, num_labels: int, cfg: TrainConfig) -> None:
+    """AutoModelForSequenceClassification in Lightning: AdamW (fused unless `fused` is
+    False), linear schedule with warm-up, macro-F1 per validation. bench/sweep_contenders.py
+    uses it, unfused and with stock dropout, as the module a user writes for Optuna and Ray."""
+
+    def __init__(self, model_dir: str, num_labels: int, cfg: TrainConfig, fused: bool = True
+                 ) -> None:
         super().__init__()
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=num_labels, ignore_mismatched_sizes=True).train()
         self.cfg = cfg
+        self.fused = fused
         self.f1 = MulticlassF1Score(num_classes=num_labels, average="macro")
 
     def on_fit_start(self) -> None:
@@ -67,7 +73,8 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.cfg.learning_rate,
-                                      weight_decay=self.cfg.weight_decay, fused=True)
+                                      weight_decay=self.cfg.weight_decay,
+                                      fused=self.fused or None)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(self.cfg.warmup_ratio * total)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)

@@ -263,42 +263,16 @@ def run_hf_optuna(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- a plain Lightning module: Optuna with its pruning callback, and Ray Tune with ASHA -------
 
-def plain_module(model_path: str, num_labels: int, params: dict[str, Any]) -> Any:
-    """What a user writes around AutoModelForSequenceClassification: fp32 (Lightning's
-    default), AdamW on every weight, linear schedule with warm-up, macro-F1 per validation."""
-    import lightning.pytorch as pl
-    import torch
-    from torchmetrics.classification import MulticlassF1Score
-    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+def plain_module(model_path: str, num_labels: int, train: Any, params: dict[str, Any]
+                 ) -> Any:
+    """What a user writes around AutoModelForSequenceClassification (bench/bare_lightning.py
+    Classifier): fp32 (Lightning's default), AdamW unfused on every weight, stock dropout,
+    linear schedule with warm-up, macro-F1 per validation. `train`: the config's train
+    section, `params` laid over it."""
+    from bench.bare_lightning import Classifier
 
-    class PlainClassifier(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=num_labels)
-            self.model.train()
-            self.f1 = MulticlassF1Score(num_classes=num_labels, average="macro")
-
-        def training_step(self, batch: dict, _: int) -> Any:
-            return self.model(**batch).loss
-
-        def validation_step(self, batch: dict, _: int) -> None:
-            self.f1.update(self.model(**batch).logits.argmax(-1), batch["labels"])
-
-        def on_validation_epoch_end(self) -> None:
-            self.log("val/f1_macro", self.f1.compute())
-            self.f1.reset()
-
-        def configure_optimizers(self) -> Any:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=params["learning_rate"],
-                                          weight_decay=params["weight_decay"])
-            total = int(self.trainer.estimated_stepping_batches)
-            scheduler = get_linear_schedule_with_warmup(
-                optimizer, int(params["warmup_ratio"] * total), total)
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    return PlainClassifier()
+    cfg = train.model_copy(update={**params, "fast_dropout": False})
+    return Classifier(model_path, num_labels, cfg, fused=False)
 
 
 def plain_loaders(tokens: Any) -> tuple[Any, Any]:
@@ -340,7 +314,8 @@ def run_optuna_pl(args: argparse.Namespace) -> dict[str, Any]:
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, config.sweep)
         pl.seed_everything(args.seed, verbose=False)
-        module = plain_module(tokens.model_path, len(tokens.data.label_names), params)
+        module = plain_module(tokens.model_path, len(tokens.data.label_names), config.train,
+                              params)
         trainer = plain_trainer(config.train.max_epochs, config.train.val_checks_per_epoch,
                                 [PyTorchLightningPruningCallback(trial, monitor="val/f1_macro")])
         record = {"number": trial.number, "params": params, "state": "pruned", "value": None,
@@ -389,8 +364,8 @@ def ray_space(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def ray_trial(params: dict[str, Any], tokens_json: str, seed: int, snaps: str, epochs: int,
-              val_checks: int) -> None:
+def ray_trial(params: dict[str, Any], tokens_json: str, seed: int, snaps: str, train: Any
+              ) -> None:
     """One Ray Tune trial (in a Ray worker): the plain module, every validation reported with
     tune.report; the weights are saved before each report (ASHA may stop the trial there)."""
     import lightning.pytorch as pl
@@ -412,8 +387,9 @@ def ray_trial(params: dict[str, Any], tokens_json: str, seed: int, snaps: str, e
                          "started": started})
 
     pl.seed_everything(seed, verbose=False)
-    module = plain_module(tokens.model_path, len(tokens.data.label_names), params)
-    plain_trainer(epochs, val_checks, [Report()]).fit(module, *plain_loaders(tokens))
+    module = plain_module(tokens.model_path, len(tokens.data.label_names), train, params)
+    trainer = plain_trainer(train.max_epochs, train.val_checks_per_epoch, [Report()])
+    trainer.fit(module, *plain_loaders(tokens))
 
 
 def run_ray_asha(args: argparse.Namespace) -> dict[str, Any]:
@@ -437,8 +413,7 @@ def run_ray_asha(args: argparse.Namespace) -> dict[str, Any]:
     startup = time.perf_counter() - began
     trainable = tune.with_resources(tune.with_parameters(
         ray_trial, tokens_json=tokens.model_dump_json(), seed=args.seed,
-        snaps=str(work / "snapshots"), epochs=config.train.max_epochs,
-        val_checks=config.train.val_checks_per_epoch), {"cpu": cores})
+        snaps=str(work / "snapshots"), train=config.train), {"cpu": cores})
     tune_config = tune.TuneConfig(
         metric="val_f1", mode="max", num_samples=args.trials, max_concurrent_trials=1,
         scheduler=ASHAScheduler(max_t=max_t), time_budget_s=args.cap,

@@ -17,7 +17,7 @@ import logging
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.clean import LABEL, model_inputs
 from sweepflow.tasks.evaluate import TestPredictions
 from sweepflow.tasks.evaluate import score_predictions as scores
 from sweepflow.tasks.ingest import IngestResult, load_ingested
@@ -39,10 +39,11 @@ from sweepflow.usererrors import UserError
 log = logging.getLogger(__name__)
 
 
-def label_with(tracker: tracking.Tracker, uri: str, texts: list[str], names: list[str],
+def label_with(tracker: tracking.Tracker, uri: str, texts: list, names: list[str],
                max_length: int, multi_label: bool = False) -> np.ndarray:
-    """The model's label ids (in `names` order) for `texts`, or 0/1 rows for a multi-label
-    model; ValueError when its labels or its kind are not this data's."""
+    """The model's label ids (in `names` order) for `texts` (or (text, text_pair) pairs), or
+    0/1 rows for a multi-label model; ValueError when its labels or its kind are not this
+    data's."""
     from sweepflow.tasks.predict import load_model, predict
 
     loaded = load_model(tracker, uri, max_length)
@@ -77,7 +78,7 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: trac
     data, names = tokens.data, list(tokens.data.label_names)
     dd = load_ingested(data)
     uri = f"models:/{name}/{champion.version}"
-    test_texts, y_test = list(dd["test"][TEXT]), truth(dd["test"][LABEL], data)
+    test_texts, y_test = model_inputs(dd["test"]), truth(dd["test"][LABEL], data)
     newest_texts, y_new = newest(client, champion, data, config.drift.max_rows)
     same_test = champion.digest == data.split_digests["test"]
     try:
@@ -108,7 +109,7 @@ def truth(labels: list, data: IngestResult) -> np.ndarray:
 
 
 def newest(client: tracking.MlflowClient, champion: Champion, data: IngestResult, limit: int
-           ) -> tuple[list[str], np.ndarray]:
+           ) -> tuple[list, np.ndarray]:
     """At most `limit` of this run's rows that the champion's data did not hold."""
     rows = load_json_artifact(client, champion.run_id, ROWS_ARTIFACT) if champion.run_id \
         else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 import ftfy
 import pandas as pd
@@ -20,6 +21,19 @@ def text_key(df: pd.DataFrame) -> pd.Series:
     if TEXT_PAIR in df:
         return df[TEXT] + "\x1f" + df[TEXT_PAIR]
     return df[TEXT]
+
+
+def model_inputs(split: Any) -> list:
+    """A split's inputs as the served model takes them: texts, or (text, text_pair) pairs."""
+    if TEXT_PAIR in split.column_names:
+        return list(zip(split[TEXT], split[TEXT_PAIR], strict=True))
+    return list(split[TEXT])
+
+
+def split_keys(split: Any) -> pd.Series:
+    """`text_key` of a split (a datasets.Dataset): the text, or both texts of a pair."""
+    return text_key(split.select_columns([c for c in (TEXT, TEXT_PAIR)
+                                          if c in split.column_names]).to_pandas())
 
 
 @dataclass

@@ -25,12 +25,11 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
-from sweepflow.tasks.clean import LABEL
+from sweepflow.tasks.clean import LABEL, model_inputs
 from sweepflow.tasks.evaluate import (
     THRESHOLDS_ARTIFACT,
     classifier_spec,
     input_example,
-    model_inputs,
     pip_requirements,
     score_predictions,
 )

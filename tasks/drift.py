@@ -186,7 +186,8 @@ def drift(config: SweepflowConfig, tokens: TokenizedData, check: ChampionCheck |
     rows = load_json_artifact(client, check.champion.run_id, ROWS_ARTIFACT)
     if ref is None or rows is None:
         return None
-    texts, ids = newest_rows(tokens.data, rows)
+    inputs, ids = newest_rows(tokens.data, rows)
+    texts = [t[0] if isinstance(t, tuple) else t for t in inputs]  # a pair: as `reference`
     labels = label_texts(tokens.data, ids)
     result = measure(config.drift, ref, texts, labels, check)
     log_drift(tracker, result, ref, texts, labels)

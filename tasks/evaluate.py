@@ -181,13 +181,6 @@ def baseline_predictions(train_texts: list[str], train_y: np.ndarray, test_texts
     return clf.predict(test_texts)
 
 
-def model_inputs(split: Any) -> list:
-    """A split's inputs as the served model takes them: texts, or (text, text_pair) pairs."""
-    if TEXT_PAIR in split.column_names:
-        return list(zip(split[TEXT], split[TEXT_PAIR], strict=True))
-    return list(split[TEXT])
-
-
 def baseline_texts(split: Any) -> list[str]:
     """The baseline reads a pair as one text: both sides joined."""
     if TEXT_PAIR in split.column_names:

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
-from sweepflow.tasks.clean import LABEL, TEXT
+from sweepflow.tasks.clean import LABEL, model_inputs, split_keys
 from sweepflow.tasks.ingest import SPLITS, IngestResult, label_texts, load_ingested
 from sweepflow.tasks.splits import row_ids
 
@@ -85,7 +85,7 @@ def rows_of(data: IngestResult) -> dict[str, Any]:
     """Each split's row ids and label names (what `data/rows.json` holds)."""
     dd = load_ingested(data)
     return {"digest": data.digest, "splits": {
-        split: {"ids": row_ids(dd[split][TEXT]),
+        split: {"ids": row_ids(split_keys(dd[split])),
                 "labels": label_texts(data, dd[split][LABEL])} for split in dd}}
 
 
@@ -155,16 +155,16 @@ def record_version(tracker: tracking.Tracker, data: IngestResult) -> DataVersion
 
 
 def newest_rows(data: IngestResult, champion_rows: dict[str, Any]
-                ) -> tuple[list[str], list[int] | list[list[int]]]:
-    """Texts and label ids (multi-label: lists of ids) of this run's rows (all splits) that
-    another version's rows (`data/rows.json` of the champion's run) did not hold."""
+                ) -> tuple[list, list[int] | list[list[int]]]:
+    """Model inputs (texts, or (text, text_pair) pairs) and label ids (multi-label: lists of
+    ids) of this run's rows (all splits) that another version's rows (`data/rows.json` of the
+    champion's run) did not hold."""
     known = {i for part in champion_rows["splits"].values() for i in part["ids"]}
     dd = load_ingested(data)
     texts, labels = [], []
     for split in dd:
-        split_texts = dd[split][TEXT]
-        for text, label, rid in zip(split_texts, dd[split][LABEL], row_ids(split_texts),
-                                    strict=True):
+        for text, label, rid in zip(model_inputs(dd[split]), dd[split][LABEL],
+                                    row_ids(split_keys(dd[split])), strict=True):
             if rid not in known:
                 texts.append(text)
                 labels.append(list(label) if data.multi_label else int(label))

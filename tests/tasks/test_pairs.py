@@ -88,3 +88,19 @@ def test_the_served_model_reads_pair_records():
     assert as_texts([{"text": "a", "text_pair": "b"}]) == [("a", "b")]
     assert as_texts(pd.DataFrame({"text": ["a"], "text_pair": ["b"]})) == [("a", "b")]
     assert as_texts(["a", "b"]) == ["a", "b"]
+
+
+def test_rows_of_a_grown_pair_data_set_are_known_by_the_pair(pair_overrides, tmp_path):
+    """What the champion is re-scored on and drift reads: the newest rows, as pairs."""
+    from sweepflow.tasks.versions import newest_rows, rows_of
+
+    config = load_config(overrides=pair_overrides)
+    before = rows_of(ingest(config))
+    frame = make_pairs()
+    extra = pd.DataFrame([{**frame.iloc[0], "sentence2": "nice fun best"}])  # same first text
+    path = tmp_path / "grown.csv"
+    pd.concat([frame, extra]).to_csv(path, index=False)
+    grown = ingest(load_config(overrides=[*pair_overrides, f"data.path={path}"]))
+    inputs, labels = newest_rows(grown, before)
+    assert inputs == [(frame.iloc[0]["sentence1"], "nice fun best")]
+    assert labels == [grown.label_names.index(frame.iloc[0]["label"])]
