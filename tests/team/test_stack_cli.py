@@ -4,6 +4,7 @@ their file, never by value); Ctrl-C stops both servers."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import httpx
@@ -50,6 +51,15 @@ def test_stack_command_starts_and_stops_the_servers(tmp_path):
         assert proc.returncode is not None, tail(log)
         assert not answers(f"http://127.0.0.1:{mport}/health")
         assert not answers(f"http://127.0.0.1:{pport}/api/health")
+        # MLflow keeps the admin password of its first start: another one stops the stack
+        changed = {**creds.values, "MLFLOW_TRACKING_PASSWORD": "another-password-1"}
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                               env=clean_env(**changed))
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert ("stack error: MLflow refused the credentials of the environment: "
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD") in again.stdout
+        assert "another-password-1" not in again.stdout + again.stderr
+        assert not answers(f"http://127.0.0.1:{mport}/health")
     finally:
         drop_databases(pg_server_url(), list(stack_databases(prefix, auth=True).values()))
 
