@@ -116,10 +116,11 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     interrupts.install()
     _open_store(cfg)
     from sweepflow.flows.pipeline import pipeline_flow
-    from sweepflow.flows.team import local_workers
+    from sweepflow.flows.team import check_prefect_access, local_workers
     from sweepflow.flows.tempserver import temporary_server
     from sweepflow.tasks.summary import print_summary
 
+    check_prefect_access()
     # sweep.workers > 1: Prefect workers here for the sweep
     with temporary_server(), local_workers(cfg):
         summary = pipeline_flow(cfg)
