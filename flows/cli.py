@@ -184,21 +184,45 @@ def ui(config: ConfigOpt = None, overrides: Overrides = None,
 @app.command()
 def stack(home: Annotated[Path, typer.Option(help="State and logs of the servers.")] = Path(
               "mlruns/team-stack"),
-          host: Annotated[str, typer.Option(help="Address the servers bind to.")] = "127.0.0.1",
+          host: Annotated[str, typer.Option(help="Address the servers bind to; beyond "
+                                                 "loopback they require credentials.")
+                          ] = "127.0.0.1",
           mlflow_port: Annotated[int, typer.Option()] = 5000,
           prefect_port: Annotated[int, typer.Option()] = 4200,
-          prefix: Annotated[str, typer.Option(help="Database name prefix.")] = "sweepflow"
+          prefix: Annotated[str, typer.Option(help="Database name prefix.")] = "sweepflow",
+          secrets: Annotated[Path | None, typer.Option(
+              envvar="SWEEPFLOW_SECRETS", help="The servers' credentials (KEY=value lines, "
+              "mode 600, outside the repo), created with new ones if missing; else "
+              "MLFLOW_TRACKING_USERNAME/PASSWORD and PREFECT_API_AUTH_STRING from the "
+              "environment.")] = None
           ) -> None:
     """Start a local team stack: PostgreSQL databases for Optuna, MLflow and Prefect, an
     MLflow server (proxied artifacts) and a Prefect server on them; Ctrl-C stops it."""
+    from urllib.parse import urlsplit
+
+    from sweepflow.credentials import is_loopback, load_credentials, write_new_secrets
     from sweepflow.stack import pg_server_url, started_stack
 
     interrupts.install()
+    if secrets is not None and not secrets.exists():
+        write_new_secrets(secrets)
+        console.print(f"wrote new credentials to {secrets} (mode 600)", soft_wrap=True,
+                      highlight=False)
+    creds = load_credentials(secrets, os.environ)
     try:
-        with started_stack(home.resolve(), prefix, host, mlflow_port, prefect_port) as st:
+        with started_stack(home.resolve(), prefix, host, mlflow_port, prefect_port,
+                           credentials=creds) as st:
             console.print(f"Team stack up on PostgreSQL {pg_server_url()} (logs in {st.logs}). "
                           "In every shell that runs sweeps or workers:", soft_wrap=True)
             console.print("\n".join(st.exports()), soft_wrap=True, highlight=False)
+            if creds is not None:
+                console.print(f"MLflow and Prefect ask for the credentials of {creds.source}"
+                              "; PostgreSQL asks for a password only where its pg_hba.conf "
+                              "says scram-sha-256 (PGPASSWORD or PGPASSFILE on the clients)",
+                              soft_wrap=True, highlight=False)
+            if not is_loopback(host) and is_loopback(urlsplit(pg_server_url()).hostname or ""):
+                console.print(f"Workers reach the study database by an address they can "
+                              f"reach, not {pg_server_url()}", soft_wrap=True, highlight=False)
             console.print("Then: sweepflow run " + " ".join(st.overrides()) + "\nMore workers "
                           "(any machine reaching these servers): prefect worker start --pool "
                           "sweepflow\nCtrl-C stops the stack.", soft_wrap=True, highlight=False)

@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from omegaconf import OmegaConf
@@ -350,6 +351,9 @@ class SweepflowConfig(_Model):
     @model_validator(mode="after")
     def _space_fits_train(self) -> SweepflowConfig:
         check_space_against_train(self.train, self.sweep.space)
+        _no_password("sweep.storage", self.sweep.storage, "PGPASSWORD or a PGPASSFILE")
+        _no_password("tracking.uri", self.tracking.uri,
+                     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
         if self.data.text_columns[1] and not self.tokenize.long_texts().plain:
             raise ValueError("sentence pairs are truncated by the tokenizer (longest first): "
                              "tokenize.truncation=head and tokenize.long_text=truncate only")
@@ -365,6 +369,21 @@ class SweepflowConfig(_Model):
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.model_dump(mode="json")))
+
+
+def _no_password(key: str, url: str | None, where: str) -> None:
+    """The config goes to MLflow params and Prefect flow-run parameters: no secret in it."""
+    try:
+        parts = urlsplit(url or "")
+        password = parts.password
+    except ValueError:  # not a URL; the key's own check says so
+        return
+    if password:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        shown = urlunsplit(parts._replace(netloc=f"{userinfo.split(':')[0]}:***@{hostport}"))
+        raise ValueError(f"{key}={shown}: a password in the config would be logged with the "
+                         f"run's params and sent to every worker; drop it and export {where} "
+                         "(the clients read them)")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -408,6 +427,8 @@ def _format_error(err: ValidationError) -> str:
             lines.append(f"unknown config key '{key}'")
         elif not key:
             lines.append(e["msg"].removeprefix("Value error, "))
+        elif isinstance(e.get("input"), dict):  # a section's own check: its message says it
+            lines.append(f"bad value for '{key}': {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"bad value for '{key}': {msg} (got {e.get('input')!r})")

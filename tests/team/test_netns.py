@@ -1,13 +1,20 @@
 """Team mode across hosts: two network namespaces (tests/team/netns.py) stand in for two
 machines, each with its own hostname, its own store and one Prefect worker, reaching the
 servers (a private PostgreSQL cluster, the MLflow and Prefect servers) by the server address,
-with only the shared folder in common. The sweep's parent runs beside the servers."""
+with only the shared folder in common. The sweep's parent runs beside the servers.
+
+The servers listen beyond loopback, so they ask for credentials: MLflow's basic-auth admin,
+Prefect's API auth string, PostgreSQL's scram password for every address but 127.0.0.1.
+Every process here gets them from its environment (host-b's database password from a
+PGPASSFILE); a client without them is refused by each server."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +28,14 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sweepflow.tasks.team import WORKER_TAG
 
+from sweepflow.credentials import (
+    MLFLOW_PASSWORD,
+    MLFLOW_USER,
+    OPTIONAL,
+    PREFECT_AUTH,
+    REQUIRED,
+    Credentials,
+)
 from sweepflow.stack import database_url, ensure_databases, started_stack
 from tests.flows.servers import clean_env, free_port, started, tail, wait_for
 from tests.team import netns
@@ -44,14 +59,29 @@ class Site:
     prefect_api: str
     shared: Path
     root: Path
+    creds: Credentials
 
-    def env(self, who: str) -> dict[str, str]:
-        """The environment of a process on host `who`: its own store and Prefect home."""
+    def env(self, who: str, credentials: bool = True) -> dict[str, str]:
+        """The environment of a process on host `who`: its own store and Prefect home, and
+        the credentials (host-b's database password in a PGPASSFILE) unless told not to."""
         home = self.root / who
-        return clean_env(PREFECT_API_URL=self.prefect_api, SWEEPFLOW_HOME=str(home / "mlruns"),
-                         PREFECT_HOME=str(home / "prefect"), PREFECT_WORKER_QUERY_SECONDS="1",
-                         HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                         TOKENIZERS_PARALLELISM="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        base = {k: v for k, v in clean_env().items() if k not in (*REQUIRED, *OPTIONAL)}
+        creds = dict(self.creds.values) if credentials else {"PGPASSFILE": "/nonexistent"}
+        if credentials and who == HOSTNAMES[1]:
+            passfile = home / "pgpass"
+            passfile.parent.mkdir(parents=True, exist_ok=True)
+            passfile.write_text(f"*:*:*:postgres:{creds.pop('PGPASSWORD')}\n")
+            passfile.chmod(0o600)
+            creds["PGPASSFILE"] = str(passfile)
+        return {**base, **creds, "PREFECT_API_URL": self.prefect_api,
+                "SWEEPFLOW_HOME": str(home / "mlruns"), "PREFECT_HOME": str(home / "prefect"),
+                "PREFECT_WORKER_QUERY_SECONDS": "1", "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def prefect_auth(self) -> tuple[str, str]:
+        user, _, password = self.creds.values[PREFECT_AUTH].partition(":")
+        return user, password
 
     def on(self, i: int, *args: str) -> list[str]:
         """`args` run on host i, under its own hostname (a UTS namespace of their own)."""
@@ -68,17 +98,28 @@ def net() -> Iterator[netns.Network]:
         yield built
 
 
+def new_credentials() -> Credentials:
+    return Credentials({MLFLOW_USER: "team", MLFLOW_PASSWORD: secrets.token_urlsafe(18),
+                        PREFECT_AUTH: f"team:{secrets.token_urlsafe(18)}",
+                        "PGPASSWORD": secrets.token_urlsafe(18)}, "the test")
+
+
 @pytest.fixture
-def site(net: netns.Network, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Site]:
+def site(net: netns.Network, tmp_path: Path, tiny_model_dir: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    creds = new_credentials()
+    for key, value in creds.values.items():  # this process reads the study and the runs
+        monkeypatch.setenv(key, value)
     try:
-        with private_cluster(listen=(net.server,)) as cluster, started_stack(
+        with private_cluster(listen=(net.server,), password=creds.values["PGPASSWORD"]
+                             ) as cluster, started_stack(
                 tmp_path / "stack", "sf", host=net.server, mlflow_port=free_port(),
-                prefect_port=free_port(), server=cluster.url) as stack:
+                prefect_port=free_port(), server=cluster.url, credentials=creds) as stack:
             shared = tmp_path / "shared"
             shutil.copytree(tiny_model_dir, shared / "model")  # the hosts share nothing else
             yield Site(net=net, pg=cluster.url_at(net.server), admin=cluster.url,
                        mlflow=stack.mlflow_url, prefect_api=stack.prefect_api, shared=shared,
-                       root=tmp_path)
+                       root=tmp_path, creds=creds)
     except NoCluster as err:
         pytest.skip(str(err))
 
@@ -111,6 +152,74 @@ def _predict(site: Site, i: int, overrides: list[str]) -> subprocess.CompletedPr
                           env=site.env(HOSTNAMES[i]))
 
 
+PROBE = """
+import json, sys, httpx, psycopg2
+mlflow, prefect, pg, wrong = sys.argv[1:5]
+search = f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
+said = {"mlflow": httpx.get(search, timeout=30).status_code,
+        "mlflow wrong": httpx.get(search, auth=("team", wrong), timeout=30).status_code,
+        "prefect": httpx.post(f"{prefect}/flows/filter", json={}, timeout=30).status_code,
+        "prefect wrong": httpx.post(f"{prefect}/flows/filter", json={}, auth=("team", wrong),
+                                    timeout=30).status_code}
+for name, extra in (("postgres", {}), ("postgres wrong", {"password": wrong})):
+    try:
+        psycopg2.connect(f"{pg}/postgres", connect_timeout=10, **extra).close()
+        said[name] = "connected"
+    except psycopg2.OperationalError as err:
+        said[name] = str(err).strip().splitlines()[-1]
+if sys.argv[5:] == ["clients"]:  # the products' own clients, credentials from the environment
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    said["mlflow client"] = [e.name for e in MlflowClient(mlflow).search_experiments()]
+    with get_client(sync_client=True) as client:
+        said["prefect client"] = type(client.read_flows(limit=1)).__name__
+print(json.dumps(said))
+"""
+
+
+def _probe(site: Site, credentials: bool) -> dict[str, object]:
+    """From host-a: each server asked without credentials and with a wrong password, and
+    (with `credentials` in the environment) by the products' own clients."""
+    done = subprocess.run(site.on(0, sys.executable, "-c", PROBE, site.mlflow, site.prefect_api,
+                                  site.pg, "wrong-password-123",
+                                  *(["clients"] if credentials else [])),
+                          capture_output=True, text=True, timeout=300,
+                          env=site.env(HOSTNAMES[0], credentials))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_from_another_host_a_client_without_credentials_is_refused(site):
+    """MLflow and Prefect answer 401 without credentials or with a wrong password, PostgreSQL
+    refuses the connection; with the credentials in the environment the same host's MLflow,
+    Prefect and PostgreSQL clients get in."""
+    without = _probe(site, credentials=False)
+    print(without)
+    assert without["mlflow"] == without["mlflow wrong"] == 401
+    assert without["prefect"] == without["prefect wrong"] == 401
+    assert "no password supplied" in without["postgres"]
+    assert 'password authentication failed for user "postgres"' in without["postgres wrong"]
+    with_them = _probe(site, credentials=True)
+    print(with_them)
+    assert with_them["postgres"] == "connected", with_them
+    assert "Default" in with_them["mlflow client"], with_them
+    assert with_them["prefect client"] == "list", with_them
+
+
+def _everything_said(site: Site, overrides: list[str], logs: list[Path]) -> str:
+    """The consoles and logs of the parent, the workers and the servers; the MLflow runs'
+    params and tags; the Prefect flow runs' parameters and stored logs."""
+    texts = [p.read_text(errors="replace") for p in logs]
+    texts += [p.read_text(errors="replace") for p in (site.root / "stack").rglob("*.log")]
+    client = MlflowClient(site.mlflow)
+    exp = client.get_experiment_by_name(_opt(overrides, "tracking.experiment"))
+    for run in client.search_runs([exp.experiment_id]):
+        texts.append(json.dumps([run.data.params, run.data.tags]))
+    for run in _worker_runs(site, ("pipeline", "sweep", "trial-worker")):
+        texts += [json.dumps(run["parameters"]), _run_log(site, run)]
+    return "\n".join(texts)
+
+
 def test_a_sweep_across_two_hosts(site, team_csv, tmp_path):
     overrides = _overrides(site, team_csv)
     pool = _opt(overrides, "sweep.work_pool")
@@ -121,6 +230,10 @@ def test_a_sweep_across_two_hosts(site, team_csv, tmp_path):
             started(sweepflow_cmd("run", *overrides), logs[0], site.env("parent")) as parent:
         assert parent.wait(900) == 0, "\n".join(tail(p, 60) for p in logs)
     print(f"sweep of 3 trials on 2 namespaced hosts: {time.monotonic() - began:.0f} s")
+    said = _everything_said(site, overrides, logs)
+    assert "trial-worker" in said and "sweep.storage" in said
+    for secret in site.creds.secret_values():
+        assert secret not in said  # never in a log, a run's params or a flow run's
     study, children = _check_one_sweep(overrides, site.mlflow)
     where = {t.user_attrs[WORKER_TAG].split(":")[0] for t in study.get_trials()}
     assert where == set(HOSTNAMES)  # both hosts ran trials
@@ -153,9 +266,9 @@ def _retry_of(overrides: list[str], victim: optuna.trial.FrozenTrial
     return None
 
 
-def _worker_runs(site: Site) -> list[dict]:
-    answer = httpx.post(f"{site.prefect_api}/flow_runs/filter", timeout=30, json={
-        "flows": {"name": {"any_": ["trial-worker"]}}})
+def _worker_runs(site: Site, flows: tuple[str, ...] = ("trial-worker",)) -> list[dict]:
+    answer = httpx.post(f"{site.prefect_api}/flow_runs/filter", timeout=30,
+                        auth=site.prefect_auth(), json={"flows": {"name": {"any_": flows}}})
     answer.raise_for_status()
     return answer.json()
 
@@ -164,7 +277,8 @@ def _run_log(site: Site, run: dict) -> str:
     """A flow run's log lines, as the Prefect server keeps them."""
     lines, offset = [], 0
     while True:
-        answer = httpx.post(f"{site.prefect_api}/logs/filter", timeout=30, json={
+        answer = httpx.post(f"{site.prefect_api}/logs/filter", timeout=30,
+                            auth=site.prefect_auth(), json={
             "logs": {"flow_run_id": {"any_": [run["id"]]}}, "offset": offset, "limit": 200})
         answer.raise_for_status()
         lines += [entry["message"] for entry in answer.json()]

@@ -29,6 +29,26 @@ def test_grace_period_longer_than_heartbeat():
         load_config(overrides=["sweep.grace_period=30"])
 
 
+def test_workers_need_a_shared_storage_and_the_section_is_not_dumped():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["sweep.workers=2", "sweep.storage=sqlite:///x.db"])
+    assert "'space'" not in str(err.value)  # the message, not the whole sweep section
+
+
+@pytest.mark.parametrize(("override", "shown", "where"), [
+    ("sweep.storage=postgresql://sf:hunter2hunter2@db:5432/s", "postgresql://sf:***@db:5432/s",
+     "PGPASSWORD or a PGPASSFILE"),
+    ("tracking.uri=http://sf:hunter2hunter2@mlflow:5000", "http://sf:***@mlflow:5000",
+     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")])
+def test_no_password_in_the_config(override, shown, where):
+    """The config goes to MLflow params and Prefect flow-run parameters: a password in a URL
+    is refused, and the message hides it."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert f"{override.split('=')[0]}={shown}: a password in the config" in str(err.value)
+    assert where in str(err.value) and "hunter2" not in str(err.value)
+
+
 def test_storage_must_be_a_database_url():
     with pytest.raises(ConfigError, match="sweep.storage='redis://x' is not an Optuna RDB URL"):
         load_config(overrides=["sweep.storage=redis://x"])
@@ -36,20 +56,20 @@ def test_storage_must_be_a_database_url():
 
 @pytest.mark.postgres
 def test_a_study_database_that_does_not_exist(tiny_overrides, store: Path, tmp_path):
-    """One line naming sweep.storage (password hidden); no MLflow run left RUNNING."""
+    """One line naming sweep.storage; no MLflow run left RUNNING."""
     from tests.team.conftest import postgres_problem
 
     if postgres_problem():
         pytest.skip(postgres_problem())
-    url = "postgresql://postgres:secret@127.0.0.1:5432/sf_never_created"
+    url = "postgresql://postgres@127.0.0.1:5432/sf_never_created"
     out = subprocess.run(sweepflow_cmd("run", *tiny_overrides, "sweep.workers=2",
                                        f"sweep.storage={url}"),
                          capture_output=True, text=True, env=clean_env(SWEEPFLOW_HOME=str(store)),
                          cwd=tmp_path, timeout=600)
     assert out.returncode == 2, out.stdout + out.stderr
     line = out.stdout.replace("\n", " ")
-    assert "store error: sweep.storage=postgresql://postgres:***@127.0.0.1:5432/" in line
-    assert "cannot open the study database" in line and "secret" not in out.stdout
+    assert "store error: sweep.storage=postgresql://postgres@127.0.0.1:5432/" in line
+    assert "cannot open the study database" in line
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
