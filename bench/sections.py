@@ -370,7 +370,7 @@ def _replay(curves: dict[int, dict[str, Any]], signal: str, sweep: Any, full: in
     study: the optimizer steps they would have used and the best value of those left to
     complete. As in StepPruning: no pruning before the warm-up nor at a trial's end."""
     import optuna
-    from sweepflow.tasks.sweep import make_pruner, warmup_steps
+    from sweepflow.tasks.pruning import make_pruner, warmup_steps
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner(sweep, full))
     spent, kept = 0, float("-inf")

@@ -264,35 +264,56 @@ def outcome(result: dict[str, Any], target: float | None, cap: float) -> dict[st
             "failed": found is None or found < FAILED_F1}
 
 
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sample sd and range of one figure over the sweep seeds."""
+    if not values:
+        return {"mean": None, "sd": None, "range": None}
+    return {"mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "range": [min(values), max(values)]}
+
+
 def summarise(runs: dict[str, dict[str, Any]], ref_best: float | None, cap: float
               ) -> dict[str, Any]:
-    """Per contender over the seeds: time and steps to the target (mean when every seed
-    reached it; else a lower bound, a seed that did not counting its whole sweep), the found
-    quality (mean, sd, range), trials and steps; and each one's time against sweepflow's."""
+    """Per contender over the seeds: time, trials and optimizer steps to the target (the
+    trials and steps do not depend on the machine's load; a seed that did not reach it counts
+    its whole sweep, and the figures are then lower bounds), the found quality, trials and
+    steps spent, each as mean, sd and range; and each one's time against sweepflow's.
+    A seed that crashed or whose chosen model did not learn is failed (listed); a crashed one
+    has no figures to count."""
     target = None if ref_best is None else ref_best - SAME_QUALITY
     out: dict[str, Any] = {"target_f1": target, "reference_optimum_f1": ref_best}
     for name, by_seed in runs.items():
         seeds = {s: outcome(r, target, cap) for s, r in by_seed.items()}
         ok = [o for o in seeds.values() if "error" not in o]
         found = [o["found_f1"] for o in ok if o["found_f1"] is not None]
-        times = [(o["reached"] or {}).get("seconds", o["seconds"]) for o in ok]
+
+        def to_target(key: str, total: str, ok: list[dict[str, Any]] = ok) -> dict[str, Any]:
+            return spread([(o["reached"] or {}).get(key, o[total]) for o in ok])
+
+        time_, trials_, steps_ = (to_target("seconds", "seconds"),
+                                  to_target("trials", "trials"), to_target("steps", "steps"))
+        found_ = spread(found)
         out[name] = {
             "seeds": seeds, "failed": any(o["failed"] for o in seeds.values()),
+            "failed_seeds": [s for s, o in seeds.items() if o["failed"]],
             "reached": f"{sum(o['reached'] is not None for o in ok)}/{len(seeds)}",
-            "mean_seconds_to_target": statistics.fmean(times) if times else None,
             "lower_bound": any(o["reached"] is None for o in ok),
-            "mean_steps_to_target": statistics.fmean(
-                (o["reached"] or {}).get("steps", o["steps"]) for o in ok) if ok else None,
-            "found_f1": statistics.fmean(found) if found else None,
-            "found_sd": statistics.stdev(found) if len(found) > 1 else 0.0,
-            "found_range": [min(found), max(found)] if found else None,
-            "mean_trials": statistics.fmean(o["trials"] for o in ok) if ok else None,
-            "mean_steps": statistics.fmean(o["steps"] for o in ok) if ok else None,
-            "mean_sweep_seconds": statistics.fmean(o["seconds"] for o in ok) if ok else None}
-    mine = out.get("sweepflow", {}).get("mean_seconds_to_target")
-    for name in runs:
-        other = out[name]["mean_seconds_to_target"]
-        out[name]["time_vs_sweepflow"] = other / mine if mine and other is not None else None
+            "seconds_to_target": time_, "trials_to_target": trials_,
+            "steps_to_target": steps_,
+            "mean_seconds_to_target": time_["mean"], "mean_trials_to_target": trials_["mean"],
+            "mean_steps_to_target": steps_["mean"],
+            "found_f1": found_["mean"], "found_sd": found_["sd"],
+            "found_range": found_["range"],
+            "mean_trials": spread([o["trials"] for o in ok])["mean"],
+            "mean_steps": spread([o["steps"] for o in ok])["mean"],
+            "mean_sweep_seconds": spread([o["seconds"] for o in ok])["mean"]}
+    for key in ("seconds", "steps"):
+        mine = out.get("sweepflow", {}).get(f"mean_{key}_to_target")
+        for name in runs:
+            other = out[name][f"mean_{key}_to_target"]
+            out[name][f"{'time' if key == 'seconds' else key}_vs_sweepflow"] = (
+                other / mine if mine and other is not None else None)
     return out
 
 
@@ -484,10 +505,13 @@ def report(run: Run, meta: dict[str, Any]) -> None:
     for name, s in run.results["summary"].items():
         if isinstance(s, dict) and "reached" in s:
             t = s["mean_seconds_to_target"]
+            bound = ">=" if s["lower_bound"] else ""
             run.log(f"{name:10} reached {s['reached']}, "
-                    + ("-" if t is None else f"{'>=' if s['lower_bound'] else ''}{t:.0f} s")
+                    + ("-" if t is None else f"{bound}{t:.0f} s, "
+                       f"{bound}{s['mean_trials_to_target']:.1f} trials, "
+                       f"{bound}{s['mean_steps_to_target']:.0f} steps")
                     + f", found {s['found_f1'] or 0:.4f}, "
-                    + ("FAILED" if s["failed"] else "ok"))
+                    + (f"FAILED seeds {s['failed_seeds']}" if s["failed"] else "ok"))
     run.log(f"results: {run.out}" + (f", plot {png}" if runs else ""))
 
 

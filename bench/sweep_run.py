@@ -25,19 +25,19 @@ def main() -> None:
     from sweepflow.tasks.sweep import create_study
     from sweepflow.tasks.tokenize import tokenize
 
-    from sweepflow import tracking
     from sweepflow.config import load_config
+    from sweepflow.tracking import Tracker
 
     config = load_config(overrides=args.overrides)
     tokens = tokenize(config, ingest(config))
     study = create_study(config)
     start = time.perf_counter()
     # sweep.workers > 1: the Prefect worker starts here, as `sweepflow run` starts it.
-    with local_workers(config), tracking.managed_run(
-            config, f"sweep-{study.name}", {"optuna.study": study.name}) as run_id:
-        result = sweep_flow(config, tokens, study, run_id)
+    with local_workers(config), Tracker.open(config).start_run(
+            f"sweep-{study.name}", {"optuna.study": study.name}) as tracker:
+        result = sweep_flow(config, tokens, study, tracker)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    write_json(args.out, {"run_id": run_id, "seconds": time.perf_counter() - start,
+    write_json(args.out, {"run_id": tracker.run_id, "seconds": time.perf_counter() - start,
                           "peak_rss_gb": peak_kib / 2**20, **result.model_dump(mode="json")})
 
 
