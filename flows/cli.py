@@ -264,8 +264,9 @@ def predict(args: Texts = None, config: ConfigOpt = None,
                 "--trust-model", help="Load a model even if its files can run code when "
                                       "loaded (pickles, other MLflow flavors). Only for "
                                       "models whose source you trust.")] = False) -> None:
-    """Label texts with a registered model: one JSON line per text (text, label,
-    probability). A lone '-' among the texts reads more texts from stdin."""
+    """Label texts with a registered model: one JSON line per text (text, text_pair for a
+    pair, label and probability; a multi-label model: labels and every label's
+    probabilities). A lone '-' among the texts reads more texts from stdin."""
     import json
 
     from rich.progress import (

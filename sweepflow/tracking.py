@@ -113,7 +113,7 @@ class Tracker(BaseModel):
         line); the experiment is created if new (unless not `create`: a command that only
         reads the store)."""
         uri = tracking_uri(config)
-        stores.check(uri)
+        stores.check_tracking(uri)
         mlflow.set_tracking_uri(uri)  # the fluent API (log_model, register_model) reads it
         client = MlflowClient(uri)
         name = config.tracking.experiment
