@@ -1,17 +1,23 @@
 """The team control plane under many workers, without training:
-`python -m bench.control_plane [--clients 8,32,100] [--seconds 40]` (needs PostgreSQL).
+`python -m bench.control_plane [--clients 8,32,100] [--seconds 40] [--pace S] [--profile N]`
+(needs PostgreSQL and Debian's pgbouncer).
 
 Starts the real stack (PostgreSQL databases in a private cluster with the default 100
-connections, MLflow and Prefect servers; `sweepflow.stack`) and drives the
-trial worker's protocol from N concurrent lightweight clients (threads in a few processes,
-each client with its own storage object, as separate worker processes have): reap stale
-trials and ask under the study lock, owner/basis attributes and 3 suggested params, a
-heartbeat, an MLflow child run with its params, 3 validation reports and metrics, the model
-hand-off (a small file published by rename) and tell under the study lock. Reports per level:
+connections, MLflow and Prefect servers; `sweepflow.stack`) and drives a trial worker's
+protocol from N concurrent lightweight clients (threads in a few processes, each client with
+its own storage object, as separate worker processes have) through the product's own
+functions: `take_next` (reap, count and ask under the study lock), the trial's attributes and
+`suggest` on the default search space, the heartbeat thread, `Tracker.start_run` (an MLflow
+child of the sweep's run, closed with its cost metrics), its params, 3 validations (Lightning's
+MLFlowLogger batches, `trial.report` and `should_prune` as StepPruning does), and
+`tell_result` (refuse a taken trial, keep the model if best, tell, drop the beaten ones, under
+the study lock) with a small file as the model. Only `fit` is left out. Reports per level:
 per-trial coordination latency p50/p95, trials per second sustained (`--pace 0`, clients
 back to back: the capacity; `--pace S`: each client "trains" S seconds on average between
-trials, an offered load of clients / S trials per second), connection errors, and
-the peak connections per database (pg_stat_activity sampled every 0.25 s).
+trials, an offered load of clients / S trials per second), connection errors, and the peak
+connections per database (pg_stat_activity sampled every 0.25 s). `--profile N`: one client,
+N trials, and per phase its seconds, study-database connections and statements, and MLflow
+requests (bench/control_plane_profile.json).
 """
 
 from __future__ import annotations
@@ -27,65 +33,101 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT
 
 PROCESSES = 4
+KEY = "cp-basis"  # the training basis of every bench trial (no data: no digest to take)
 
 
-def _client(url: str, study: str, mlflow_uri: str, exp_id: str, shared: Path, stop_at: float,
-            pace: float, out: list) -> None:
+def _config(url: str, mlflow_uri: str, experiment: str, shared: Path, client: int) -> Any:
+    """The worker's config; each client its own storage URL (application_name differs), so
+    its own storage object, as a separate worker process has."""
+    from sweepflow.config import load_config
+
+    sep = "&" if "?" in url else "?"
+    return load_config(overrides=[f"sweep.storage={url}{sep}application_name=cp-{client}",
+                                  f"tracking.uri={mlflow_uri}",
+                                  f"tracking.experiment={experiment}",
+                                  f"store.shared_dir={shared}"])
+
+
+def _nothing(_: str) -> None:
+    return None
+
+
+def _trial(config: Any, tracker: Any, ref: Any, plan: Any, mark: Callable[[str], None]
+           ) -> None:
+    """One trial of a worker (tasks/team.py work, tasks/sweep.py _run_asked/_train_trial)
+    with `fit` left out; `mark(phase)` is called as each phase starts."""
+    from lightning.pytorch.loggers import MLFlowLogger
+    from sweepflow.tasks.pruning import BASIS_ATTR
+    from sweepflow.tasks.sweep import DIGEST_ATTR, TrialResult, suggest, tell_result
+    from sweepflow.tasks.team import SWEEP_TAG, WORKER_TAG, take_next, worker_name
+
+    from sweepflow import owner, storage
+
+    mark("take_next")
+    shared = storage.open_storage(ref.storage, config.sweep)
+    _, study, trial = take_next(config, tracker, ref, plan, shared, 100)
+    mark("attrs+suggest")
+    tags = {SWEEP_TAG: plan.sweep_id, WORKER_TAG: worker_name()}
+    for key, value in tags.items():
+        trial.set_user_attr(key, value)
+    with storage.heartbeat(shared, ref.name, trial.number):
+        trial.set_user_attr(owner.OWNER_ATTR, owner.me().attr())
+        trial.set_user_attr(BASIS_ATTR, KEY)
+        trial.set_user_attr(DIGEST_ATTR, "cp")
+        params = suggest(trial, config.sweep)
+        mark("mlflow_run+params")
+        run_tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number),
+                    "data.digest": "cp", **tags}
+        with tracker.start_run(f"trial-{trial.number}", run_tags) as run:
+            run.log(params=params)
+            mark("validations")
+            logger = MLFlowLogger(tracking_uri=run.uri, run_id=run.run_id, synchronous=False)
+            value = 0.0
+            for step in (25, 50, 75):
+                value = (trial.number * 7919 % 1000) / 1000 * step / 75
+                logger.log_metrics({"val/f1_macro": value, "train/loss": 1 - value}, step)
+                trial.report(value, step)
+                trial.should_prune()
+            logger.finalize("success")
+            mark("tell")
+            result = TrialResult(number=trial.number, state="complete", value=value,
+                                 params=params, steps=75, seconds=0.0, run_id=run.run_id)
+            tell_result(study, trial, result, KEY, ref.models, shared,
+                        lambda tmp: (tmp / "model.json").write_text(json.dumps(params)))
+            mark("close_run")
+            run.log(tags={"optuna.state": "complete", "optuna.steps": "75"})
+    mark("end")
+
+
+def _client(url: str, ref_json: str, plan_json: str, mlflow_uri: str, experiment: str,
+            shared: Path, index: int, stop_at: float, pace: float, out: list) -> None:
     """One worker's protocol in a loop until `stop_at`; appends (seconds, error) per trial.
     `pace`: mean seconds of "training" between trials (0: back to back, the capacity)."""
     import random
 
-    import optuna
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-    from sweepflow.tasks.team import next_step
+    from sweepflow.tasks.sweep import StudyRef
+    from sweepflow.tasks.team import TeamPlan
 
-    from sweepflow import storage as st
+    from sweepflow.tracking import Tracker
 
-    rdb = optuna.storages.RDBStorage(url, engine_kwargs=dict(st.POOL), heartbeat_interval=30,
-                                     grace_period=120)
-    client = MlflowClient(mlflow_uri)
+    config = _config(url, mlflow_uri, experiment, shared, index)
+    ref = StudyRef.model_validate_json(ref_json).model_copy(
+        update={"storage": config.sweep.storage})
+    plan = TeamPlan.model_validate_json(plan_json)
+    tracker = Tracker.open(config, plan.parent_run_id)
     if pace:  # the workers do not start in step
         time.sleep(max(0.0, min(random.uniform(0, pace), stop_at - time.time())))
     while time.time() < stop_at:
         start = time.perf_counter()
         try:
-            study_obj = optuna.load_study(study_name=study, storage=rdb,
-                                          sampler=optuna.samplers.RandomSampler())
-            with st.study_lock(rdb, study):
-                st.fail_stale_trials(study_obj)
-            with st.study_lock(rdb, study):
-                next_step(study_obj.get_trials(deepcopy=False), 10**9)
-                trial = study_obj.ask()
-            for key in ("owner", "basis", "data_digest", "sweepflow.worker"):
-                trial.set_user_attr(key, "x")
-            params = {"lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True),
-                      "wd": trial.suggest_float("wd", 0.0, 0.1),
-                      "warmup": trial.suggest_float("warmup", 0.0, 0.2)}
-            rdb.record_heartbeat(trial._trial_id)  # noqa: SLF001
-            run = client.create_run(exp_id, run_name=f"trial-{trial.number}",
-                                    tags={"optuna.trial_number": str(trial.number)})
-            rid = run.info.run_id
-            client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
-            now = int(time.time() * 1000)
-            for step in range(3):
-                trial.report(0.1 * step, step)
-                client.log_batch(rid, metrics=[Metric("val/f1_macro", 0.1 * step, now, step),
-                                               Metric("train/loss", 1.0 - 0.1 * step, now,
-                                                      step)])
-            with st.study_lock(rdb, study):
-                if rdb.get_trial(trial._trial_id).state.name == "RUNNING":  # noqa: SLF001
-                    tmp = shared / f".tmp-{uuid.uuid4().hex}"
-                    tmp.write_text(json.dumps(params))
-                    os.replace(tmp, shared / "best.json")
-                    study_obj.tell(trial, 0.2)
-            client.set_terminated(rid, "FINISHED")
+            _trial(config, tracker, ref, plan, _nothing)
             out.append((time.perf_counter() - start, None))
             if pace:  # "training", cut at the end of the window
                 time.sleep(max(0.0, min(random.expovariate(1 / pace), stop_at - time.time())))
@@ -94,20 +136,43 @@ def _client(url: str, study: str, mlflow_uri: str, exp_id: str, shared: Path, st
             time.sleep(1)
 
 
-def _process(n_threads: int, args: tuple, queue: Any) -> None:
+def _process(first: int, n_threads: int, args: tuple, queue: Any) -> None:
     import logging
 
     import optuna
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "View run at" per run
+    logging.getLogger("sweepflow").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, ref_json, plan_json, mlflow_uri, experiment, shared, stop_at, pace = args
     out: list = []
-    threads = [threading.Thread(target=_client, args=(*args, out)) for _ in range(n_threads)]
+    threads = [threading.Thread(target=_client, args=(
+        url, ref_json, plan_json, mlflow_uri, experiment, shared, first + i, stop_at, pace,
+        out)) for i in range(n_threads)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     queue.put(out)
+
+
+def _sweep(stack: Any, study_url: str, shared: Path) -> tuple[str, Any, Any, Any]:
+    """A fresh experiment, study (create_study) and sweep run, as `sweepflow run` makes them:
+    (experiment, StudyRef, TeamPlan, the parent's Tracker)."""
+    from sweepflow.tasks.sweep import create_study
+    from sweepflow.tasks.team import TeamPlan
+
+    from sweepflow.tracking import Tracker
+
+    experiment = f"cp-{uuid.uuid4().hex[:8]}"
+    config = _config(study_url, stack.mlflow_url, experiment, shared, -1)
+    config = config.model_copy(update={"sweep": config.sweep.model_copy(
+        update={"storage": study_url})})
+    ref = create_study(config, f"cp-{uuid.uuid4().hex[:6]}")
+    tracker = Tracker.open(config)
+    parent = tracker.client.create_run(tracker.experiment_id, run_name=f"sweep-{ref.name}")
+    plan = TeamPlan(sweep_id=uuid.uuid4().hex, target=10**9, parent_run_id=parent.info.run_id)
+    return experiment, ref, plan, tracker
 
 
 def _peaks(server: str, dbs: list[str], stop: threading.Event, peak: dict[str, int]) -> None:
@@ -132,19 +197,14 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
           home: Path, pace: float = 0.0) -> dict:
     """One load level on a fresh study (reached through `study_server`: PgBouncer or the
     server itself); the clients start together and stop at one time."""
-    import optuna
-    from mlflow.tracking import MlflowClient
-
     from sweepflow.stack import database_url, drop_databases, ensure_databases
 
     db = f"sf_cp_{uuid.uuid4().hex[:10]}"
     ensure_databases(server, [db])
     url = database_url(study_server, db)
-    study = f"cp-{clients}"
-    optuna.create_study(study_name=study, storage=url, direction="maximize")
-    exp_id = MlflowClient(stack.mlflow_url).create_experiment(f"cp-{uuid.uuid4().hex[:8]}")
-    shared = home / study
+    shared = home / db
     shared.mkdir()
+    experiment, ref, plan, tracker = _sweep(stack, url, shared)
     peak: dict[str, int] = {}
     stop = threading.Event()
     dbs = [db, stack.mlflow_db, stack.prefect_db]
@@ -154,11 +214,13 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
     queue = ctx.Queue()
     stop_at = time.time() + 20 + seconds  # 20 s for the processes to start
     per = [clients // PROCESSES + (i < clients % PROCESSES) for i in range(PROCESSES)]
-    procs = [ctx.Process(target=_process, args=(n, (url, study, stack.mlflow_url, exp_id,
-                                                    shared, stop_at, pace), queue))
-             for n in per if n]
+    args = (url, ref.model_dump_json(), plan.model_dump_json(), stack.mlflow_url, experiment,
+            shared, stop_at, pace)
+    procs = [ctx.Process(target=_process, args=(sum(per[:i]), n, args, queue))
+             for i, n in enumerate(per) if n]
     for proc in procs:
         proc.start()
+    load_before = os.getloadavg()[0]
     try:
         results = [r for _ in procs for r in queue.get()]
     finally:  # also on Ctrl-C: no client left behind
@@ -166,8 +228,10 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
             proc.join(timeout=60)
             if proc.exitcode is None:
                 proc.kill()
+    load_after = os.getloadavg()[0]
     stop.set()
     watcher.join()
+    tracker.client.set_terminated(plan.parent_run_id, "FINISHED")
     drop_databases(server, [db])
     ok = sorted(s for s, e in results if e is None)
     errors = [e for _, e in results if e is not None]
@@ -177,10 +241,71 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
             "first_error": errors[0] if errors else None,
             "p50_s": round(statistics.median(ok), 3) if ok else None,
             "p95_s": round(q[18], 3), "trials_per_s": round(len(ok) / seconds, 2),
+            "load_1min_start_end": [round(load_before, 2), round(load_after, 2)],
             "peak_connections": {"optuna": peak.get(db, 0),
                                  "mlflow": peak.get(stack.mlflow_db, 0),
                                  "prefect": peak.get(stack.prefect_db, 0),
                                  "all": peak.get("all", 0)}}
+
+
+def profile(stack: Any, server: str, study_server: str, trials: int, home: Path) -> dict:
+    """One client, `trials` trials in this process: per phase, the mean seconds, study
+    database connections and statements, and MLflow requests per trial."""
+    import logging
+
+    import requests
+    from sqlalchemy import event
+    from sweepflow.tasks.sweep import StudyRef
+    from sweepflow.tasks.team import TeamPlan
+
+    from sweepflow import storage
+    from sweepflow.stack import database_url, drop_databases, ensure_databases
+    from sweepflow.tracking import Tracker
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    db = f"sf_cp_{uuid.uuid4().hex[:10]}"
+    ensure_databases(server, [db])
+    url = database_url(study_server, db)
+    shared = home / db
+    shared.mkdir()
+    experiment, ref, plan, _ = _sweep(stack, url, shared)
+    config = _config(url, stack.mlflow_url, experiment, shared, 0)
+    ref = StudyRef.model_validate_json(ref.model_dump_json()).model_copy(
+        update={"storage": config.sweep.storage})
+    plan = TeamPlan.model_validate_json(plan.model_dump_json())
+    tracker = Tracker.open(config, plan.parent_run_id)
+    engine = storage.open_storage(ref.storage, config.sweep).engine
+    now = {"phase": "setup", "t": time.perf_counter()}
+    totals: dict[str, dict[str, float]] = {}
+
+    def count(what: str, n: float = 1) -> None:
+        row = totals.setdefault(now["phase"], {"seconds": 0.0, "connections": 0,
+                                               "statements": 0, "mlflow_requests": 0})
+        row[what] += n
+
+    def mark(phase: str) -> None:
+        t = time.perf_counter()
+        count("seconds", t - now["t"])
+        now.update(phase=phase, t=t)
+
+    event.listen(engine, "connect", lambda *_: count("connections"))
+    event.listen(engine, "before_cursor_execute", lambda *_: count("statements"))
+    send = requests.Session.send
+
+    def counted(self: Any, request: Any, **kw: Any) -> Any:
+        count("mlflow_requests")
+        return send(self, request, **kw)
+
+    requests.Session.send = counted  # instrumentation of this bench process only
+    try:
+        for _ in range(trials):
+            _trial(config, tracker, ref, plan, mark)
+            mark("between")
+    finally:
+        requests.Session.send = send
+    drop_databases(server, [db])
+    return {name: {k: round(v / trials, 4) for k, v in row.items()}
+            for name, row in totals.items() if name not in ("setup", "between", "end")}
 
 
 def main() -> None:
@@ -192,7 +317,9 @@ def main() -> None:
                         help="PgBouncer's server connections for the study (0: no PgBouncer)")
     parser.add_argument("--pace", type=float, default=0.0,
                         help="mean seconds between a client's trials (0: back to back)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "control_plane.json"))
+    parser.add_argument("--profile", type=int, default=0,
+                        help="profile one client over this many trials instead")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the cluster on kill
     from sweepflow.netutil import free_port
@@ -207,13 +334,19 @@ def main() -> None:
         with started_stack(home, "sf_cpb", mlflow_port=free_port(), prefect_port=free_port(),
                            server=cluster.url) as stack, \
                 pgbouncer(cluster, args.bouncer_pool) as bouncer:
-            for n in (int(c) for c in args.clients.split(",")):
-                study_server = bouncer if args.bouncer_pool else cluster.url
+            study_server = bouncer if args.bouncer_pool else cluster.url
+            if args.profile:
+                profile(stack, cluster.url, study_server, 3, home)  # warm: imports, caches
+                rows.append(profile(stack, cluster.url, study_server, args.profile, home))
+                print(json.dumps(rows[-1], indent=1), flush=True)
+            for n in (int(c) for c in args.clients.split(",") if not args.profile):
                 rows.append(level(stack, cluster.url, study_server, n, args.seconds, home,
                                   args.pace))
                 print(json.dumps(rows[-1]), flush=True)
     load = os.getloadavg()
-    Path(args.out).write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M UTC",
+    out = args.out or str(ROOT / "bench" / ("control_plane_profile.json" if args.profile
+                                            else "control_plane.json"))
+    Path(out).write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                 time.gmtime()),
                                           "loadavg": load, "levels": rows}, indent=2))
 

@@ -62,7 +62,7 @@ def open_storage(url: str, sweep: SweepConfig) -> str | RDBStorage:
     return _rdb(url, sweep.heartbeat_interval, sweep.grace_period, sweep.max_retry)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=128)  # one URL per process; the bench: one per client
 def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -> RDBStorage:
     try:
         with schema_lock(url), warnings.catch_warnings():

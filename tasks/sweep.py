@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -242,13 +242,27 @@ def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any
     """Save a complete trial's best weights when it ranks above the basis' best so far (ties
     go to the lower trial number, as in Optuna). Called under the study lock before the study
     is told, so the trial that Optuna calls best always has its folder."""
+    return keep_if_better(study, key, result, models,
+                          model_writer(study.study_name, key, result, module, state, tokens))
+
+
+def keep_if_better(study: optuna.Study, key: str, result: TrialResult, models: str | Path,
+                   write: Callable[[Path], None]) -> bool:
+    """keep_if_best with the model's writer handed in (`write(folder)` fills the folder that
+    is then published by rename): the decision is the study's, the bytes the caller's."""
     best = best_on_basis(study, key)
     if best is not None and trial_model_dir(models, key, best.number).exists():
         if rank(study, result.value, result.number) <= rank(study, best.value, best.number):
             return False
-    module.model.load_state_dict(state)
+    cache.publish(trial_model_dir(models, key, result.number), write, replace=True)
+    return True
 
+
+def model_writer(study_name: str, key: str, result: TrialResult, module: Any, state: dict,
+                 tokens: TokenizedData) -> Callable[[Path], None]:
+    """What keeps a trial's model: its best weights, the tokenizer and trial.json."""
     def build(tmp: Path) -> None:
+        module.model.load_state_dict(state)
         try:
             module.model.save_pretrained(tmp)
         except Exception as err:  # safetensors reports a full disk as SafetensorError
@@ -259,12 +273,11 @@ def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any
                           ) from err
         load_tokenizer(tokens.model_path).save_pretrained(tmp)
         (tmp / "trial.json").write_text(json.dumps({
-            "study": study.study_name, "number": result.number, "value": result.value,
+            "study": study_name, "number": result.number, "value": result.value,
             "params": result.params, "run_id": result.run_id, "basis": key,
             "data_digest": tokens.data.digest}))
 
-    cache.publish(trial_model_dir(models, key, result.number), build, replace=True)
-    return True
+    return build
 
 
 def drop_beaten_models(study: optuna.Study, key: str, models: str | Path) -> None:
@@ -373,10 +386,19 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
          ) -> None:
     """Tell the study the outcome; a complete trial's model is saved first (under `models`,
     the study's folder) if it is the best on its basis, and the models it beat are removed
-    after. `shared`: the opened storage
-    (open_storage), whose study lock serialises this across workers. A trial that is no
-    longer RUNNING (failed on its heartbeat while this worker was cut off, and retried) is
-    refused with TrialTaken: nothing is told, kept or dropped."""
+    after (tell_result). `shared`: the opened storage (open_storage), whose study lock
+    serialises this across workers."""
+    key = basis(tokens)
+    tell_result(study, trial, result, key, models, shared,
+                model_writer(study.study_name, key, result, module, state, tokens))
+
+
+def tell_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult, key: str,
+                models: str | Path, shared: Any, write: Callable[[Path], None]) -> None:
+    """The hand-off of a finished trial on basis `key`: refuse it (TrialTaken) if the study no
+    longer holds it RUNNING (failed on its heartbeat while this worker was cut off, and
+    retried), else keep its model (`write`) if it is the basis' best, tell the study, and drop
+    the models it beat."""
     # Keep, tell and drop under the study's lock: two workers finishing at once agree with
     # Optuna on the best (ties included) and never remove each other's kept model; the
     # reapers fail stale trials under the same lock, so "still running" holds until told.
@@ -389,9 +411,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: 
             _tell_or_taken(study, trial, result, state=TrialState.PRUNED
                            if result.state == "pruned" else TrialState.FAIL)
             return
-        key = basis(tokens)
         try:
-            kept = keep_if_best(study, key, result, module, state, tokens, models)
+            kept = keep_if_better(study, key, result, models, write)
         except BaseException as err:
             if storage.out_of_reach(err):  # nothing to tell it with (lost_if_out_of_reach)
                 raise
