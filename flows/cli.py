@@ -116,10 +116,11 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
     interrupts.install()
     _open_store(cfg)
     from sweepflow.flows.pipeline import pipeline_flow
-    from sweepflow.flows.team import local_workers
+    from sweepflow.flows.team import check_prefect_access, local_workers
     from sweepflow.flows.tempserver import temporary_server
     from sweepflow.tasks.summary import print_summary
 
+    check_prefect_access()
     # sweep.workers > 1: Prefect workers here for the sweep
     with temporary_server(), local_workers(cfg):
         summary = pipeline_flow(cfg)
@@ -263,8 +264,9 @@ def predict(args: Texts = None, config: ConfigOpt = None,
                 "--trust-model", help="Load a model even if its files can run code when "
                                       "loaded (pickles, other MLflow flavors). Only for "
                                       "models whose source you trust.")] = False) -> None:
-    """Label texts with a registered model: one JSON line per text (text, label,
-    probability). A lone '-' among the texts reads more texts from stdin."""
+    """Label texts with a registered model: one JSON line per text (text, text_pair for a
+    pair, label and probability; a multi-label model: labels and every label's
+    probabilities). A lone '-' among the texts reads more texts from stdin."""
     import json
 
     from rich.progress import (

@@ -64,6 +64,27 @@ def prefect_api() -> str:
     return url
 
 
+def check_prefect_access() -> None:
+    """When PREFECT_API_URL names a server, it takes this process' requests: a server that
+    asks for the auth string (PREFECT_API_AUTH_STRING) is one line here, not a traceback
+    from inside a flow."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_flows(limit=1)
+    except PrefectHTTPStatusError as err:
+        if err.response.status_code not in (401, 403):
+            raise
+        raise TeamError(f"PREFECT_API_URL={PREFECT_API_URL.value()}: the Prefect server "
+                        f"refused the request ({err.response.status_code}): export "
+                        "PREFECT_API_AUTH_STRING (`sweepflow stack` said where it is)") from None
+
+
 def team_config(config: SweepflowConfig, uri: str) -> SweepflowConfig:
     """The config every worker gets: the tracking URI (`uri`, the sweep's) and the shared
     folder resolved here, so a worker on another machine writes to the same places."""

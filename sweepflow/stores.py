@@ -3,9 +3,10 @@ a truncated or corrupted file is one line naming it, not tracebacks halfway thro
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from sweepflow.usererrors import StoreError
 
@@ -35,6 +36,19 @@ def check_sqlite(path: Path) -> None:
     if rows != [("ok",)]:
         raise StoreError(f"{path} is corrupted (sqlite quick_check: {len(rows)} problem(s)); "
                          "restore it from a backup or move it aside to start a new store")
+
+
+def check_tracking(uri: str) -> None:
+    """MLflow 3 keeps runs in a database: a folder as tracking URI fails deep inside MLflow
+    with a page of traceback; here it is one line that says what to write instead."""
+    scheme = urlsplit(uri).scheme
+    if (scheme == "file" or len(scheme) <= 1) \
+            and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        folder = Path(urlsplit(uri).path if scheme == "file" else uri).expanduser().resolve()
+        raise StoreError(f"tracking.uri {uri!r} is a folder; MLflow keeps runs in a "
+                         f"database: use sqlite:///{folder / 'mlflow.db'} or an http:// "
+                         "MLflow server")
+    check(uri)
 
 
 def check(*uris: str | None) -> None:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from sweepflow import cost, owner, stores
 from sweepflow.config import SweepflowConfig
 from sweepflow.paths import PACKAGE_DIR, store_dir
+from sweepflow.usererrors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,23 @@ def artifact_location(config: SweepflowConfig, uri: str | None = None) -> str | 
     return None
 
 
+def _first_request(uri: str, call: Any) -> Any:
+    """`call`, the first request to the tracking server: a server that asks for credentials
+    it did not get (or refuses them) is one StoreError line naming the variables."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call()
+    except MlflowException as err:
+        if err.error_code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            raise
+        said = "refused" if os.environ.get("MLFLOW_TRACKING_PASSWORD") else "asks for"
+        raise StoreError(
+            f"tracking.uri={uri}: the MLflow server {said} the credentials "
+            f"({err.get_http_status_code()}): export MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (`sweepflow stack` said where they are)") from None
+
+
 class Tracker(BaseModel):
     """The tracking connection handed to the steps: URI, experiment, and `run_id`, the run
     they log to (the pipeline's parent run, a trial's run; None before one is open). Small
@@ -95,11 +113,11 @@ class Tracker(BaseModel):
         line); the experiment is created if new (unless not `create`: a command that only
         reads the store)."""
         uri = tracking_uri(config)
-        stores.check(uri)
+        stores.check_tracking(uri)
         mlflow.set_tracking_uri(uri)  # the fluent API (log_model, register_model) reads it
         client = MlflowClient(uri)
         name = config.tracking.experiment
-        exp = client.get_experiment_by_name(name)
+        exp = _first_request(uri, lambda: client.get_experiment_by_name(name))
         if exp is not None:
             exp_id = exp.experiment_id
         elif create:

@@ -88,6 +88,23 @@ class EvalResult(Evaluation):
     """The evaluation once logged: with the URI of the model logged beside it."""
 
     model_uri: str
+    warning: str | None = None  # below the baseline: what to try (`below_baseline`)
+
+
+def below_baseline(evaluation: Evaluation, tokens: TokenizedData) -> str | None:
+    """One line when the model's test macro-F1 is under the TF-IDF baseline's: the run is
+    not worth promoting as it stands, and the line says what to try first."""
+    model, base = evaluation.model.f1_macro, evaluation.baseline.f1_macro
+    if model >= base:
+        return None
+    from sweepflow.tasks.tokenize import truncation_warning
+
+    hint = ("most likely the truncated texts (see the tokens line): raise "
+            "tokenize.max_length or set tokenize.long_text=chunk" if truncation_warning(tokens)
+            else "train longer (train.max_epochs, sweep.n_trials) or on more rows "
+                 "(data.max_train_samples)")
+    return (f"warning: test macro-F1 {model:.4f} is {100 * (base - model):.1f} pt below the "
+            f"TF-IDF baseline's {base:.4f}; {hint}")
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
@@ -357,11 +374,12 @@ def log_evaluation(tracker: tracking.Tracker, evaluation: Evaluation, tokens: To
     metrics |= {f"test/baseline_{k}": v for k, v in evaluation.baseline.model_dump().items()}
     for name in names if not tokens.data.multi_label else ():
         metrics[f"test/f1_{name}"] = evaluation.report[name]["f1-score"]
-    tracker.log(metrics=metrics)
+    warning = below_baseline(evaluation, tokens)
+    tracker.log(metrics=metrics, tags={"sweepflow.warning": warning} if warning else None)
     with tracker.active():
         model_uri = (log_classifier(model_dir, tokens, max_chars, evaluation.thresholds)
                      if tokens.pair or tokens.data.multi_label else log_model(model_dir, tokens))
-    return EvalResult(**evaluation.model_dump(), model_uri=model_uri)
+    return EvalResult(**evaluation.model_dump(), model_uri=model_uri, warning=warning)
 
 
 @task(name="evaluate")

@@ -74,6 +74,8 @@ def print_summary(summary: PipelineSummary, console: Console | None = None) -> N
     for key, value in e.model.model_dump().items():
         table.add_row(key, f"{value:.4f}", f"{getattr(e.baseline, key):.4f}")
     console.print(table)
+    if e.warning:
+        console.print(f"[yellow]{e.warning}[/yellow]", soft_wrap=True, highlight=False)
     console.print(f"MLflow run: {summary.run_id} (experiment '{summary.experiment}')")
     console.print(f"model: {e.model_uri}")
     if summary.registry is not None:

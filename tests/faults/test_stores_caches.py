@@ -124,3 +124,16 @@ def test_disk_full_leaves_the_study_and_model_folder_consistent(tiny_overrides, 
     assert [t.state.name for t in study.trials] == ["FAIL"]  # not COMPLETE without a model
     leftovers = list((store / "models").rglob("*"))
     assert [p for p in leftovers if p.is_file() or p.name.startswith(("trial-", "."))] == []
+
+
+def test_a_folder_as_tracking_uri_is_one_line(tmp_path, monkeypatch):
+    """MLflow 3 refuses a file store deep inside; the user gets the URI to write instead."""
+    from sweepflow.stores import check_tracking
+    from sweepflow.usererrors import StoreError
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri in (str(tmp_path / "mlruns"), f"file://{tmp_path}/mlruns"):
+        with pytest.raises(StoreError, match=f"use sqlite:///{tmp_path}/mlruns/mlflow.db"):
+            check_tracking(uri)
+    check_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    check_tracking("http://127.0.0.1:5000")

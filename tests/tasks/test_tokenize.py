@@ -66,11 +66,33 @@ def test_cache_hits_when_unchanged_and_misses_when_changed(tiny_config, tiny_ove
 
 
 def test_truncation_warning(tiny_overrides, caplog):
+    """Many truncated texts: a console line naming the key and what to try, every time
+    (reused from cache too); and the same texts below the baseline say it is the cause."""
+    from sweepflow.tasks.evaluate import Evaluation, Scores, below_baseline
+    from sweepflow.tasks.tokenize import tokenize_task, truncation_warning
+
+    from sweepflow.console import REPORT
+
     config = load_config(overrides=[*tiny_overrides, "tokenize.max_length=8"])
-    with caplog.at_level(logging.WARNING, logger="sweepflow.tasks.tokenize"):
-        tokens = tokenize(config, ingest(config))
-    assert tokens.stats.share_truncated > 0.05
-    assert "truncated" in caplog.text
+    data = ingest(config)
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=REPORT):
+            tokens = tokenize_task.fn(config, data)
+        assert tokens.stats.share_truncated > 0.05
+        assert "are longer than tokenize.max_length=8" in caplog.text, caplog.text
+    assert truncation_warning(tokenize(load_config(overrides=[
+        *tiny_overrides, "tokenize.max_length=8", "tokenize.long_text=chunk",
+        "tokenize.stride=2"]), data)) is None
+
+    def scored(f1: float) -> Scores:
+        return Scores(accuracy=f1, precision_macro=f1, recall_macro=f1, f1_macro=f1)
+
+    worse = Evaluation(model=scored(0.6), baseline=scored(0.7), test_digest="x", report={})
+    assert "10.0 pt below the TF-IDF baseline's 0.7000; most likely the truncated" in \
+        below_baseline(worse, tokens)
+    better = worse.model_copy(update={"model": scored(0.8)})
+    assert below_baseline(better, tokens) is None
 
 
 def test_a_damaged_cache_entry_is_rebuilt(tiny_config, caplog):

@@ -18,7 +18,7 @@ from tests.team.conftest import postgres_problem, sweepflow_cmd
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]  # starts and stops the team servers
 
 
-def test_stack_command_starts_and_stops_the_servers(tmp_path):
+def test_stack_command_starts_and_stops_the_servers(tmp_path, tiny_overrides):
     if postgres_problem():
         pytest.skip(postgres_problem())
     prefix, mport, pport = f"sf_{uuid.uuid4().hex[:10]}", free_port(), free_port()
@@ -48,6 +48,20 @@ def test_stack_command_starts_and_stops_the_servers(tmp_path):
             assert httpx.post(flows, json={}, timeout=30).status_code == 401
             auth = tuple(creds.values["PREFECT_API_AUTH_STRING"].split(":", 1))
             assert httpx.post(flows, json={}, auth=auth, timeout=30).status_code == 200
+            # a client without them: one line naming the variables, before anything runs
+            run = sweepflow_cmd("run", *tiny_overrides, f"tracking.uri=http://127.0.0.1:{mport}")
+            home = str(tmp_path / "client")
+            for env, said in (({}, "store error: tracking.uri=http://127.0.0.1:"
+                                   f"{mport}: the MLflow server asks for the credentials (401)"),
+                              ({"MLFLOW_TRACKING_USERNAME": user,
+                                "MLFLOW_TRACKING_PASSWORD": password,
+                                "PREFECT_API_URL": f"http://127.0.0.1:{pport}/api"},
+                               f"team error: PREFECT_API_URL=http://127.0.0.1:{pport}/api: the "
+                               "Prefect server refused the request (401): export "
+                               "PREFECT_API_AUTH_STRING")):
+                done = subprocess.run(run, capture_output=True, text=True, timeout=300,
+                                      env=clean_env(SWEEPFLOW_HOME=home, **env), cwd=tmp_path)
+                assert done.returncode == 2 and said in done.stdout, done.stdout + done.stderr
         assert proc.returncode is not None, tail(log)
         assert not answers(f"http://127.0.0.1:{mport}/health")
         assert not answers(f"http://127.0.0.1:{pport}/api/health")
