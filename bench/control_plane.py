@@ -193,18 +193,28 @@ def _peaks(server: str, dbs: list[str], stop: threading.Event, peak: dict[str, i
     conn.close()
 
 
-def level(stack: Any, server: str, study_server: str, clients: int, seconds: float,
-          home: Path, pace: float = 0.0) -> dict:
-    """One load level on a fresh study (reached through `study_server`: PgBouncer or the
-    server itself); the clients start together and stop at one time."""
-    from sweepflow.stack import database_url, drop_databases, ensure_databases
+def _fresh_study(stack: Any, server: str, study_server: str, home: Path
+                 ) -> tuple[str, str, Path, tuple]:
+    """A new study database (reached through `study_server`), its shared folder and the
+    sweep made on it as `sweepflow run` makes it: (db, url, shared, _sweep(...))."""
+    from sweepflow.stack import database_url, ensure_databases
 
     db = f"sf_cp_{uuid.uuid4().hex[:10]}"
     ensure_databases(server, [db])
     url = database_url(study_server, db)
     shared = home / db
     shared.mkdir()
-    experiment, ref, plan, tracker = _sweep(stack, url, shared)
+    return db, url, shared, _sweep(stack, url, shared)
+
+
+def level(stack: Any, server: str, study_server: str, clients: int, seconds: float,
+          home: Path, pace: float = 0.0) -> dict:
+    """One load level on a fresh study (reached through `study_server`: PgBouncer or the
+    server itself); the clients start together and stop at one time."""
+    from sweepflow.stack import drop_databases
+
+    db, url, shared, (experiment, ref, plan, tracker) = _fresh_study(stack, server,
+                                                                     study_server, home)
     peak: dict[str, int] = {}
     stop = threading.Event()
     dbs = [db, stack.mlflow_db, stack.prefect_db]
@@ -259,16 +269,12 @@ def profile(stack: Any, server: str, study_server: str, trials: int, home: Path)
     from sweepflow.tasks.team import TeamPlan
 
     from sweepflow import storage
-    from sweepflow.stack import database_url, drop_databases, ensure_databases
+    from sweepflow.stack import drop_databases
     from sweepflow.tracking import Tracker
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    db = f"sf_cp_{uuid.uuid4().hex[:10]}"
-    ensure_databases(server, [db])
-    url = database_url(study_server, db)
-    shared = home / db
-    shared.mkdir()
-    experiment, ref, plan, _ = _sweep(stack, url, shared)
+    db, url, shared, (experiment, ref, plan, _) = _fresh_study(stack, server, study_server,
+                                                               home)
     config = _config(url, stack.mlflow_url, experiment, shared, 0)
     ref = StudyRef.model_validate_json(ref.model_dump_json()).model_copy(
         update={"storage": config.sweep.storage})
