@@ -34,7 +34,7 @@ from sweepflow.tasks.multilabel import (
     pick_thresholds,
 )
 from sweepflow.tasks.sweep_report import SweepResult
-from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer
+from sweepflow.tasks.tokenize import TokenizedData, load_tokenizer, truncation_warning
 from sweepflow.tasks.train import eval_loader, load_rows, resolve_precision, set_threads
 from transformers import AutoModelForSequenceClassification, pipeline
 
@@ -97,8 +97,6 @@ def below_baseline(evaluation: Evaluation, tokens: TokenizedData) -> str | None:
     model, base = evaluation.model.f1_macro, evaluation.baseline.f1_macro
     if model >= base:
         return None
-    from sweepflow.tasks.tokenize import truncation_warning
-
     hint = ("most likely the truncated texts (see the tokens line): raise "
             "tokenize.max_length or set tokenize.long_text=chunk" if truncation_warning(tokens)
             else "train longer (train.max_epochs, sweep.n_trials) or on more rows "
