@@ -63,9 +63,14 @@ def _trial(config: Any, tracker: Any, ref: Any, plan: Any, mark: Callable[[str],
            ) -> None:
     """One trial of a worker (tasks/team.py work, tasks/sweep.py _run_asked/_train_trial)
     with `fit` left out; `mark(phase)` is called as each phase starts."""
-    from lightning.pytorch.loggers import MLFlowLogger
     from sweepflow.tasks.pruning import BASIS_ATTR
-    from sweepflow.tasks.sweep import DIGEST_ATTR, TrialResult, suggest, tell_result
+    from sweepflow.tasks.sweep import (
+        DIGEST_ATTR,
+        TrialResult,
+        suggest,
+        tell_result,
+        trial_logger,
+    )
     from sweepflow.tasks.team import SWEEP_TAG, WORKER_TAG, take_next, worker_name
 
     from sweepflow import owner, storage
@@ -85,10 +90,11 @@ def _trial(config: Any, tracker: Any, ref: Any, plan: Any, mark: Callable[[str],
         mark("mlflow_run+params")
         run_tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number),
                     "data.digest": "cp", **tags}
-        with tracker.start_run(f"trial-{trial.number}", run_tags) as run:
+        end_tags: dict[str, str] = {}
+        with tracker.start_run(f"trial-{trial.number}", run_tags, end_tags) as run:
             run.log(params=params)
             mark("validations")
-            logger = MLFlowLogger(tracking_uri=run.uri, run_id=run.run_id, synchronous=False)
+            logger = trial_logger(run)
             value = 0.0
             for step in (25, 50, 75):
                 value = (trial.number * 7919 % 1000) / 1000 * step / 75
@@ -102,7 +108,7 @@ def _trial(config: Any, tracker: Any, ref: Any, plan: Any, mark: Callable[[str],
             tell_result(study, trial, result, KEY, ref.models, shared,
                         lambda tmp: (tmp / "model.json").write_text(json.dumps(params)))
             mark("close_run")
-            run.log(tags={"optuna.state": "complete", "optuna.steps": "75"})
+            end_tags.update({"optuna.state": "complete", "optuna.steps": "75"})
     mark("end")
 
 

@@ -234,9 +234,28 @@ def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
             conn.close()  # closing ends the lock too, should the unlock fail
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study) -> int:
     """Optuna's own reaping: RUNNING trials whose heartbeat is older than the grace period
-    become FAIL, and the retry callback queues each again with the same params."""
+    become FAIL, and the retry callback queues each again with the same params. Returns how
+    many it failed (under the study lock: no other reaper fails any meanwhile)."""
+    def failed() -> int:
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+
+    before = failed()
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    return failed() - before
+
+
+@functools.lru_cache(maxsize=128)  # one storage per process; the bench: one per client
+def _trial_cache(opened: RDBStorage) -> optuna.storages.BaseStorage:
+    return optuna.storages.get_storage(opened)
+
+
+def trial_cache(opened: str | RDBStorage) -> optuna.storages.BaseStorage:
+    """The storage behind Optuna's trial cache (what `study.optimize` reads through), kept
+    for the process: each read fetches only the trials that are new or still unfinished, not
+    the whole study. A SQLite URL: a new one each time, as before."""
+    return optuna.storages.get_storage(opened) if isinstance(opened, str) else \
+        _trial_cache(opened)

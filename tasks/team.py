@@ -103,6 +103,10 @@ def reap(config: SweepflowConfig, tracker: tracking.Tracker, study: optuna.Study
     with storage.study_lock(storage.open_storage(storage.storage_url(config.sweep),
                                                  config.sweep), study.study_name):
         storage.fail_stale_trials(study)
+    close_runs_of_dead(tracker, study)
+
+
+def close_runs_of_dead(tracker: tracking.Tracker, study: optuna.Study) -> None:
     try:
         closed = close_stale_runs(tracker, study)
     except Exception as err:  # noqa: BLE001 - the next reaper (the parent's, every 2 s) retries
@@ -151,17 +155,24 @@ def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: Te
 def take_next(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef,
               plan: TeamPlan, shared: object, steps: int
               ) -> tuple[str, optuna.Study, optuna.Trial | None]:
-    """Reap, then count and ask as one step under the study lock. A worker between trials
-    holds nothing, so while the study database is out of reach (a partition, an outage) it
-    waits for it, with backoff, for up to OUT_OF_REACH_WAITS grace periods, saying so once."""
+    """Reap, count and ask as one step under the study lock (taken once), then close the
+    MLflow runs of the trials it reaped, if any (the parent's reaper closes the rest). A
+    worker between trials holds nothing, so while the study database is out of reach (a
+    partition, an outage) it waits for it, with backoff, for up to OUT_OF_REACH_WAITS grace
+    periods, saying so once."""
     deadline, delay, said = None, 1.0, False
     while True:
         try:
-            reap(config, tracker, load_study(ref, config, steps))
             with storage.study_lock(shared, ref.name):
                 study = load_study(ref, config, steps)
+                reaped = storage.fail_stale_trials(study)
+                if reaped:  # their retries are queued: the sampler's seed counts them
+                    study = load_study(ref, config, steps)
                 step = next_step(study.get_trials(deepcopy=False), plan.target)
-                return step, study, study.ask() if step == "ask" else None
+                trial = study.ask() if step == "ask" else None
+            if reaped:
+                close_runs_of_dead(tracker, study)
+            return step, study, trial
         except Exception as err:
             limit = OUT_OF_REACH_WAITS * config.sweep.grace_period
             deadline = deadline or time.monotonic() + limit
