@@ -148,10 +148,12 @@ class Tracker(BaseModel):
         return self.run_id
 
     @contextmanager
-    def start_run(self, run_name: str, tags: Mapping[str, str] | None = None
-                  ) -> Iterator[Tracker]:
+    def start_run(self, run_name: str, tags: Mapping[str, str] | None = None,
+                  end_tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
         """A new run (a child of `run_id` when set), always closed: FINISHED, FAILED on
-        error, KILLED on interrupt. Yields the tracker logging to it."""
+        error, KILLED on interrupt. Yields the tracker logging to it. `end_tags`: a mapping
+        the caller fills while the run is open; on success they are logged in the run's
+        closing batch, with its cost."""
         all_tags = {**owner.me().tags(), **(tags or {})}  # a later command can reap it
         if self.run_id:
             all_tags[PARENT_TAG] = self.run_id
@@ -159,23 +161,23 @@ class Tracker(BaseModel):
                                         tags=all_tags).info.run_id
         with _lock:
             _open_runs[run_id] = self.client
-        meter = cost.Meter()
+        meter, child = cost.Meter(), PARENT_TAG in all_tags
         try:
             yield self.on(run_id)
         except RunKilled as err:
-            log_cost(self.client, run_id, meter)
+            log_cost(self.client, run_id, meter, child)
             _close(self.client, run_id, "KILLED", str(err))
             raise
         except Exception as err:
-            log_cost(self.client, run_id, meter)
+            log_cost(self.client, run_id, meter, child)
             _close(self.client, run_id, "FAILED", f"{type(err).__name__}: {err}")
             raise
         except BaseException as err:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit
-            log_cost(self.client, run_id, meter)
+            log_cost(self.client, run_id, meter, child)
             _close(self.client, run_id, "KILLED", f"interrupted: {type(err).__name__}")
             raise
         else:
-            log_cost(self.client, run_id, meter)
+            log_cost(self.client, run_id, meter, child, dict(end_tags or {}))
             _close(self.client, run_id, "FINISHED")
 
     def log(self, metrics: Mapping[str, float] | None = None,
@@ -237,21 +239,29 @@ def git_sha() -> str:
         return f"sweepflow-{importlib.metadata.version('sweepflow')}"
 
 
-def log_cost(client: MlflowClient, run_id: str, meter: cost.Meter) -> None:
-    """The run's cost/* metrics, and for a parent its trials' totals (best effort: a cost
-    that cannot be logged never keeps a run from closing)."""
+def log_cost(client: MlflowClient, run_id: str, meter: cost.Meter, child: bool,
+             tags: Mapping[str, str] | None = None) -> None:
+    """The run's cost/* metrics, and for a parent (not `child`) its trials' totals, in one
+    batch with `tags`. The cost is best effort (it never keeps a run from closing); the tags
+    are not: if the batch fails they are logged alone, and that raises."""
+    metrics: dict[str, float] = {}
     try:
         metrics = meter.stop().metrics()
-        run = client.get_run(run_id)
-        if PARENT_TAG not in run.data.tags:
-            children = client.search_runs([run.info.experiment_id],
-                                          f"tags.`{PARENT_TAG}` = '{run_id}'",
+        if not child:
+            experiment = client.get_run(run_id).info.experiment_id
+            children = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{run_id}'",
                                           max_results=10_000)
             metrics |= cost.totals([c.data.metrics for c in children])
-        now = now_ms()
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     except Exception as err:  # noqa: BLE001 - the run must still be closed
+        log.warning("run %s: cost not measured: %s", run_id, err)
+    now, listed = now_ms(), [RunTag(k, v) for k, v in (tags or {}).items()]
+    try:
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                         tags=listed)
+    except Exception as err:
         log.warning("run %s: cost not logged: %s", run_id, err)
+        if listed:
+            client.log_batch(run_id, tags=listed)
 
 
 class RunKilled(Exception):  # noqa: N818 - a way to end a run, not a bug

@@ -147,7 +147,7 @@ def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None
     """Load the study with a sampler seeded by (seed, trials so far): every trial is asked
     from a fresh process-independent state, and a re-run with the same seed repeats.
     `steps`: a full trial's optimizer steps, for the pruner's warm-up share."""
-    opened = optuna.storages.get_storage(storage.open_storage(ref.storage, config.sweep))
+    opened = storage.trial_cache(storage.open_storage(ref.storage, config.sweep))
     n = len(opened.get_all_trials(opened.get_study_id_from_name(ref.name), deepcopy=False))
     return optuna.load_study(study_name=ref.name, storage=opened,
                              sampler=make_sampler(config.sweep, config.seed + n),
@@ -340,12 +340,13 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
     train_cfg = config.train.model_copy(update=params)
     tags = {"optuna.study": ref.name, "optuna.trial_number": str(trial.number),
             "data.digest": tokens.data.digest, **extra_tags}
-    with tracker.start_run(f"trial-{trial.number}", tags) as run:
+    end_tags: dict[str, str] = {}  # logged with the run's cost when it closes
+    with tracker.start_run(f"trial-{trial.number}", tags, end_tags) as run:
         run_id = run.run_id
         run.log(params=params)
         pruning, guard = StepPruning(trial, config.sweep), DivergenceGuard()
         mode = "max" if ref.direction == "maximize" else "min"
-        logger = MLFlowLogger(tracking_uri=run.uri, run_id=run_id, synchronous=False)
+        logger = trial_logger(run)
         try:
             module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
                                  [pruning, guard], logger)
@@ -376,9 +377,24 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         with lost_if_out_of_reach(trial.number, run_id, config.sweep):
             tell(study, trial, result, module, fitted.state, tokens, ref.models,
                  storage.open_storage(ref.storage, config.sweep))
-        run.log(tags={"optuna.state": state, "optuna.steps": str(result.steps),
-                      **({NOTE_TAG: note} if note else {})})
+        end_tags.update({"optuna.state": state, "optuna.steps": str(result.steps),
+                         **({NOTE_TAG: note} if note else {})})
     return result
+
+
+class TrialLogger(MLFlowLogger):
+    """Lightning's MLflow logger on a trial's run, whose end (status, cost) the Tracker
+    logs: Lightning's `finalize` would close the run FINISHED before the study is told."""
+
+    def finalize(self, status: str = "success") -> None:
+        return None
+
+
+def trial_logger(run: tracking.Tracker) -> TrialLogger:
+    """The logger of a trial's run. Synchronous: one batch per validation (train/loss is
+    logged per epoch), a few requests per trial; MLflow's async queue would add a ~1 s
+    wait per trial for its logging thread to stop (a 1 s queue poll) when the run ends."""
+    return TrialLogger(tracking_uri=run.uri, run_id=run.run_id, synchronous=True)
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, module: Any,

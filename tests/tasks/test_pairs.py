@@ -104,3 +104,18 @@ def test_rows_of_a_grown_pair_data_set_are_known_by_the_pair(pair_overrides, tmp
     inputs, labels = newest_rows(grown, before)
     assert inputs == [(frame.iloc[0]["sentence1"], "nice fun best")]
     assert labels == [grown.label_names.index(frame.iloc[0]["label"])]
+
+
+def test_pairs_of_one_first_text_share_a_split(pair_overrides, tmp_path):
+    """Grouped by the first text: a premise's hypotheses never straddle train and test."""
+    rng = random.Random(1)
+    rows = [{"sentence1": f"premise {p} " + " ".join(rng.sample(WORDS["positive"], 2)),
+             "sentence2": f"hypothesis {h} " + " ".join(rng.sample(WORDS["negative"], 2)),
+             "label": ("same", "different")[h % 2]} for p in range(60) for h in range(3)]
+    path = tmp_path / "premises.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    data = load_splits(load_config(overrides=[*pair_overrides, f"data.path={path}"]).data, 0)
+    firsts = {s: set(df["text"]) for s, df in data.splits.items()}
+    assert all(firsts.values())
+    assert not (firsts["train"] & firsts["test"]) and not (firsts["train"] & firsts["validation"])
+    assert not firsts["test"] & firsts["validation"]
