@@ -113,14 +113,17 @@ def _trial(config: Any, tracker: Any, ref: Any, plan: Any, mark: Callable[[str],
 
 
 def _client(url: str, ref_json: str, plan_json: str, mlflow_uri: str, experiment: str,
-            shared: Path, index: int, stop_at: float, pace: float, out: list) -> None:
-    """One worker's protocol in a loop until `stop_at`; appends (seconds, error) per trial.
+            shared: Path, index: int, window: Any, pace: float, out: list) -> None:
+    """One worker's protocol in a loop until the window ends; appends (seconds, error) per
+    trial. `window`: (ready, go, stop_at): the client says it is ready (config loaded, MLflow
+    reached) and starts when all are, so a loaded machine's slow start is not measured.
     `pace`: mean seconds of "training" between trials (0: back to back, the capacity)."""
     import random
 
     from sweepflow.tasks.sweep import StudyRef
     from sweepflow.tasks.team import TeamPlan
 
+    from sweepflow import storage
     from sweepflow.tracking import Tracker
 
     config = _config(url, mlflow_uri, experiment, shared, index)
@@ -128,6 +131,11 @@ def _client(url: str, ref_json: str, plan_json: str, mlflow_uri: str, experiment
         update={"storage": config.sweep.storage})
     plan = TeamPlan.model_validate_json(plan_json)
     tracker = Tracker.open(config, plan.parent_run_id)
+    storage.open_storage(ref.storage, config.sweep)  # once per worker process, not per trial
+    ready, go, end = window
+    ready.put(index)
+    go.wait()
+    stop_at = end.value
     if pace:  # the workers do not start in step
         time.sleep(max(0.0, min(random.uniform(0, pace), stop_at - time.time())))
     while time.time() < stop_at:
@@ -150,10 +158,10 @@ def _process(first: int, n_threads: int, args: tuple, queue: Any) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "View run at" per run
     logging.getLogger("sweepflow").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url, ref_json, plan_json, mlflow_uri, experiment, shared, stop_at, pace = args
+    url, ref_json, plan_json, mlflow_uri, experiment, shared, window, pace = args
     out: list = []
     threads = [threading.Thread(target=_client, args=(
-        url, ref_json, plan_json, mlflow_uri, experiment, shared, first + i, stop_at, pace,
+        url, ref_json, plan_json, mlflow_uri, experiment, shared, first + i, window, pace,
         out)) for i in range(n_threads)]
     for thread in threads:
         thread.start()
@@ -228,14 +236,18 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
     watcher.start()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    stop_at = time.time() + 20 + seconds  # 20 s for the processes to start
+    window = (ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0))
     per = [clients // PROCESSES + (i < clients % PROCESSES) for i in range(PROCESSES)]
     args = (url, ref.model_dump_json(), plan.model_dump_json(), stack.mlflow_url, experiment,
-            shared, stop_at, pace)
+            shared, window, pace)
     procs = [ctx.Process(target=_process, args=(sum(per[:i]), n, args, queue))
              for i, n in enumerate(per) if n]
     for proc in procs:
         proc.start()
+    for _ in range(clients):  # all set up, then the window opens for all at once
+        window[0].get(timeout=900)
+    window[2].value = time.time() + seconds
+    window[1].set()
     load_before = os.getloadavg()[0]
     try:
         results = [r for _ in procs for r in queue.get()]

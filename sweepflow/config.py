@@ -232,6 +232,7 @@ class SweepConfig(_Model):
     pruner_startup_trials: int | None = Field(ge=0)  # None: max(2, min(5, n_trials // 3))
     pruner_warmup_steps: int = Field(ge=0)  # optimizer steps before a trial can be pruned
     pruner_warmup: float = Field(ge=0, lt=1)  # the same as a share of each trial's steps
+    pruner_min_validations: int = Field(ge=1)  # a trial's validations before it can be pruned
     pruner_signal: Literal["metric", "loss"]  # what trials report to the pruner
     pruner_percentile: float = Field(gt=0, lt=100)  # percentile pruner: top % kept
     pruner_reduction_factor: int = Field(ge=2)  # halving/hyperband: 1 in this many goes on

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -148,16 +148,16 @@ def waiting_connect(url: str, budget: float) -> dict:
 @contextmanager
 def schema_lock(url: str) -> Iterator[None]:
     """Hold a PostgreSQL advisory lock while Optuna creates its tables: processes that open a
-    new database at the same moment would otherwise both run CREATE TABLE."""
+    new database at the same moment would otherwise both run CREATE TABLE. Waiters hold no
+    connection (advisory_lock), so 100 workers opening the study at once behind PgBouncer
+    never take all its server connections while the holder needs one more."""
     if not url.startswith("postgresql"):
         yield
         return
     engine = create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("schema")})
-            conn.commit()
-            yield  # the lock ends with the connection
+        with advisory_lock(engine, _lock_key("schema")):
+            yield
     finally:
         engine.dispose()
 
@@ -203,16 +203,23 @@ def _lock_key(name: str) -> int:
 def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
     """Serialise "look at the study, then create, ask or tell" across processes and machines:
     a PostgreSQL advisory lock keyed on the study name (released by the server if the holder
-    dies). A waiter holds no connection: it tries the lock, and if another worker has it,
-    closes its connection and tries again after a short jittered backoff (up to 0.5 s), so
-    100 workers waiting for one lock do not take 100 of the server's connections. Nothing to
-    do for SQLite, which has one process at a time."""
+    dies). Nothing to do for SQLite, which has one process at a time."""
     if not isinstance(storage, RDBStorage) or storage.engine.dialect.name != "postgresql":
         yield
         return
-    key, delay = _lock_key(study_name), 0.005
+    with advisory_lock(storage.engine, _lock_key(study_name)):
+        yield
+
+
+@contextmanager
+def advisory_lock(engine: Engine, key: int) -> Iterator[None]:
+    """Hold PostgreSQL advisory lock `key` on a connection of `engine`. A waiter holds no
+    connection: it tries the lock, and if another process has it, closes its connection and
+    tries again after a short jittered backoff (up to 0.5 s), so 100 workers waiting for one
+    lock do not take 100 of the server's connections."""
+    delay = 0.005
     while True:
-        conn = storage.engine.connect()
+        conn = engine.connect()
         try:
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
             conn.commit()
@@ -234,18 +241,12 @@ def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
             conn.close()  # closing ends the lock too, should the unlock fail
 
 
-def fail_stale_trials(study: optuna.Study) -> int:
+def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's own reaping: RUNNING trials whose heartbeat is older than the grace period
-    become FAIL, and the retry callback queues each again with the same params. Returns how
-    many it failed (under the study lock: no other reaper fails any meanwhile)."""
-    def failed() -> int:
-        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-
-    before = failed()
+    become FAIL, and the retry callback queues each again with the same params."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    return failed() - before
 
 
 @functools.lru_cache(maxsize=128)  # one storage per process; the bench: one per client

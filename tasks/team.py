@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SWEEP_TAG = "sweepflow.sweep_id"  # MLflow tag and Optuna user attr: which sweep ran the trial
 WORKER_TAG = "sweepflow.worker"  # host:pid of the process that ran the trial
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+RETRIED = "failed_trial"  # system attr of a retry that Optuna queued for a dead worker's trial
 # Between trials, a worker waits this many sweep.grace_period for a study database out of
 # reach (20 minutes at the default 120 s) before its run ends with the database's error.
 OUT_OF_REACH_WAITS = 10
@@ -155,8 +156,9 @@ def work(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef, plan: Te
 def take_next(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef,
               plan: TeamPlan, shared: object, steps: int
               ) -> tuple[str, optuna.Study, optuna.Trial | None]:
-    """Reap, count and ask as one step under the study lock (taken once), then close the
-    MLflow runs of the trials it reaped, if any (the parent's reaper closes the rest). A
+    """Reap, count and ask as one step under the study lock (taken once), then, if a dead
+    worker's trial was queued again, close the MLflow runs of such trials (the parent's
+    reaper, every 2 s, closes any others). A
     worker between trials holds nothing, so while the study database is out of reach (a
     partition, an outage) it waits for it, with backoff, for up to OUT_OF_REACH_WAITS grace
     periods, saying so once."""
@@ -165,12 +167,12 @@ def take_next(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef,
         try:
             with storage.study_lock(shared, ref.name):
                 study = load_study(ref, config, steps)
-                reaped = storage.fail_stale_trials(study)
-                if reaped:  # their retries are queued: the sampler's seed counts them
-                    study = load_study(ref, config, steps)
-                step = next_step(study.get_trials(deepcopy=False), plan.target)
+                storage.fail_stale_trials(study)
+                trials = study.get_trials(deepcopy=False)
+                step = next_step(trials, plan.target)
                 trial = study.ask() if step == "ask" else None
-            if reaped:
+            if any(t.state == TrialState.WAITING and RETRIED in t.system_attrs
+                   for t in trials):  # a dead worker's trial, queued again: close its run
                 close_runs_of_dead(tracker, study)
             return step, study, trial
         except Exception as err:
