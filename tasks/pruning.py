@@ -110,8 +110,10 @@ def is_last_validation(trainer: pl.Trainer, step: int) -> bool:
 class StepPruning(Callback):
     """Reports the pruning signal at every validation (step = optimizer step) and stops the
     trainer when the pruner says so, after the warm-up (`pruner_warmup_steps`, or
-    `pruner_warmup` as a share of this trial's steps, whichever is later) and never at the
-    last validation (the steps are spent; pruning then would only discard the trial)."""
+    `pruner_warmup` as a share of this trial's steps, whichever is later), not before the
+    trial's `pruner_min_validations`-th validation (at 1 epoch x 3 checks the first one ranks
+    barely trained models: the high learning rates overtake later) and never at the last
+    validation (the steps are spent; pruning then would only discard the trial)."""
 
     def __init__(self, trial: optuna.Trial, cfg: SweepConfig) -> None:
         signal = pruning_signal(cfg)
@@ -121,6 +123,7 @@ class StepPruning(Callback):
         self.sign = -1.0 if signal.startswith("-") else 1.0
         self.hold_until = cfg.pruner_warmup_steps
         self.pruned_at: int | None = None
+        self.reports = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.hold_until = warmup_steps(self.cfg, trainer.estimated_stepping_batches)
@@ -131,7 +134,9 @@ class StepPruning(Callback):
             return
         step = trainer.global_step
         self.trial.report(self.sign * float(score), step=step)
-        if step < self.hold_until or is_last_validation(trainer, step):
+        self.reports += 1
+        early = step < self.hold_until or self.reports < self.cfg.pruner_min_validations
+        if early or is_last_validation(trainer, step):
             return
         if self.trial.should_prune():
             self.pruned_at = step

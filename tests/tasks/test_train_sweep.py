@@ -89,14 +89,16 @@ def test_run_trial_reports_and_continues_study(tiny_config):
     assert len(study.trials[0].intermediate_values) >= 1  # reported at each validation
 
 
-def _prune(overrides: list[str], warmup: float) -> tuple[Any, dict[int, float]]:
+def _prune(overrides: list[str], warmup: float, min_validations: int = 1
+           ) -> tuple[Any, dict[int, float]]:
     """A trial against a study whose one complete trial reported 0.0 at every step: any real
     -val/loss is below it, so a median pruner prunes the trial at the first report it may."""
     config = load_config(overrides=[*overrides, "sweep.pruner=percentile",
+                                    f"sweep.pruner_min_validations={min_validations}",
                                     "sweep.pruner_percentile=50", "sweep.pruner_startup_trials=1",
                                     "sweep.pruner_signal=loss", f"sweep.pruner_warmup={warmup}",
                                     "train.val_checks_per_epoch=2",
-                                    f"sweep.study_name=warmup-{warmup}"])
+                                    f"sweep.study_name=warmup-{warmup}-{min_validations}"])
     tokens = tokenize(config, ingest(config))
     ref = create_study(config)
     study = optuna.load_study(study_name=ref.name, storage=ref.storage)
@@ -122,6 +124,14 @@ def test_loss_signal_prunes_after_the_warmup_and_never_at_the_end(tiny_overrides
     # (the last one may fall a step before the end: 7 batches, a validation every 3; early
     # stopping on the untrained tiny model's flat loss may also end the trial there)
     assert trial.state == "complete" and max(reported) <= trial.steps <= total
+
+
+def test_no_trial_is_pruned_at_its_first_validation_by_default(tiny_overrides):
+    """The default holds every trial past its first validation, warm-up or not: at 1 epoch x
+    3 checks the first one ranked lr 2.9e-4 low, and it was the best region (issue 25)."""
+    assert load_config(overrides=tiny_overrides).sweep.pruner_min_validations == 2
+    trial, reported = _prune(tiny_overrides, 0.0, min_validations=2)
+    assert trial.state == "pruned" and trial.steps == sorted(reported)[1]  # the 2nd report
 
 
 def test_the_last_validation_never_prunes_even_a_step_before_the_end(tiny_overrides):
