@@ -114,9 +114,10 @@ def _trial(config: Any, tracker: Any, ref: Any, plan: Any, mark: Callable[[str],
 
 def _client(url: str, ref_json: str, plan_json: str, mlflow_uri: str, experiment: str,
             shared: Path, index: int, window: Any, pace: float, out: list) -> None:
-    """One worker's protocol in a loop until the window ends; appends (seconds, error) per
-    trial. `window`: (ready, go, stop_at): the client says it is ready (config loaded, MLflow
-    reached) and starts when all are, so a loaded machine's slow start is not measured.
+    """One worker's protocol in a loop until the window ends; appends (seconds, error, end
+    time) per trial. `window`: (ready, go, stop_at): the client says it is ready (config
+    loaded, MLflow reached) and starts when all are, so a loaded machine's slow start is not
+    measured.
     `pace`: mean seconds of "training" between trials (0: back to back, the capacity)."""
     import random
 
@@ -142,11 +143,12 @@ def _client(url: str, ref_json: str, plan_json: str, mlflow_uri: str, experiment
         start = time.perf_counter()
         try:
             _trial(config, tracker, ref, plan, _nothing)
-            out.append((time.perf_counter() - start, None))
+            out.append((time.perf_counter() - start, None, time.time()))
             if pace:  # "training", cut at the end of the window
                 time.sleep(max(0.0, min(random.expovariate(1 / pace), stop_at - time.time())))
         except Exception as err:  # noqa: BLE001 - counted and reported
-            out.append((time.perf_counter() - start, f"{type(err).__name__}: {err}"[:200]))
+            out.append((time.perf_counter() - start, f"{type(err).__name__}: {err}"[:200],
+                        time.time()))
             time.sleep(1)
 
 
@@ -261,14 +263,18 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
     watcher.join()
     tracker.client.set_terminated(plan.parent_run_id, "FINISHED")
     drop_databases(server, [db])
-    ok = sorted(s for s, e in results if e is None)
-    errors = [e for _, e in results if e is not None]
+    ok = sorted(s for s, e, _ in results if e is None)
+    errors = [e for _, e, _ in results if e is not None]
+    # The sustained rate: trials finished inside the window (those in flight at its end
+    # finish after it and count for the latency only).
+    inside = sum(e is None and end <= window[2].value for _, e, end in results)
     q = statistics.quantiles(ok, n=20) if len(ok) >= 2 else [float("nan")] * 19
     return {"clients": clients, "pace_s": pace, "pgbouncer": study_server != server,
             "trials": len(ok), "errors": len(errors),
             "first_error": errors[0] if errors else None,
             "p50_s": round(statistics.median(ok), 3) if ok else None,
-            "p95_s": round(q[18], 3), "trials_per_s": round(len(ok) / seconds, 2),
+            "p95_s": round(q[18], 3), "trials_in_window": inside,
+            "trials_per_s": round(inside / seconds, 2),
             "load_1min_start_end": [round(load_before, 2), round(load_after, 2)],
             "peak_connections": {"optuna": peak.get(db, 0),
                                  "mlflow": peak.get(stack.mlflow_db, 0),

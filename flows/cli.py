@@ -303,7 +303,7 @@ def predict(args: Texts = None, config: ConfigOpt = None,
     if model is None:
         model, what = default_model(cfg, tracker.client)
         errors.print(f"model: {model} ({what})", soft_wrap=True, highlight=False)
-    loaded = load_model(tracker, model, cfg.tokenize.max_length, trust_model)
+    loaded = load_model(tracker, model, cfg.tokenize.long_texts().max_length, trust_model)
     with Progress(TextColumn("labelling"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=errors, transient=True,
                   disable=len(texts) < PROGRESS_FROM or not errors.is_terminal) as bar:

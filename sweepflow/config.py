@@ -106,10 +106,34 @@ class ModelConfig(_Model):
     name_or_path: str
 
 
+class AutoLengthConfig(_Model):
+    """`tokenize.max_length: auto`: this percentile of the training texts' token lengths,
+    kept within [floor, cap]."""
+
+    percentile: float = Field(gt=0, le=100)
+    floor: int = Field(ge=8, le=8192)
+    cap: int = Field(ge=8, le=8192)
+
+    @model_validator(mode="after")
+    def _floor_below_cap(self) -> AutoLengthConfig:
+        if self.floor > self.cap:
+            raise ValueError(f"tokenize.auto.floor={self.floor} is above "
+                             f"tokenize.auto.cap={self.cap}")
+        return self
+
+    def pick(self, train_lengths: list[int]) -> int:
+        """The max_length for texts of these token lengths (special tokens included)."""
+        import numpy as np
+
+        wanted = float(np.percentile(train_lengths, self.percentile)) if train_lengths else 0
+        return int(min(self.cap, max(self.floor, np.ceil(wanted))))
+
+
 class TokenizeConfig(_Model):
     """How texts become tokens; longer texts: sweepflow/encoding.py."""
 
-    max_length: int = Field(ge=8, le=8192)
+    max_length: Annotated[int, Field(ge=8, le=8192)] | Literal["auto"]  # auto: training texts
+    auto: AutoLengthConfig
     truncation: Literal["head", "tail", "head_tail"]
     head_share: float = Field(ge=0, le=1)  # head_tail: share of the tokens kept from the head
     long_text: Literal["truncate", "chunk"]
@@ -117,13 +141,17 @@ class TokenizeConfig(_Model):
 
     @model_validator(mode="after")
     def _stride_fits(self) -> TokenizeConfig:
-        if self.long_text == "chunk" and self.stride > self.max_length // 2:
+        shortest = self.auto.floor if self.max_length == "auto" else self.max_length
+        if self.long_text == "chunk" and self.stride > shortest // 2:
             raise ValueError(f"tokenize.stride={self.stride} must be at most half of "
-                             f"tokenize.max_length={self.max_length}")
+                             f"tokenize.max_length={shortest}")
         return self
 
-    def long_texts(self) -> LongText:
-        return LongText(max_length=self.max_length, truncation=self.truncation,
+    def long_texts(self, max_length: int | None = None) -> LongText:
+        """The encoding at `max_length` (what `auto` resolved to), else the configured one."""
+        if max_length is None:
+            max_length = self.auto.floor if self.max_length == "auto" else self.max_length
+        return LongText(max_length=max_length, truncation=self.truncation,
                         head_share=self.head_share, long_text=self.long_text,
                         stride=self.stride)
 
@@ -420,7 +448,8 @@ def _load_yaml(path: Path) -> Any:
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged"))]
+        skip = ("function-", "tagged", "constrained-", "literal[")  # union members' tags
+        loc = [str(p) for p in e["loc"] if not str(p).startswith(skip)]
         if len(loc) == 4 and loc[:2] == ["sweep", "space"]:  # the discriminator's tag
             loc = loc[:3]
         key = ".".join(loc)

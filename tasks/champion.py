@@ -83,7 +83,7 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: trac
     same_test = champion.digest == data.split_digests["test"]
     try:
         texts = newest_texts if same_test else test_texts + newest_texts
-        pred = label_with(tracker, uri, texts, names, config.tokenize.max_length,
+        pred = label_with(tracker, uri, texts, names, tokens.max_length,
                           data.multi_label) if texts else np.zeros(0, np.int64)
     except (UserError, ValueError, OSError, RuntimeError) as err:
         reason = f"champion v{champion.version} could not be re-scored: {err}"

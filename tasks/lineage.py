@@ -56,7 +56,9 @@ def dataset_source(data: IngestResult, split: str) -> Any:
 def log_lineage(config: SweepflowConfig, tokens: TokenizedData, tracker: tracking.Tracker
                 ) -> None:
     """Params, config file, dataset inputs, data profile and token stats on the parent run."""
-    tracker.log(params={k: v[:6000] for k, v in config.flat().items()})
+    # the max_length the model was trained at (`auto` resolved): predict and serve read it
+    params = config.flat() | {"tokenize.max_length": str(tokens.max_length)}
+    tracker.log(params={k: v[:6000] for k, v in params.items()})
     data = tokens.data
     tracker.log(tags={"data.digest": data.digest, "data.source": data.source})
     stats = tokens.stats

@@ -92,7 +92,8 @@ def wrap_transformers(config: SweepflowConfig, tracker: tracking.Tracker, model_
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=f"{tmp}/src"))
         binary = local / info.flavors["transformers"].get("model_binary", "model")
         labels = json.loads((binary / "config.json").read_text())["id2label"]
-        lt = training_long_text(tracker.client, info.run_id, config.tokenize.max_length)
+        lt = training_long_text(tracker.client, info.run_id,
+                                config.tokenize.long_texts().max_length)
         spec = ClassifierSpec(labels=[labels[str(i)] for i in range(len(labels))],
                               max_length=lt.max_length, max_chars=config.compress.max_text_chars,
                               truncation=lt.truncation, head_share=lt.head_share,

@@ -17,7 +17,7 @@ from sweepflow.tasks.ingest import IngestResult
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sweepflow import cache
-from sweepflow.config import BUNDLED, SweepflowConfig
+from sweepflow.config import BUNDLED, SweepflowConfig, TokenizeConfig
 from sweepflow.console import report
 from sweepflow.encoding import LongText, encode
 from sweepflow.hashing import code_version, hash_files, hash_json
@@ -174,6 +174,18 @@ def tokenize_long(dd: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, 
     return out.remove_columns(["full_length"]), full[full >= 0]
 
 
+def pick_max_length(cfg: TokenizeConfig, train: datasets.Dataset,
+                    tokenizer: PreTrainedTokenizerBase) -> int:
+    """`tokenize.max_length`, or for `auto` the training texts' (pairs': joint) token-length
+    percentile within [floor, cap] (conf/base.yaml): short texts keep the floor."""
+    if cfg.max_length != "auto":
+        return cfg.max_length
+    sides = [list(train[c]) for c in (TEXT, TEXT_PAIR) if c in train.column_names]
+    ids = tokenizer(*sides, truncation=False, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    return cfg.auto.pick([len(i) for i in ids])
+
+
 def tokenize(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     return tokenize_cached(config, data).value
 
@@ -190,16 +202,17 @@ def tokenize_cached(config: SweepflowConfig, data: IngestResult
     log.info("tokenize cache miss: %s", key)
     model_path = resolve_model(config.model.name_or_path)
     dd = datasets.load_from_disk(str(Path(data.path) / "data"))
-    lt = config.tokenize.long_texts()
+    tokenizer = load_tokenizer(model_path)
+    lt = config.tokenize.long_texts(pick_max_length(config.tokenize, dd["train"], tokenizer))
     if TEXT_PAIR in dd["train"].column_names:
-        tokenized, full = tokenize_pairs(dd, load_tokenizer(model_path), lt.max_length)
+        tokenized, full = tokenize_pairs(dd, tokenizer, lt.max_length)
     elif lt.plain:  # the default path, untouched: one tokenizer call with its own truncation
-        tokenized, full = tokenize_splits(dd, load_tokenizer(model_path), lt.max_length)
+        tokenized, full = tokenize_splits(dd, tokenizer, lt.max_length)
     else:
-        tokenized, full = tokenize_long(dd, load_tokenizer(model_path), lt)
-    stats = token_stats(full, config.tokenize.max_length)
+        tokenized, full = tokenize_long(dd, tokenizer, lt)
+    stats = token_stats(full, lt.max_length)
     result = TokenizedData(path=str(out_dir), key=key, data=data, model_path=model_path,
-                           max_length=config.tokenize.max_length, stats=stats,
+                           max_length=lt.max_length, stats=stats,
                            long=None if lt.plain else lt,
                            pair=TEXT_PAIR in dd["train"].column_names)
 
@@ -242,6 +255,10 @@ def tokenize_task(config: SweepflowConfig, data: IngestResult) -> TokenizedData:
     else:
         what = (f"{100 * s.share_truncated:.1f}% of texts longer than {result.max_length}: "
                 f"{result.long.describe()}")
+    if config.tokenize.max_length == "auto":
+        auto = config.tokenize.auto
+        what += (f" (max_length auto: p{auto.percentile:g} of the training texts within "
+                 f"[{auto.floor}, {auto.cap}])")
     reused = f" {cache.REUSED}" if done.reused else ""
     report.info(f"tokens: p50 {s.p50:.0f}, p95 {s.p95:.0f}, max {s.max}; {what}{reused}")
     if warning := truncation_warning(result):

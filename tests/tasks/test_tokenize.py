@@ -109,3 +109,40 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_config, caplog):
     assert again == first and len(load_tokenized.__wrapped__(again.path)["train"]) > 0
     leftovers = [p.name for p in Path(first.path).parent.iterdir() if p.name.startswith(".")]
     assert not leftovers
+
+
+def test_max_length_auto_is_the_training_p95_within_floor_and_cap(tiny_overrides, caplog):
+    """`auto`: short texts keep the floor, long ones get their p95, up to the
+    cap; the resolved length is the one tokenized, recorded and printed on the token line."""
+    import numpy as np
+    from sweepflow.tasks.ingest import load_ingested
+    from sweepflow.tasks.tokenize import load_tokenizer, tokenize_task
+
+    from sweepflow.config import AutoLengthConfig
+    from sweepflow.console import REPORT
+
+    auto = AutoLengthConfig(percentile=95, floor=64, cap=256)
+    assert auto.pick([20] * 99 + [500]) == 64 and auto.pick([300] * 10) == 256
+    assert auto.pick([100] * 20) == 100
+    config = load_config(overrides=[*tiny_overrides, "tokenize.max_length=auto",
+                                    "tokenize.auto.floor=8", "tokenize.auto.cap=12"])
+    data = ingest(config)
+    train = list(load_ingested(data)["train"]["text"])
+    p95 = np.percentile([len(i) for i in load_tokenizer(config.model.name_or_path)(
+        train)["input_ids"]], 95)
+    with caplog.at_level(logging.INFO, logger=REPORT):
+        tokens = tokenize_task.fn(config, data)
+    assert tokens.max_length == min(12, max(8, int(np.ceil(p95))))
+    assert max(len(i) for i in load_tokenized(tokens.path)["train"]["input_ids"]) <= \
+        tokens.max_length
+    assert f"truncated at {tokens.max_length} (max_length auto: p95 of the training texts " \
+           "within [8, 12])" in caplog.text, caplog.text
+
+
+def test_auto_floor_above_cap_is_a_config_error():
+    import pytest
+
+    from sweepflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tokenize.auto.floor=300 is above tokenize.auto.cap"):
+        load_config(overrides=["tokenize.auto.floor=300"])

@@ -1,0 +1,101 @@
+"""A single-text, single-label trial's training time on two checkouts, interleaved.
+
+`python -m bench.version_parity OLD_ROOT NEW_ROOT --repeats 3`: each repeat fits the same
+trial (bundled tweets, 640 training rows, 1 epoch, batch 32, max_length 64) once
+per checkout, each in its own process and store, old and new alternating, and reports the
+fit seconds, optimizer steps and training rows per second. The checkouts' code is imported
+from a package folder of symlinks (sweepflow, tasks, flows, conf), so one .venv serves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OVERRIDES = ["tokenize.max_length=64", "data.max_train_samples=640",
+             "data.max_eval_samples=200", "train.max_epochs=1", "train.val_checks_per_epoch=1"]
+
+
+def package_folder(root: Path, into: Path) -> Path:
+    """A folder holding `sweepflow/` laid out as installed, its parts symlinked from `root`."""
+    pkg = into / "sweepflow"
+    pkg.mkdir(parents=True)
+    for entry in (root / "sweepflow").iterdir():
+        (pkg / entry.name).symlink_to(entry)
+    for part in ("tasks", "flows", "conf"):
+        (pkg / part).symlink_to(root / part)
+    return into
+
+
+def child() -> None:
+    """Fit once with the checkout on sys.path; print the fit's time as JSON."""
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+    from sweepflow.tasks.train import fit
+
+    import sweepflow
+    from sweepflow.config import load_config
+
+    print(f"sweepflow from {Path(sweepflow.__file__).resolve().parent.parent}", file=sys.stderr)
+
+    config = load_config(overrides=OVERRIDES)
+    tokens = tokenize(config, ingest(config))
+    start = time.perf_counter()
+    _, fitted = fit(tokens, config.train, config.seed, "val/f1_macro", "max", progress=False)
+    print(json.dumps({"wall": time.perf_counter() - start, "fit_seconds": fitted.seconds,
+                      "steps": fitted.steps, "samples": fitted.samples,
+                      "best": fitted.best_value}))
+
+
+def run(root: Path, tmp: Path, tag: str) -> dict:
+    """One fit in a fresh process: this file run as a script from `tmp`, so the only
+    `sweepflow` on sys.path is the checkout's package folder (not the .venv's editable one)."""
+    from bench.common import OFFLINE_ENV
+
+    path = package_folder(root, tmp / f"pkg-{tag}")
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(path),
+           "SWEEPFLOW_HOME": str(tmp / f"store-{tag}")}
+    out = subprocess.run([sys.executable, __file__, "--child"], env=env, cwd=tmp,
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{tag} fit failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"load": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.version_parity")
+    parser.add_argument("old", nargs="?")
+    parser.add_argument("new", nargs="?")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--out", default="bench/version_parity-results.json")
+    args = parser.parse_args()
+    if args.child:
+        return child()
+    from bench.common import write_json
+    results: dict[str, list[dict]] = {"old": [], "new": []}
+    for i in range(args.repeats):
+        for tag, root in (("old", args.old), ("new", args.new))[:: 1 if i % 2 == 0 else -1]:
+            with tempfile.TemporaryDirectory(prefix="sweepflow-parity-") as tmp:
+                results[tag].append(run(Path(root), Path(tmp), tag))
+            r = results[tag][-1]
+            print(f"{tag} repeat {i}: fit {r['fit_seconds']:.1f} s, {r['steps']} steps, "
+                  f"{r['samples'] / r['fit_seconds']:.1f} rows/s, load {r['load']:.1f}",
+                  flush=True)
+    rate = {t: statistics.mean(r["samples"] / r["fit_seconds"] for r in rs)
+            for t, rs in results.items()}
+    print(f"new/old training rows per second: {rate['new'] / rate['old']:.3f}")
+    ratio = rate["new"] / rate["old"]
+    write_json(Path(args.out), {"old": args.old, "new": args.new, "overrides": OVERRIDES,
+                                "results": results, "ratio_new_over_old": ratio})
+
+
+if __name__ == "__main__":
+    main()
