@@ -59,6 +59,31 @@ def _nothing(_: str) -> None:
     return None
 
 
+def _timed_study_lock(record: Callable[[str, float], None]) -> Callable[[], None]:
+    """Instrument this process' study lock (the bench's only): `record("lock_wait_s", s)`
+    when a lock is taken and `record("lock_held_s", s)` when it is released. Returns the
+    undo."""
+    from contextlib import contextmanager
+
+    from sweepflow import storage
+
+    real = storage.study_lock
+
+    @contextmanager
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        with real(*args, **kwargs):
+            taken = time.perf_counter()
+            record("lock_wait_s", taken - start)
+            try:
+                yield
+            finally:
+                record("lock_held_s", time.perf_counter() - taken)
+
+    storage.study_lock = timed
+    return lambda: setattr(storage, "study_lock", real)
+
+
 def _trial(config: Any, tracker: Any, ref: Any, plan: Any, mark: Callable[[str], None]
            ) -> None:
     """One trial of a worker (tasks/team.py work, tasks/sweep.py _run_asked/_train_trial)
@@ -162,6 +187,8 @@ def _process(first: int, n_threads: int, args: tuple, queue: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url, ref_json, plan_json, mlflow_uri, experiment, shared, window, pace = args
     out: list = []
+    holds: list[float] = []
+    _timed_study_lock(lambda what, s: holds.append(s) if what == "lock_held_s" else None)
     threads = [threading.Thread(target=_client, args=(
         url, ref_json, plan_json, mlflow_uri, experiment, shared, first + i, window, pace,
         out)) for i in range(n_threads)]
@@ -169,7 +196,7 @@ def _process(first: int, n_threads: int, args: tuple, queue: Any) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    queue.put(out)
+    queue.put((out, holds))
 
 
 def _sweep(stack: Any, study_url: str, shared: Path) -> tuple[str, Any, Any, Any]:
@@ -252,7 +279,9 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
     window[1].set()
     load_before = os.getloadavg()[0]
     try:
-        results = [r for _ in procs for r in queue.get()]
+        parts = [queue.get() for _ in procs]
+        results = [r for out, _ in parts for r in out]
+        holds = sorted(h for _, held in parts for h in held)
     finally:  # also on Ctrl-C: no client left behind
         for proc in procs:
             proc.join(timeout=60)
@@ -274,6 +303,12 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
             "first_error": errors[0] if errors else None,
             "p50_s": round(statistics.median(ok), 3) if ok else None,
             "p95_s": round(q[18], 3), "trials_in_window": inside,
+            # The study lock: how long one holding lasted (ask and tell are one each per
+            # trial), and the share of the run it was held (1.0: the lock is the bound).
+            "lock_held_p50_p95_s": [round(statistics.median(holds), 4),
+                                    round(holds[int(0.95 * (len(holds) - 1))], 4)]
+            if holds else None,
+            "lock_held_share": round(sum(holds) / (time.time() - window[2].value + seconds), 3),
             "trials_per_s": round(inside / seconds, 2),
             "load_1min_start_end": [round(load_before, 2), round(load_after, 2)],
             "peak_connections": {"optuna": peak.get(db, 0),
@@ -310,7 +345,9 @@ def profile(stack: Any, server: str, study_server: str, trials: int, home: Path)
 
     def count(what: str, n: float = 1) -> None:
         row = totals.setdefault(now["phase"], {"seconds": 0.0, "connections": 0,
-                                               "statements": 0, "mlflow_requests": 0})
+                                               "statements": 0, "mlflow_requests": 0,
+                                               "lock_wait_s": 0.0, "lock_held_s": 0.0,
+                                               "statements_locked": 0})
         row[what] += n
 
     def mark(phase: str) -> None:
@@ -318,8 +355,18 @@ def profile(stack: Any, server: str, study_server: str, trials: int, home: Path)
         count("seconds", t - now["t"])
         now.update(phase=phase, t=t)
 
+    def locked(what: str, seconds: float) -> None:
+        count(what, seconds)
+        now["locked"] = what == "lock_wait_s"  # taken: statements from here are under it
+
+    def statement(*_: Any) -> None:
+        count("statements")
+        if now.get("locked"):
+            count("statements_locked")
+
     event.listen(engine, "connect", lambda *_: count("connections"))
-    event.listen(engine, "before_cursor_execute", lambda *_: count("statements"))
+    event.listen(engine, "before_cursor_execute", statement)
+    undo = _timed_study_lock(locked)
     send = requests.Session.send
 
     def counted(self: Any, request: Any, **kw: Any) -> Any:
@@ -333,6 +380,7 @@ def profile(stack: Any, server: str, study_server: str, trials: int, home: Path)
             mark("between")
     finally:
         requests.Session.send = send
+        undo()
     drop_databases(server, [db])
     return {name: {k: round(v / trials, 4) for k, v in row.items()}
             for name, row in totals.items() if name not in ("setup", "between", "end")}
