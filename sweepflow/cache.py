@@ -98,28 +98,46 @@ def publish(target: Path, build: Callable[[Path], None], replace: bool = False) 
     """Build a folder with `build(tmp)` and rename it to `target`. If `target` appears
     meanwhile (another process), theirs is kept unless `replace`; the temp folder never
     outlives this call."""
+    tmp = stage(target, build)
+    try:
+        return commit(tmp, target, replace)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stage(target: Path, build: Callable[[Path], None]) -> Path:
+    """The first half of publish: a temp folder beside `target`, built by `build(tmp)` and
+    with its manifest, for `commit` to rename into place (the caller removes it otherwise).
+    Apart, so the slow part (writing, hashing) can run before a lock and the rename under it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         build(tmp)
         (tmp / MANIFEST).write_text(json.dumps(_listing(tmp), indent=1))
-        if replace and target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old",
-                                        dir=target.parent))
-            try:
-                os.replace(target, old / target.name)
-            except FileNotFoundError:
-                pass
-            try:
-                os.rename(tmp, target)
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-            return target
-        try:
-            os.rename(tmp, target)  # fails when another process published first
-        except OSError:
-            if not target.exists():
-                raise
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def commit(tmp: Path, target: Path, replace: bool = False) -> Path:
+    """The second half of publish: rename the staged folder `tmp` to `target` (replacing
+    it if `replace`, else keeping another process' folder that got there first)."""
+    if replace and target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old",
+                                    dir=target.parent))
+        try:
+            os.replace(target, old / target.name)
+        except FileNotFoundError:
+            pass
+        try:
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+    try:
+        os.rename(tmp, target)  # fails when another process published first
+    except OSError:
+        if not target.exists():
+            raise
     return target

@@ -184,10 +184,14 @@ def rank(study: optuna.Study, value: float, number: int) -> tuple[float, int]:
     return (sign * value, -number)
 
 
-def best_on_basis(study: optuna.Study, key: str) -> FrozenTrial | None:
-    """Optuna's best complete trial among those trained on `key` (the first of equals)."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get(BASIS_ATTR) == key]
+def best_on_basis(study: optuna.Study, key: str, trials: list[FrozenTrial] | None = None
+                  ) -> FrozenTrial | None:
+    """Optuna's best complete trial among those trained on `key` (the first of equals).
+    `trials`: the study's trials as already read (one read serves several decisions)."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in trials
+                if t.state == TrialState.COMPLETE and t.user_attrs.get(BASIS_ATTR) == key]
     if not complete:
         return None
     return max(complete, key=lambda t: rank(study, t.value, t.number))
@@ -247,15 +251,46 @@ def keep_if_best(study: optuna.Study, key: str, result: TrialResult, module: Any
 
 
 def keep_if_better(study: optuna.Study, key: str, result: TrialResult, models: str | Path,
-                   write: Callable[[Path], None]) -> bool:
+                   write: Callable[[Path], None], trials: list[FrozenTrial] | None = None,
+                   staged: Path | Exception | None = None) -> bool:
     """keep_if_best with the model's writer handed in (`write(folder)` fills the folder that
-    is then published by rename): the decision is the study's, the bytes the caller's."""
-    best = best_on_basis(study, key)
-    if best is not None and trial_model_dir(models, key, best.number).exists():
-        if rank(study, result.value, result.number) <= rank(study, best.value, best.number):
-            return False
-    cache.publish(trial_model_dir(models, key, result.number), write, replace=True)
+    is then published by rename): the decision is the study's, the bytes the caller's.
+    `trials`: the study's trials as read; `staged`: the model already written beside its
+    folder by stage_model (or the error that writing it raised), only renamed here."""
+    if not beats_kept(study, key, result, models, trials):
+        return False
+    target = trial_model_dir(models, key, result.number)
+    if isinstance(staged, Exception):
+        raise staged
+    if staged is None:
+        cache.publish(target, write, replace=True)
+    else:
+        cache.commit(staged, target, replace=True)
     return True
+
+
+def beats_kept(study: optuna.Study, key: str, result: TrialResult, models: str | Path,
+               trials: list[FrozenTrial] | None = None) -> bool:
+    """Whether a complete result's model is to be kept: it ranks above the basis' best so far
+    (ties go to the lower trial number, as in Optuna), or that best has no kept model."""
+    best = best_on_basis(study, key, trials)
+    return (best is None or not trial_model_dir(models, key, best.number).exists()
+            or rank(study, result.value, result.number) > rank(study, best.value, best.number))
+
+
+def stage_model(study: optuna.Study, key: str, result: TrialResult, models: str | Path,
+                write: Callable[[Path], None]) -> Path | Exception | None:
+    """Before the study lock: read the study (the process' trial cache, so the read under the
+    lock fetches only what changed since) and, if the result would be kept as things stand,
+    write and hash its model beside its folder (cache.stage), the slow part of keeping it.
+    None if it would not be kept; the error if writing failed (raised if it is kept)."""
+    trials = study.get_trials(deepcopy=False)
+    if result.state != "complete" or not beats_kept(study, key, result, models, trials):
+        return None
+    try:
+        return cache.stage(trial_model_dir(models, key, result.number), write)
+    except Exception as err:  # noqa: BLE001 - raised under the lock if the model is kept
+        return err
 
 
 def model_writer(study_name: str, key: str, result: TrialResult, module: Any, state: dict,
@@ -280,14 +315,17 @@ def model_writer(study_name: str, key: str, result: TrialResult, module: Any, st
     return build
 
 
-def drop_beaten_models(study: optuna.Study, key: str, models: str | Path) -> None:
+def drop_beaten_models(study: optuna.Study, key: str, models: str | Path,
+                       trials: list[FrozenTrial] | None = None) -> None:
     """Remove the folders of finished trials that are not the basis' best (the folder of a
-    trial still running, e.g. in another worker, is left alone)."""
+    trial still running, e.g. in another worker, is left alone). `trials`: the study's
+    trials as read (else read now)."""
     folder = Path(models) / key
     if not folder.is_dir():
         return
-    best = best_on_basis(study, key)
-    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    best = best_on_basis(study, key, trials)
+    finished = {t.number for t in trials if t.state.is_finished()}
     for path in folder.glob("trial-*"):
         number = int(path.name.removeprefix("trial-"))
         if number in finished and (best is None or number != best.number):
@@ -414,48 +452,70 @@ def tell_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult, k
     """The hand-off of a finished trial on basis `key`: refuse it (TrialTaken) if the study no
     longer holds it RUNNING (failed on its heartbeat while this worker was cut off, and
     retried), else keep its model (`write`) if it is the basis' best, tell the study, and drop
-    the models it beat."""
-    # Keep, tell and drop under the study's lock: two workers finishing at once agree with
-    # Optuna on the best (ties included) and never remove each other's kept model; the
-    # reapers fail stale trials under the same lock, so "still running" holds until told.
-    with storage.study_lock(shared, study.study_name):
-        if not still_running(study, trial):
-            raise TrialTaken(trial.number, result.run_id)
-        if result.state != "complete":
-            if result.state == "failed":  # a live worker's failure (see team.close_stale_runs)
-                trial.set_user_attr("fail_reason", result.error or "no validation score")
-            _tell_or_taken(study, trial, result, state=TrialState.PRUNED
-                           if result.state == "pruned" else TrialState.FAIL)
-            return
-        try:
-            kept = keep_if_better(study, key, result, models, write)
-        except BaseException as err:
-            if storage.out_of_reach(err):  # nothing to tell it with (lost_if_out_of_reach)
-                raise
-            trial.set_user_attr("fail_reason", f"model not kept: {type(err).__name__}: {err}"
-                                [:1000])
-            study.tell(trial, state=TrialState.FAIL)
+    the models it beat. The decision is made under the study lock; writing a model that may
+    be kept is done before it (stage_model), only its rename under it."""
+    staged = stage_model(study, key, result, models, write)
+    try:
+        # Keep, tell and drop under the study's lock: two workers finishing at once agree
+        # with Optuna on the best (ties included) and never remove each other's kept model;
+        # the reapers fail stale trials under the same lock, so "still running" holds until
+        # told.
+        with storage.study_lock(shared, study.study_name):
+            _hand_off(study, trial, result, key, models, write, staged)
+    finally:
+        if isinstance(staged, Path):  # not kept (or kept: renamed away, nothing to remove)
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def _hand_off(study: optuna.Study, trial: optuna.Trial, result: TrialResult, key: str,
+              models: str | Path, write: Callable[[Path], None],
+              staged: Path | Exception | None) -> None:
+    """tell_result's part under the lock, on one read of the study's trials (the trial cache
+    re-reads every unfinished trial, so this trial's state is the study's now)."""
+    trials = study.get_trials(deepcopy=False)
+    if not still_running(study, trial, trials):
+        raise TrialTaken(trial.number, result.run_id)
+    if result.state != "complete":
+        if result.state == "failed":  # a live worker's failure (see team.close_stale_runs)
+            trial.set_user_attr("fail_reason", result.error or "no validation score")
+        _tell_or_taken(study, trial, result, state=TrialState.PRUNED
+                       if result.state == "pruned" else TrialState.FAIL)
+        return
+    try:
+        kept = keep_if_better(study, key, result, models, write, trials, staged)
+    except BaseException as err:
+        if storage.out_of_reach(err):  # nothing to tell it with (lost_if_out_of_reach)
             raise
-        try:
-            _tell_or_taken(study, trial, result, values=result.value)
-        except Exception:  # failed by a reaper that did not take the lock, or out of reach
-            if kept:
-                shutil.rmtree(trial_model_dir(models, key, trial.number), ignore_errors=True)
-            raise
+        trial.set_user_attr("fail_reason", f"model not kept: {type(err).__name__}: {err}"
+                            [:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    try:
+        told = _tell_or_taken(study, trial, result, values=result.value)
+    except Exception:  # failed by a reaper that did not take the lock, or out of reach
         if kept:
-            drop_beaten_models(study, key, models)
+            shutil.rmtree(trial_model_dir(models, key, trial.number), ignore_errors=True)
+        raise
+    if kept:
+        drop_beaten_models(study, key, models,
+                           [t for t in trials if t.number != told.number] + [told])
 
 
 def _tell_or_taken(study: optuna.Study, trial: optuna.Trial, result: TrialResult,
-                   **outcome: Any) -> None:
+                   **outcome: Any) -> FrozenTrial:
     try:
-        study.tell(trial, **outcome)
+        return study.tell(trial, **outcome)
     except UpdateFinishedTrialError as err:
         raise TrialTaken(trial.number, result.run_id) from err
 
 
-def still_running(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Whether the study still holds the trial as RUNNING (read from the storage now)."""
+def still_running(study: optuna.Study, trial: optuna.Trial,
+                  trials: list[FrozenTrial] | None = None) -> bool:
+    """Whether the study still holds the trial as RUNNING: in `trials` (the study's trials
+    as just read), else read from the storage now."""
+    for seen in trials or ():
+        if seen.number == trial.number:
+            return seen.state == TrialState.RUNNING
     opened = optuna.storages.get_storage(study._storage)  # noqa: SLF001 - Study has no getter
     number = opened.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)  # noqa: SLF001
     return opened.get_trial(number).state == TrialState.RUNNING

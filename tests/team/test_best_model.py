@@ -24,6 +24,7 @@ from sweepflow.tasks.sweep import (
     basis,
     create_study,
     tell,
+    tell_result,
     trial_model_dir,
 )
 from sweepflow.tasks.tokenize import tokenize
@@ -128,3 +129,55 @@ def test_a_late_result_is_refused_and_keeps_the_best_model(pg_config):
     assert study.best_trial.number == 0
     assert study.trials[late.number].state == TrialState.FAIL
     assert _kept(study, key) == ["trial-0"]
+
+
+def test_a_model_written_before_the_lock_and_beaten_meanwhile_is_not_kept(pg_config):
+    """A finisher writes its model before taking the study lock (stage_model); if another
+    worker tells a better trial meanwhile, the decision under the lock drops the written
+    model and keeps the better one. The other worker tells while the first one writes, so
+    the writing is not under the lock (it would wait for it)."""
+    ref = create_study(pg_config)
+    key = "basis"
+
+    def open_study() -> tuple[optuna.Study, RDBStorage]:
+        storage = RDBStorage(ref.storage, engine_kwargs={"poolclass": NullPool})
+        return optuna.load_study(study_name=ref.name, storage=storage), storage
+
+    def finish(trial: optuna.Trial, value: float, study: optuna.Study, storage: RDBStorage,
+               write) -> None:
+        result = TrialResult(number=trial.number, state="complete", value=value, params={},
+                             steps=1, seconds=0.0, run_id=f"run-{trial.number}")
+        tell_result(study, trial, result, key, ref.models, storage, write)
+
+    study, storage = open_study()
+    first, second = study.ask(), study.ask()
+    for trial in (first, second):
+        trial.set_user_attr(BASIS_ATTR, key)
+    other_study, other_storage = open_study()
+    other = optuna.Trial(other_study, second._trial_id)  # noqa: SLF001 - the other worker's
+    errors: list[BaseException] = []
+
+    def write_while_another_finishes(folder: Path) -> None:
+        (folder / "model.json").write_text("first")
+        thread = threading.Thread(target=lambda: _catch(errors, finish, other, 0.9,
+                                                        other_study, other_storage,
+                                                        lambda f: (f / "model.json")
+                                                        .write_text("second")))
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the other worker waited: the write held the lock"
+
+    finish(first, 0.6, study, storage, write_while_another_finishes)
+    assert not errors
+    study = optuna.load_study(study_name=ref.name, storage=ref.storage)
+    assert study.best_trial.number == second.number
+    assert _kept(study, key) == [f"trial-{second.number}"]  # nothing staged left behind
+    assert (trial_model_dir(ref.models, key, second.number) / "model.json").read_text() \
+        == "second"
+
+
+def _catch(errors: list[BaseException], fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as err:  # noqa: BLE001 - reported by the test
+        errors.append(err)
