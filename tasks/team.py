@@ -158,15 +158,17 @@ def take_next(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef,
               ) -> tuple[str, optuna.Study, optuna.Trial | None]:
     """Reap, count and ask as one step under the study lock (taken once), then, if a dead
     worker's trial was queued again, close the MLflow runs of such trials (the parent's
-    reaper, every 2 s, closes any others). A
-    worker between trials holds nothing, so while the study database is out of reach (a
-    partition, an outage) it waits for it, with backoff, for up to OUT_OF_REACH_WAITS grace
-    periods, saying so once."""
+    reaper, every 2 s, closes any others). The study is loaded before the lock: that reads
+    the trials into the process' cache, so the reads under it fetch only what changed since
+    (the lock serialises the count and the new trial, not the reading). A worker between
+    trials holds nothing, so while the study database is out of reach (a partition, an
+    outage) it waits for it, with backoff, for up to OUT_OF_REACH_WAITS grace periods,
+    saying so once."""
     deadline, delay, said = None, 1.0, False
     while True:
         try:
+            study = load_study(ref, config, steps)
             with storage.study_lock(shared, ref.name):
-                study = load_study(ref, config, steps)
                 storage.fail_stale_trials(study)
                 trials = study.get_trials(deepcopy=False)
                 step = next_step(trials, plan.target)
