@@ -22,8 +22,8 @@ from contextlib import contextmanager
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy import Engine, create_engine, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from sweepflow.config import SweepConfig
@@ -211,26 +211,22 @@ def study_lock(storage: str | RDBStorage, study_name: str) -> Iterator[None]:
         yield
 
 
+# Waiters that queue for a lock inside PostgreSQL (its lock queue is first come, first served,
+# and hands the lock over the moment it is released), each holding one connection; the others
+# wait holding none. 2: the lock never sits free while a worker waits for it, and behind
+# PgBouncer (40 server connections) a held lock plus its queue pin 3 of them at most.
+LOCK_QUEUE = 2
+
+
 @contextmanager
 def advisory_lock(engine: Engine, key: int) -> Iterator[None]:
-    """Hold PostgreSQL advisory lock `key` on a connection of `engine`. A waiter holds no
-    connection: it tries the lock, and if another process has it, closes its connection and
-    tries again after a short jittered backoff (up to 0.5 s), so 100 workers waiting for one
-    lock do not take 100 of the server's connections."""
-    delay = 0.005
-    while True:
-        conn = engine.connect()
-        try:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            conn.commit()
-        except BaseException:
-            conn.close()
-            raise
-        if got:
-            break
-        conn.close()
-        time.sleep(delay * random.uniform(0.5, 1.5))
-        delay = min(delay * 2, 0.5)
+    """Hold PostgreSQL advisory lock `key` on a connection of `engine`. Up to LOCK_QUEUE
+    waiters wait in PostgreSQL's queue for the lock (first come, first served, no gap at
+    hand-over); any others hold no connection: they try for the lock or a place in that
+    queue, and if neither is free, close their connection and try again after a jittered
+    backoff (up to 0.5 s), so 100 workers waiting for one lock do not take 100 of the
+    server's connections (behind PgBouncer in session mode, all its server connections)."""
+    conn = _take_lock(engine, key)
     try:
         yield
     finally:
@@ -239,6 +235,52 @@ def advisory_lock(engine: Engine, key: int) -> Iterator[None]:
             conn.commit()
         finally:
             conn.close()  # closing ends the lock too, should the unlock fail
+
+
+def _take_lock(engine: Engine, key: int) -> Connection:
+    """A connection holding advisory lock `key` (see advisory_lock)."""
+    delay = 0.005
+    while True:
+        conn = engine.connect()
+        try:
+            if _try(conn, key) or any(_try(conn, place) and _queue(conn, key, place)
+                                      for place in _queue_keys(key)):
+                return conn
+        except BaseException:
+            conn.close()
+            raise
+        conn.close()
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.5)
+
+
+def _try(conn: Connection, key: int) -> bool:
+    got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+    conn.commit()
+    return got
+
+
+def _queue(conn: Connection, key: int, place: int) -> bool:
+    """Holding a place in the queue (advisory lock `place`), wait in PostgreSQL's queue for
+    `key`, a second at a time (so Ctrl-C and a lost server are noticed), then give the place
+    up. True once `key` is held."""
+    while True:
+        try:
+            conn.execute(text("SET LOCAL lock_timeout = '1s'"))
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            break
+        except OperationalError as err:
+            conn.rollback()  # session advisory locks outlive the rollback
+            if getattr(err.orig, "pgcode", None) != "55P03":  # lock_not_available
+                raise
+    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": place})
+    conn.commit()
+    return True
+
+
+def _queue_keys(key: int) -> list[int]:
+    return [_lock_key(f"queue:{key}:{i}") for i in range(LOCK_QUEUE)]
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
