@@ -27,10 +27,13 @@ from sweepflow.tasks.pruning import trial_steps
 from sweepflow.tasks.sweep import StudyRef, TrialResult, load_study
 from sweepflow.tasks.team import (
     TeamPlan,
+    WatchClock,
     collect,
     reap,
     report_finished,
+    shortfall,
     start_target,
+    watch_step,
 )
 from sweepflow.tasks.tokenize import TokenizedData
 
@@ -178,25 +181,36 @@ def cancel(run_ids: list[Any]) -> None:
 def watch(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef, plan: TeamPlan,
           run_ids: list[Any], total: int) -> None:
     """Until every worker run has ended: report finished trials, reap dead workers' trials,
-    and say once if no Prefect worker has picked the runs up."""
+    and say once if no Prefect worker has picked the runs up. Then say if the sweep fell short
+    (its worker runs crashed). Never hangs on a run whose end Prefect never hears of."""
     from prefect.client.orchestration import get_client
 
     reported: set[int] = set()
-    started, hinted = time.monotonic(), False
+    started, hinted, clock = time.monotonic(), False, WatchClock()
     with get_client(sync_client=True) as client:
         while True:
             states = [client.read_flow_run(i).state for i in run_ids]
             study = load_study(ref, config)
             reap(config, tracker, study)
             reported |= report_finished(config, tracker, ref, plan, study, reported, total)
-            if all(s is not None and s.is_final() for s in states):
-                return
+            trials = study.get_trials(deepcopy=False)
+            step = watch_step(config, states, trials, plan, clock)
+            if step == "cancel":
+                report.info("the study holds the sweep's trials but worker runs have not "
+                            "ended; cancelling them")
+                cancel([i for i, s in zip(run_ids, states, strict=True)
+                        if s is None or not s.is_final()])
+            if step in ("end", "cancel"):
+                break
             waiting = all(s is None or s.is_scheduled() or s.is_pending() for s in states)
             if waiting and not hinted and time.monotonic() - started > 60:
                 report.info(f"no Prefect worker has taken the trial workers yet: start one "
                             f"with `prefect worker start --pool {config.sweep.work_pool}`")
                 hinted = True
             time.sleep(2)
+    short = shortfall(states, trials, plan.target)
+    if short:
+        report.info(short)
 
 
 @task(name="run-trial-workers", cache_policy=NO_CACHE)

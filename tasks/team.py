@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from pydantic import BaseModel
 from sweepflow.tasks.pruning import trial_steps
 from sweepflow.tasks.sweep import StudyRef, TrialResult, load_study, outcome_line, run_asked
@@ -241,3 +242,55 @@ def collect(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef, p
             seconds=((run.info.end_time or tracking.now_ms()) - run.info.start_time) / 1000,
             error=run.data.tags.get("error")))
     return sorted(results, key=lambda r: r.number)
+
+
+# -- the sweep's side: watching the worker runs --------------------------------------------
+
+class WatchClock:
+    """When the watch first saw the worker runs all ended, and the study done."""
+
+    def __init__(self) -> None:
+        self.ended: float | None = None
+        self.done: float | None = None
+
+    def since(self, what: str, now: bool) -> float:
+        """Seconds since `what` first held (0 while it does not hold)."""
+        if not now:
+            setattr(self, what, None)
+            return 0.0
+        setattr(self, what, getattr(self, what) or time.monotonic())
+        return time.monotonic() - getattr(self, what)
+
+
+def watch_step(config: SweepflowConfig, states: list[State | None], trials: list[FrozenTrial],
+               plan: TeamPlan, clock: WatchClock) -> str:
+    """What the watch does next: "watch" on; "end": every worker run ended and no trial of
+    this sweep is RUNNING (a dead worker's trial is failed by the reapers once its heartbeat
+    is sweep.grace_period old, so the watch goes on that long after the runs crashed; a trial
+    not tagged yet counts as this sweep's); "cancel": the study holds the sweep's trials but
+    some runs have not ended (their Prefect worker died with them, or none took them) for
+    longer than a live worker takes to see it (sweep.heartbeat_interval) and leave."""
+    ended = all(s is not None and s.is_final() for s in states)
+    running = any(t.state == TrialState.RUNNING
+                  and t.user_attrs.get(SWEEP_TAG) in (None, plan.sweep_id) for t in trials)
+    waited = clock.since("ended", ended)
+    if ended and (not running or waited > config.sweep.grace_period
+                  + 2 * config.sweep.heartbeat_interval):
+        return "end"
+    done = next_step(trials, plan.target) == "done"
+    if not ended and clock.since("done", done) > config.sweep.heartbeat_interval + 60:
+        return "cancel"
+    return "watch"
+
+
+def shortfall(states: list[State | None], trials: list[FrozenTrial], target: int
+              ) -> str | None:
+    """One line when the sweep ends with fewer finished trials than asked: how many, and the
+    worker runs' end states (a crash is on the run in Prefect); None otherwise."""
+    finished = finished_count(trials)
+    if finished >= target:
+        return None
+    ends = ", ".join(sorted({s.name for s in states if s is not None})) or "none started"
+    return (f"the trial workers ended {target - finished} trial(s) short of the sweep's "
+            f"target ({finished} of {target} finished in the study; worker runs: {ends}); "
+            "their logs are on the worker runs in Prefect")

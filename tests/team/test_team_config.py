@@ -10,7 +10,15 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
-from sweepflow.tasks.team import finished_count, next_step
+from sweepflow.tasks.team import (
+    SWEEP_TAG,
+    TeamPlan,
+    WatchClock,
+    finished_count,
+    next_step,
+    shortfall,
+    watch_step,
+)
 
 from sweepflow.config import ConfigError, load_config
 from tests.flows.servers import clean_env
@@ -99,3 +107,44 @@ def test_wait_while_others_run_and_take_queued_retries():
     assert next_step(running, 2) == "wait"  # the running one may die and come back
     queued = [*running, _trial(2, TrialState.WAITING, retry_of=[1])]
     assert next_step(queued, 2) == "ask"
+
+
+def test_crashed_worker_runs_neither_hang_nor_miscount_the_sweep(tiny_overrides):
+    """The parent's watch ends once every worker run has ended and no trial of the sweep is
+    RUNNING; a trial left RUNNING by a crashed worker is waited for until the reapers fail
+    it (grace period), not forever; runs that never end while the study holds its trials are
+    cancelled; a sweep that fell short says so with the runs' end states."""
+    import time
+
+    from prefect.states import Completed, Crashed, Running, Scheduled
+
+    config = load_config(overrides=tiny_overrides)
+    plan = TeamPlan(sweep_id="s1", target=3, parent_run_id=None)
+
+    def mine(trial):
+        trial.user_attrs[SWEEP_TAG] = "s1"
+        return trial
+
+    two_done = [mine(_trial(0, TrialState.COMPLETE)), mine(_trial(1, TrialState.COMPLETE))]
+    left_running = [*two_done, mine(_trial(2, TrialState.RUNNING))]
+    others = [*two_done, _trial(2, TrialState.RUNNING)]
+    others[2].user_attrs[SWEEP_TAG] = "another sweep"
+    crashed = [Crashed(), Completed()]
+    clock = WatchClock()
+    assert watch_step(config, [Running(), Completed()], left_running, plan, clock) == "watch"
+    assert watch_step(config, crashed, left_running, plan, clock) == "watch"  # reaped soon
+    clock.ended = time.monotonic() - config.sweep.grace_period \
+        - 2 * config.sweep.heartbeat_interval - 1
+    assert watch_step(config, crashed, left_running, plan, clock) == "end"  # never hangs
+    assert watch_step(config, crashed, others, plan, WatchClock()) == "end"
+    assert shortfall(crashed, two_done, plan.target) == (
+        "the trial workers ended 1 trial(s) short of the sweep's target (2 of 3 finished in "
+        "the study; worker runs: Completed, Crashed); their logs are on the worker runs in "
+        "Prefect")
+    done = [*two_done, mine(_trial(2, TrialState.COMPLETE))]
+    assert shortfall([Completed(), Completed()], done, plan.target) is None
+    clock = WatchClock()
+    stuck = [Running(), Scheduled()]  # the study is done; these runs' end never comes
+    assert watch_step(config, stuck, done, plan, clock) == "watch"
+    clock.done = time.monotonic() - config.sweep.heartbeat_interval - 61
+    assert watch_step(config, stuck, done, plan, clock) == "cancel"
