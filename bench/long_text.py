@@ -29,10 +29,18 @@ STRATEGIES = {
     "chunk": ["tokenize.long_text=chunk", "tokenize.stride=16"],
     # what max_length=auto picks on these documents (p95 ~370 tokens, capped at 256)
     "head_256": ["tokenize.truncation=head", "tokenize.max_length=256"],
+    # the product's own resolution of max_length (p95 of the training texts within [64, 256])
+    "auto": ["tokenize.truncation=head", "tokenize.max_length=auto"],
 }
 
+# Tweets per document of the document's label, out of 10 (the rest from the other labels):
+# `plurality` spreads the evidence (5 of 10, no other label reaches 5); `coherent` is closer
+# to a review whose sentiment runs through the text (7 of 10).
+MIXES = {"plurality": 5, "coherent": 7}
 
-def build_documents(folder: Path, seed: int, sizes: dict[str, int]) -> dict[str, Path]:
+
+def build_documents(folder: Path, seed: int, sizes: dict[str, int], mix: str = "plurality"
+                    ) -> dict[str, Path]:
     """CSV files of documents built from the bundled tweets (cleaned and split by ingest)."""
     import pandas as pd
     from sweepflow.tasks.ingest import ingest, load_ingested
@@ -57,9 +65,10 @@ def build_documents(folder: Path, seed: int, sizes: dict[str, int]) -> dict[str,
         for i in range(n):
             label = i % 3
             others = [k for k in by_label if k != label]
-            a = rng.choice([1, 2, 3, 4])
-            tweets = (rng.sample(by_label[label], 5) + rng.sample(by_label[others[0]], a)
-                      + rng.sample(by_label[others[1]], 5 - a))
+            own = MIXES[mix]
+            a = rng.choice(range(1, 10 - own))
+            tweets = (rng.sample(by_label[label], own) + rng.sample(by_label[others[0]], a)
+                      + rng.sample(by_label[others[1]], 10 - own - a))
             rng.shuffle(tweets)
             rows.append({"text": " ".join(tweets), "label": names[label]})
         files[split] = folder / f"{split}.csv"
@@ -111,7 +120,8 @@ def run_one(files: dict[str, Path], strategy: str, seed: int, args: argparse.Nam
     rows = {s: n for s, n in tokens.data.sizes.items()}
     return {"strategy": strategy, "seed": seed, "seconds": seconds, "steps": fitted.steps,
             "f1_macro": float(f1_score(y, pred, average="macro")), "docs": rows,
-            "share_longer": tokens.stats.share_truncated, "p50_tokens": tokens.stats.p50}
+            "share_longer": tokens.stats.share_truncated, "p50_tokens": tokens.stats.p50,
+            "max_length": tokens.max_length}
 
 
 def main() -> None:
@@ -124,13 +134,14 @@ def main() -> None:
     parser.add_argument("--val-checks", type=int, default=1, help="validations per epoch")
     parser.add_argument("--strategies", default="head_256,head,head_tail,chunk")
     parser.add_argument("--docs", default="300,100,200", help="train,validation,test")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="plurality")
     parser.add_argument("--out", default=str(ROOT / "bench" / "long_text-results.json"))
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="sweepflow-bench-long-"))
     os.environ["SWEEPFLOW_HOME"] = str(home / "store")
     sizes = dict(zip(("train", "validation", "test"), map(int, args.docs.split(",")),
                      strict=True))
-    files = build_documents(home, 0, sizes)
+    files = build_documents(home, 0, sizes, args.mix)
     strategies = args.strategies.split(",")
     results, baseline = [], tfidf_baseline(files)
     print(f"TF-IDF baseline: macro-F1 {baseline:.4f}", flush=True)

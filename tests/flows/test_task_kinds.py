@@ -193,3 +193,20 @@ def test_multi_label_end_to_end(tiny_overrides, tmp_path):
     again = pipeline_flow(load_config(overrides=[*overrides, "sweep.on_unchanged=more_trials"]))
     assert again.registry is not None and again.registry.comparison is not None
     assert "McNemar" in again.registry.reason
+
+
+@pytest.mark.slow
+def test_max_length_auto_end_to_end(tiny_overrides):
+    """`tokenize.max_length: auto` resolves once, on the training texts: the run logs the
+    length it used (not "auto"), and predict and the served model cut texts at that length."""
+    overrides, config, summary = run_kind(
+        tiny_overrides, "tokenize.max_length=auto", "tokenize.auto.floor=8",
+        "tokenize.auto.cap=12", "tokenize.auto.percentile=100", compress=False)
+    client = MlflowClient(tracking.tracking_uri(config))
+    used = int(client.get_run(summary.run_id).data.params["tokenize.max_length"])
+    assert 8 <= used <= 12
+    lines = predict_lines(overrides, "--model", champion_uri(config), LONG, "awful hate")
+    assert all(p["label"] in LABELS for p in lines)
+    served = served_model(config, tracking.Tracker.open(config), champion_uri(config))
+    spec = json.loads(next(Path(served).rglob("classifier.json")).read_text())
+    assert spec["max_length"] == used
