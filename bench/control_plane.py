@@ -39,6 +39,9 @@ from typing import Any
 
 from bench.common import ROOT
 
+# Client processes (the clients are threads in them; `--processes`). On 2 cores more
+# processes only add load: 100 clients in 20 processes ran at load 17-22 and held the study
+# lock longer (p50 0.36 s) than in 4 (load 8-10, p50 0.21 s; 0.02 s per holding alone).
 PROCESSES = 4
 KEY = "cp-basis"  # the training basis of every bench trial (no data: no digest to take)
 
@@ -251,7 +254,7 @@ def _fresh_study(stack: Any, server: str, study_server: str, home: Path
 
 
 def level(stack: Any, server: str, study_server: str, clients: int, seconds: float,
-          home: Path, pace: float = 0.0) -> dict:
+          home: Path, pace: float = 0.0, processes: int = PROCESSES) -> dict:
     """One load level on a fresh study (reached through `study_server`: PgBouncer or the
     server itself); the clients start together and stop at one time."""
     from sweepflow.stack import drop_databases
@@ -266,7 +269,7 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     window = (ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0))
-    per = [clients // PROCESSES + (i < clients % PROCESSES) for i in range(PROCESSES)]
+    per = [clients // processes + (i < clients % processes) for i in range(processes)]
     args = (url, ref.model_dump_json(), plan.model_dump_json(), stack.mlflow_url, experiment,
             shared, window, pace)
     procs = [ctx.Process(target=_process, args=(sum(per[:i]), n, args, queue))
@@ -298,7 +301,8 @@ def level(stack: Any, server: str, study_server: str, clients: int, seconds: flo
     # finish after it and count for the latency only).
     inside = sum(e is None and end <= window[2].value for _, e, end in results)
     q = statistics.quantiles(ok, n=20) if len(ok) >= 2 else [float("nan")] * 19
-    return {"clients": clients, "pace_s": pace, "pgbouncer": study_server != server,
+    return {"clients": clients, "processes": len(procs), "pace_s": pace,
+            "pgbouncer": study_server != server,
             "trials": len(ok), "errors": len(errors),
             "first_error": errors[0] if errors else None,
             "p50_s": round(statistics.median(ok), 3) if ok else None,
@@ -395,6 +399,8 @@ def main() -> None:
                         help="PgBouncer's server connections for the study (0: no PgBouncer)")
     parser.add_argument("--pace", type=float, default=0.0,
                         help="mean seconds between a client's trials (0: back to back)")
+    parser.add_argument("--processes", type=int, default=PROCESSES,
+                        help="client processes (the clients are threads in them)")
     parser.add_argument("--profile", type=int, default=0,
                         help="profile one client over this many trials instead")
     parser.add_argument("--out", default=None)
@@ -419,7 +425,7 @@ def main() -> None:
                 print(json.dumps(rows[-1], indent=1), flush=True)
             for n in (int(c) for c in args.clients.split(",") if not args.profile):
                 rows.append(level(stack, cluster.url, study_server, n, args.seconds, home,
-                                  args.pace))
+                                  args.pace, args.processes))
                 print(json.dumps(rows[-1]), flush=True)
     load = os.getloadavg()
     out = args.out or str(ROOT / "bench" / ("control_plane_profile.json" if args.profile
