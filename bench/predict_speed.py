@@ -64,7 +64,7 @@ def _int8_model(config: Any, home: Path) -> str:
     folder = home / "int8"
     folder.mkdir()
     spec = ClassifierSpec(labels=["negative", "neutral", "positive"],
-                          max_length=config.tokenize.max_length,
+                          max_length=config.tokenize.long_texts().max_length,
                           max_chars=config.compress.max_text_chars)
     artifacts = build_int8(home / "model", folder, spec)
     run_id = mlflow.last_active_run().info.run_id
@@ -85,7 +85,7 @@ def measure(n: int, n_alt: int) -> dict[str, Any]:
             """predict's load and labelling of all texts, each timed."""
             start = time.perf_counter()
             loaded = load_model(tracking.Tracker.open(config), model_uri,
-                                config.tokenize.max_length)
+                                config.tokenize.long_texts().max_length)
             loading = time.perf_counter() - start
             start = time.perf_counter()
             labelled = predict(loaded, texts)

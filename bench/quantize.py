@@ -70,7 +70,8 @@ def main() -> None:
     if args.test_texts:
         keep = np.random.default_rng(config.seed).permutation(len(texts))[:args.test_texts]
         texts, y = [texts[i] for i in keep], y[keep]
-    spec = ClassifierSpec(labels=list(data.label_names), max_length=config.tokenize.max_length,
+    spec = ClassifierSpec(labels=list(data.label_names),
+                          max_length=config.tokenize.long_texts().max_length,
                           max_chars=10**6)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -97,8 +97,8 @@ def below_baseline(evaluation: Evaluation, tokens: TokenizedData) -> str | None:
     model, base = evaluation.model.f1_macro, evaluation.baseline.f1_macro
     if model >= base:
         return None
-    hint = ("most likely the truncated texts (see the tokens line): raise "
-            "tokenize.max_length or set tokenize.long_text=chunk" if truncation_warning(tokens)
+    hint = ("most likely the truncated texts (see the tokens line): set "
+            "tokenize.long_text=chunk, or raise tokenize.max_length" if truncation_warning(tokens)
             else "train longer (train.max_epochs, sweep.n_trials) or on more rows "
                  "(data.max_train_samples)")
     return (f"warning: test macro-F1 {model:.4f} is {100 * (base - model):.1f} pt below the "

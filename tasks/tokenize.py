@@ -241,8 +241,9 @@ def truncation_warning(result: TokenizedData) -> str | None:
         return None
     return (f"warning: {100 * s.share_truncated:.0f}% of texts are longer than "
             f"tokenize.max_length={result.max_length} (p95 {s.p95:.0f} tokens) and lose "
-            "the rest: raise tokenize.max_length, or set tokenize.long_text=chunk or "
-            "tokenize.truncation=head_tail (docs/long-documents.md)")
+            "the rest: set tokenize.long_text=chunk to read all of every text (the best "
+            "measured on long documents), or raise tokenize.max_length / tokenize.auto.cap "
+            "(docs/long-documents.md)")
 
 
 @task(name="tokenize", cache_policy=NO_CACHE)
