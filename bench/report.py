@@ -31,7 +31,7 @@ class Target:
 
 
 QUALITY_LABELS = {
-    "sweepflow": "sweepflow default (precision auto, bucketed, cheap dropout)",
+    "sweepflow": "sweepflow default (precision auto, shuffled, stock dropout)",
     "reference": "reference: sweepflow fit, fp32, shuffled, stock dropout",
     "hf_default": "HF Trainer defaults (fp32, shuffled)",
     "hf_tuned": "HF Trainer tuned (bf16=True, group_by_length)",
