@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -246,20 +247,20 @@ def collect(config: SweepflowConfig, tracker: tracking.Tracker, ref: StudyRef, p
 
 # -- the sweep's side: watching the worker runs --------------------------------------------
 
+@dataclass
 class WatchClock:
-    """When the watch first saw the worker runs all ended, and the study done."""
+    """When the watch first saw the worker runs all ended, and the study done (monotonic)."""
 
-    def __init__(self) -> None:
-        self.ended: float | None = None
-        self.done: float | None = None
+    ended: float | None = None
+    done: float | None = None
 
-    def since(self, what: str, now: bool) -> float:
-        """Seconds since `what` first held (0 while it does not hold)."""
-        if not now:
-            setattr(self, what, None)
-            return 0.0
-        setattr(self, what, getattr(self, what) or time.monotonic())
-        return time.monotonic() - getattr(self, what)
+
+def _since(first: float | None, holds: bool) -> tuple[float | None, float]:
+    """(when a condition first held, seconds since then): (None, 0) while it does not hold."""
+    if not holds:
+        return None, 0.0
+    first = time.monotonic() if first is None else first
+    return first, time.monotonic() - first
 
 
 def watch_step(config: SweepflowConfig, states: list[State | None], trials: list[FrozenTrial],
@@ -273,12 +274,13 @@ def watch_step(config: SweepflowConfig, states: list[State | None], trials: list
     ended = all(s is not None and s.is_final() for s in states)
     running = any(t.state == TrialState.RUNNING
                   and t.user_attrs.get(SWEEP_TAG) in (None, plan.sweep_id) for t in trials)
-    waited = clock.since("ended", ended)
+    clock.ended, waited = _since(clock.ended, ended)
     if ended and (not running or waited > config.sweep.grace_period
                   + 2 * config.sweep.heartbeat_interval):
         return "end"
     done = next_step(trials, plan.target) == "done"
-    if not ended and clock.since("done", done) > config.sweep.heartbeat_interval + 60:
+    clock.done, done_for = _since(clock.done, done)
+    if not ended and done_for > config.sweep.heartbeat_interval + 60:
         return "cancel"
     return "watch"
 
