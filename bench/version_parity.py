@@ -1,9 +1,10 @@
 """A single-text, single-label trial's training time on two checkouts, interleaved.
 
-`python -m bench.version_parity OLD_ROOT NEW_ROOT --repeats 3`: each repeat fits the same
-trial (bundled tweets, 640 training rows, 1 epoch, batch 32, max_length 64) once
-per checkout, each in its own process and store, old and new alternating, and reports the
-fit seconds, optimizer steps and training rows per second. The checkouts' code is imported
+`python -m bench.version_parity OLD_ROOT NEW_ROOT --repeats 3 [--set KEY=VALUE ...]`: each
+repeat fits the same trial (bundled tweets, 640 training rows, 1 epoch, batch 32, max_length
+64) once per checkout, each in its own process and store, old and new alternating, and
+reports training rows/s and real tokens/s (medians and best of each side) and the ingest +
+tokenize seconds. The checkouts' code is imported
 from a package folder of symlinks (sweepflow, tasks, flows, conf), so one .venv serves both.
 """
 
@@ -40,7 +41,7 @@ def package_folder(root: Path, into: Path) -> Path:
 def child(overrides: list[str]) -> None:
     """Fit once with the checkout on sys.path; print the fit's time as JSON."""
     from sweepflow.tasks.ingest import ingest
-    from sweepflow.tasks.tokenize import tokenize
+    from sweepflow.tasks.tokenize import load_tokenized, tokenize
     from sweepflow.tasks.train import fit
 
     import sweepflow
@@ -52,7 +53,6 @@ def child(overrides: list[str]) -> None:
     prep = time.perf_counter()
     tokens = tokenize(config, ingest(config))
     prep = time.perf_counter() - prep
-    from sweepflow.tasks.tokenize import load_tokenized
     train = load_tokenized(tokens.path)["train"]
     real_tokens = sum(len(ids) for ids in train["input_ids"])
     start = time.perf_counter()
@@ -100,14 +100,14 @@ def main() -> None:
             print(f"{tag} repeat {i}: fit {r['fit_seconds']:.1f} s, {r['steps']} steps, "
                   f"{r['samples'] / r['fit_seconds']:.1f} rows/s, load {r['load']:.1f}",
                   flush=True)
+    def per_side(value, agg=statistics.median) -> dict[str, float]:
+        return {t: agg(value(r) for r in rs) for t, rs in results.items()}
+
     # medians: one repeat disturbed by another process should not decide the ratio
-    rate = {t: statistics.median(r["samples"] / r["fit_seconds"] for r in rs)
-            for t, rs in results.items()}
-    token_rate = {t: statistics.median(r["train_tokens"] / r["fit_seconds"] for r in rs)
-                  for t, rs in results.items()}
-    prep = {t: statistics.median(r["ingest_tokenize_seconds"] for r in rs)
-            for t, rs in results.items()}
-    best = {t: max(r["samples"] / r["fit_seconds"] for r in rs) for t, rs in results.items()}
+    rate = per_side(lambda r: r["samples"] / r["fit_seconds"])
+    token_rate = per_side(lambda r: r["train_tokens"] / r["fit_seconds"])
+    prep = per_side(lambda r: r["ingest_tokenize_seconds"])
+    best = per_side(lambda r: r["samples"] / r["fit_seconds"], max)
     ratio = rate["new"] / rate["old"]
     token_ratio = token_rate["new"] / token_rate["old"]
     print(f"new/old training rows per second: {ratio:.3f}; "
