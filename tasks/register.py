@@ -34,6 +34,7 @@ from sweepflow.tasks.significance import Comparison, compare_predictions
 
 from sweepflow import tracking
 from sweepflow.config import SweepflowConfig
+from sweepflow.console import report
 from sweepflow.usererrors import UserError
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,7 @@ def register_task(config: SweepflowConfig, evaluation: EvalResult, tracker: trac
         return None
     refused = degenerate(config, evaluation)
     if refused:
-        logger.warning("model not registered: %s", refused)
+        report.warning(f"model not registered: {refused}")
         tracker.log(tags={"registry.decision": f"refused: {refused}"})
         return None
     result = register(config, evaluation.model_uri, evaluation.model, evaluation.test_digest,
