@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.common import BATCH_SIZE, write_json
 
-NAMES = ("sweepflow", "hf_optuna", "ray_asha", "optuna_pl", "random")
+NAMES = ("sweepflow", "hf_optuna", "ray_asha", "optuna_pl", "random", "sweepflow_w2")
 EVAL_BATCH = 128  # every contender's validation batch (sweepflow's train.eval_batch_size)
 # sweepflow's search-space names that TrainingArguments spells otherwise (transformers 5:
 # warmup_steps < 1 is a ratio of the training steps; there is no warmup_ratio).
@@ -128,11 +128,13 @@ class Snapshots(threading.Thread):
 
 def run_sweepflow(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """flows.sweep.sweep_flow as the pipeline runs it (a parent MLflow run, the bench's
-    Prefect server), the default sweep settings plus `extra`."""
+    Prefect server), the default sweep settings plus `extra`; with sweep.workers > 1 the
+    Prefect worker starts here for the sweep, as `sweepflow run` starts it."""
     from datetime import datetime
 
     import optuna
     from sweepflow.flows.sweep import sweep_flow
+    from sweepflow.flows.team import local_workers
     from sweepflow.tasks.sweep import basis, study_storage
 
     from sweepflow import storage
@@ -150,7 +152,8 @@ def run_sweepflow(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict
     watcher.start()
     tracker = Tracker.open(config)
     began, start = datetime.now(), time.perf_counter()
-    with tracker.start_run(f"sweep-{name}", {"optuna.study": name}) as run:
+    with local_workers(config), tracker.start_run(f"sweep-{name}",
+                                                  {"optuna.study": name}) as run:
         sweep_flow(config, tokens, None, run)
     seconds = time.perf_counter() - start
     snapshots = watcher.stop()
@@ -169,9 +172,46 @@ def run_sweepflow(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict
                 "pruner_signal": s.pruner_signal,
                 "val_checks_per_epoch": config.train.val_checks_per_epoch,
                 "batching": config.train.batching, "fast_dropout": config.train.fast_dropout,
-                "overrides": list(extra)}
+                "workers": s.workers, "overrides": [o for o in extra if "://" not in o]}
     return finish(args.name, args, trials, snapshots, tokens, config.train.precision, seconds,
                   settings)
+
+
+def run_sweepflow_team(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 25 point 5: the default sweep with `sweep.workers=2` on this machine (2 trial
+    workers x 1 thread on the bench's Prefect server, a PostgreSQL study and an MLflow server
+    on PostgreSQL, as team mode runs), the same trial budget as the sequential sweep. The
+    servers start before the sweep's clock and are gone after; needs SWEEPFLOW_PG_URL's
+    server (default postgresql://postgres@127.0.0.1:5432)."""
+    import uuid
+    from contextlib import ExitStack
+
+    from sweepflow.netutil import free_port
+    from sweepflow.stack import (
+        database_url,
+        drop_databases,
+        ensure_databases,
+        mlflow_command,
+        mlflow_env,
+        pg_server_url,
+        service,
+    )
+
+    server, prefix = pg_server_url(), f"sfsweep_{uuid.uuid4().hex[:8]}"
+    names = [f"{prefix}_optuna", f"{prefix}_mlflow"]
+    port, work = free_port(), Path(args.work)
+    ensure_databases(server, names)
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(service(
+                mlflow_command(database_url(server, names[1]), work / "artifacts", "127.0.0.1",
+                               port), mlflow_env(dict(os.environ)), work / "mlflow.log",
+                f"http://127.0.0.1:{port}/health"))
+            return run_sweepflow(args, ("sweep.workers=2", "sweep.workers_per_host=2",
+                                        f"sweep.storage={database_url(server, names[0])}",
+                                        f"tracking.uri=http://127.0.0.1:{port}"))
+    finally:
+        drop_databases(server, names)
 
 
 def _state(state: Any) -> str:
@@ -489,7 +529,8 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
 
 RUNNERS = {"sweepflow": run_sweepflow, "hf_optuna": run_hf_optuna, "ray_asha": run_ray_asha,
            "optuna_pl": run_optuna_pl, "reference": run_reference,
-           "random": lambda a: run_sweepflow(a, ("sweep.sampler=random", "sweep.pruner=none"))}
+           "random": lambda a: run_sweepflow(a, ("sweep.sampler=random", "sweep.pruner=none")),
+           "sweepflow_w2": run_sweepflow_team}
 
 
 def main() -> None:
