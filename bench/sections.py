@@ -56,6 +56,7 @@ class Sizes:
     checks_eval: int = 500
     checks_checkpoints: int = 4
     checks_train: int = 0  # training rows; 0 = each check set's own (bench/checksets.py)
+    checks_epochs: int = 1  # the long budget: e.g. 3
 
 
 # The overhead section runs the default experiment's data and schedule (8,000 tweets, one

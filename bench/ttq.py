@@ -208,8 +208,9 @@ def checks(ctx: Any) -> dict[str, Any]:
         ctx.log(f"checks: {name}: {check.description}")
         start = time.perf_counter()
         out[name] = {"description": check.description, "max_length": check.max_length,
-                     **run_contenders(ctx, s.checks_contenders, s.checks_train or check.train, 1,
-                                      s.checks_checkpoints, data),
+                     "epochs": s.checks_epochs,
+                     **run_contenders(ctx, s.checks_contenders, s.checks_train or check.train,
+                                      s.checks_epochs, s.checks_checkpoints, data),
                      "seconds": time.perf_counter() - start}
         write_json(ctx.home / f"checks-{name}.json", out[name])
     return out
