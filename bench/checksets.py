@@ -84,9 +84,9 @@ def _joined(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 
 def overrides(check: CheckSet, path: Path, eval_rows: int) -> list[str]:
     """sweepflow overrides that read the check set's file (test: 10 % of the rows); the
-    training cap comes from the caller (bench/ttq.py overrides_for)."""
+    training cap and the epochs come from the caller (bench/ttq.py overrides_for)."""
     return [f"data.path={path}", "data.text_column=text", "data.label_column=sentiment",
             "data.encoding=null", f"data.max_eval_samples={eval_rows}",
             "data.test_fraction=0.1",
             f"tokenize.max_length={check.max_length}", "train.batch_size=32",
-            "train.max_epochs=1", f"tracking.experiment=bench-check-{check.name}"]
+            f"tracking.experiment=bench-check-{check.name}"]

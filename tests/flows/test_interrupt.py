@@ -30,8 +30,10 @@ def _running_trial_runs(uri: str, experiment: str) -> list[str]:
 
 
 def test_ctrl_c_closes_runs_and_trials(tiny_overrides, store):
-    overrides = [*tiny_overrides, "train.max_epochs=50", "sweep.n_trials=1",
-                 "train.early_stopping_patience=100", "sweep.pruner=none"]
+    # A trial far longer than the test waits (50 epochs finished inside the 2 s on a fast CI
+    # machine, and the run was FINISHED rather than KILLED).
+    overrides = [*tiny_overrides, "train.max_epochs=2000", "sweep.n_trials=1",
+                 "train.early_stopping_patience=5000", "sweep.pruner=none"]
     config = load_config(overrides=overrides)
     uri = tracking.tracking_uri(config)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "SWEEPFLOW_HOME": str(store)}

@@ -68,6 +68,22 @@ def _running_with_metrics(overrides: list[str]) -> optuna.trial.FrozenTrial | No
     return None
 
 
+def _frozen_running_trial(overrides: list[str]) -> tuple[optuna.trial.FrozenTrial, int] | None:
+    """A trial as `_running_with_metrics` finds it, with its worker stopped (SIGSTOP) and the
+    trial read again: still RUNNING, so the worker cannot finish it before it is killed. A
+    trial that completed between the two reads lets its worker go on (None)."""
+    trial = _running_with_metrics(overrides)
+    if trial is None:
+        return None
+    pid = int(trial.user_attrs[WORKER_TAG].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
+    now = [t for t in _study(overrides).get_trials() if t.number == trial.number][0]
+    if now.state == TrialState.RUNNING:
+        return trial, pid
+    os.kill(pid, signal.SIGCONT)
+    return None
+
+
 def _runs(uri: str, experiment: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -97,9 +113,8 @@ def test_sigkill_one_worker_the_other_finishes(team_overrides, team_env, team_st
     team_overrides = [*team_overrides, "sweep.n_trials=3"]
     with ConnectionWatch([optuna_db, team_stack.mlflow_db, team_stack.prefect_db]) as watch, \
             started(sweepflow_cmd("run", *team_overrides), log, team_env) as proc:
-        victim = wait_for(lambda: _running_with_metrics(team_overrides), 600,
-                          "a trial that has reported a validation", [log], [proc])
-        pid = int(victim.user_attrs[WORKER_TAG].rsplit(":", 1)[1])
+        victim, pid = wait_for(lambda: _frozen_running_trial(team_overrides), 600,
+                               "a trial that has reported a validation", [log], [proc])
         os.kill(pid, signal.SIGKILL)
         assert proc.wait(900) == 0, tail(log, 80)
     study, children = _check_one_sweep(team_overrides, team_stack.mlflow_url)
