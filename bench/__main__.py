@@ -159,8 +159,8 @@ def _earlier(path: str, results: dict[str, Any]) -> dict[str, Any]:
         old = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-    kept = {k: v for k, v in old.items()
-            if k in SECTIONS and k not in results and isinstance(v, dict)}
+    kept = {k: v for k, v in old.items()  # sweep_level: bench/sweep_level.py's reference
+            if k in (*SECTIONS, "sweep_level") and k not in results and isinstance(v, dict)}
     for value in kept.values():
         value.setdefault("measured", {k: old.get("meta", {}).get(k)
                                       for k in ("date", "load_before", "load_after")})

@@ -43,6 +43,24 @@ def start_cli(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def output_within(proc: subprocess.Popen, seconds: float) -> str:
+    """The process's output once it exits; past `seconds` it is killed and reaped (no zombie
+    left for later tests) and the test fails with what it had printed."""
+    try:
+        return proc.communicate(timeout=seconds)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        pytest.fail(f"still running {seconds:.0f} s after the signal; its output:\n"
+                    f"{out[-4000:]}")
+
+
+def reap(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def run_cli(args: list[str], env: dict[str, str], stdin: str | None = None
             ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sweepflow.flows.cli", *args], cwd=ROOT, env=env,

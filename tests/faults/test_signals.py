@@ -3,6 +3,7 @@ middle of a trial. Nothing stays RUNNING and the temporary Prefect server goes t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -14,6 +15,8 @@ from prefect.settings import PREFECT_API_URL
 from tests.faults.conftest import (
     LONG_TRIAL,
     cli_env,
+    output_within,
+    reap,
     run_cli,
     start_cli,
     statuses,
@@ -28,8 +31,9 @@ def _server_of(pid: int) -> psutil.Process:
     deadline = time.time() + 120
     while time.time() < deadline:
         for child in psutil.Process(pid).children():
-            if "uvicorn" in " ".join(child.cmdline()):
-                return child
+            with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
+                if "uvicorn" in " ".join(child.cmdline()):
+                    return child
         time.sleep(0.2)
     raise AssertionError("no temporary server")
 
@@ -44,8 +48,7 @@ def test_sigkill_mid_trial_is_reaped_by_the_next_command(tiny_overrides, store):
         proc.wait(timeout=30)
         server.wait(timeout=15)  # PR_SET_PDEATHSIG: the kernel killed it with its parent
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
     assert statuses(store) == {"sweep-tiny": "RUNNING", "trial-0": "RUNNING"}
     assert trial_states(store) == ["RUNNING"]
@@ -71,11 +74,10 @@ def test_ctrl_c_on_the_process_group(tiny_overrides, store):
         wait_for_trial(proc, store)
         os.killpg(proc.pid, signal.SIGINT)
         start = time.time()
-        out, _ = proc.communicate(timeout=60)
+        out = output_within(proc, 60)
         took = time.time() - start
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted (SIGINT): trial 0 of study tiny stopped; its runs are marked " \
            "KILLED" in out
@@ -92,10 +94,9 @@ def test_sigterm_ends_runs_killed_with_143(tiny_overrides, store):
     try:
         wait_for_trial(proc, store)
         proc.terminate()
-        out, _ = proc.communicate(timeout=60)
+        out = output_within(proc, 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert proc.returncode == 143, out[-3000:]
     assert "interrupted (SIGTERM): trial 0 of study tiny stopped" in out
     assert "Traceback" not in out

@@ -15,7 +15,15 @@ from sweepflow.netutil import answers
 
 
 def _servers() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children() if "ephemeral_app" in " ".join(p.cmdline())]
+    """This process's Prefect server children (a zombie or a child gone meanwhile is not)."""
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if "ephemeral_app" in " ".join(child.cmdline()):
+                found.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 @pytest.mark.parametrize("leave", ["normally", "on an error", "on Ctrl-C"])
