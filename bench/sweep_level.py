@@ -194,21 +194,21 @@ def reference(run: Run, stored: dict[str, Any] | None) -> dict[str, Any]:
     return result
 
 
-def stored_reference() -> dict[str, Any]:
+def _shared_results() -> dict[str, Any]:
     try:
-        results = json.loads(SHARED.read_text())
+        return json.loads(SHARED.read_text())
     except (OSError, ValueError):
         return {}
-    return (results.get("sweep_level") or {}).get("reference") or {}
+
+
+def stored_reference() -> dict[str, Any]:
+    return (_shared_results().get("sweep_level") or {}).get("reference") or {}
 
 
 def store_reference(reference: dict[str, Any], out: Path) -> None:
     """The complete reference also goes to bench/results.json `sweep_level`, where any later
     run with the same setup finds it (whatever its --out)."""
-    try:
-        results = json.loads(SHARED.read_text())
-    except (OSError, ValueError):
-        results = {}
+    results = _shared_results()
     results["sweep_level"] = {"reference": reference, "contenders_in": out.name}
     write_json(SHARED, results)
 

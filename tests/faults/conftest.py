@@ -3,6 +3,7 @@ CLI as a child process and to read what the store holds afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
@@ -53,6 +55,17 @@ def output_within(proc: subprocess.Popen, seconds: float) -> str:
         out = proc.communicate()[0]
         pytest.fail(f"still running {seconds:.0f} s after the signal; its output:\n"
                     f"{out[-4000:]}")
+
+
+def children_with(needle: str, pid: int | None = None) -> list[psutil.Process]:
+    """The children of `pid` (this process) whose command line holds `needle`; a zombie or a
+    child gone meanwhile is left out."""
+    found = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
+            if needle in " ".join(child.cmdline()):
+                found.append(child)
+    return found
 
 
 def reap(proc: subprocess.Popen) -> None:

@@ -3,7 +3,6 @@ middle of a trial. Nothing stays RUNNING and the temporary Prefect server goes t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -14,6 +13,7 @@ from prefect.settings import PREFECT_API_URL
 
 from tests.faults.conftest import (
     LONG_TRIAL,
+    children_with,
     cli_env,
     output_within,
     reap,
@@ -30,10 +30,9 @@ pytestmark = pytest.mark.slow  # real signals on real `sweepflow run` processes
 def _server_of(pid: int) -> psutil.Process:
     deadline = time.time() + 120
     while time.time() < deadline:
-        for child in psutil.Process(pid).children():
-            with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
-                if "uvicorn" in " ".join(child.cmdline()):
-                    return child
+        servers = children_with("uvicorn", pid)
+        if servers:
+            return servers[0]
         time.sleep(0.2)
     raise AssertionError("no temporary server")
 

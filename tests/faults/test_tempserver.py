@@ -12,18 +12,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from sweepflow.flows.tempserver import temporary_server
 
 from sweepflow.netutil import answers
+from tests.faults.conftest import children_with
 
 
 def _servers() -> list[psutil.Process]:
-    """This process's Prefect server children (a zombie or a child gone meanwhile is not)."""
-    found = []
-    for child in psutil.Process().children():
-        try:
-            if "ephemeral_app" in " ".join(child.cmdline()):
-                found.append(child)
-        except (psutil.ZombieProcess, psutil.NoSuchProcess):
-            continue
-    return found
+    return children_with("ephemeral_app")
 
 
 @pytest.mark.parametrize("leave", ["normally", "on an error", "on Ctrl-C"])
