@@ -4,26 +4,87 @@ running, so the CLI can say in one line what was stopped and exit 130 / 143.
 Runs opened with sweepflow.tracking.managed_run end KILLED on the way out, and the trial
 being trained is told FAIL (tasks/sweep.py). Lightning turns a KeyboardInterrupt inside
 `fit` into SystemExit(1); `received()` still tells the CLI it was a signal.
+
+A signal that lands while the main thread is inside a database call (SQLAlchemy, sqlite3,
+psycopg2, MLflow's or Optuna's store) is raised at the first line the thread runs outside
+that call: raised inside it, it leaves the connection holding SQLite's write lock, and every
+clean-up write (the cost, the KILLED status) then fails with "database is locked" after the
+20 s busy timeout. The wait uses the line tracer of the frames on the stack (as pdb does),
+and lasts at most DEFER_SECONDS: a call that hangs longer is interrupted where it is.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+import time
+from types import FrameType
+from typing import Any
 
 _received: list[int] = []
 _doing: list[str] = []
+_pending: list[Any] = []  # [signum, since, timer]: a signal waiting for a database call to end
+
+DEFER_SECONDS = 10.0
+_DATABASE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg2", "alembic.", "mlflow.store.",
+                     "optuna.storages.")
 
 
 class Interrupted(KeyboardInterrupt):
     """Raised by the handlers: a KeyboardInterrupt, so every library unwinds as on Ctrl-C."""
 
 
-def _handler(signum: int, _frame: object) -> None:
-    first = not _received
+def in_database_call(frame: FrameType | None) -> bool:
+    """Whether `frame` or a caller of it runs code of a database driver or store."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_DATABASE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _received:  # a second signal while unwinding must not interrupt the clean-up
+        _received.append(signum)
+        return
+    if _pending:  # the time limit's own signal, or another one, while a call runs
+        if time.monotonic() - _pending[1] >= DEFER_SECONDS:
+            _raise(_pending[0])
+        return
+    if in_database_call(frame):
+        _defer(signum, frame)
+        return
+    _raise(signum)
+
+
+def _raise(signum: int) -> None:
+    if _pending:
+        sys.settrace(None)
+        _pending[2].cancel()
+        _pending.clear()
     _received.append(signum)
-    if first:  # a second signal while unwinding must not interrupt the clean-up
-        raise Interrupted(signal.Signals(signum).name)
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _defer(signum: int, frame: FrameType) -> None:
+    """Raise at the first line outside the database call, or after DEFER_SECONDS."""
+    timer = threading.Timer(DEFER_SECONDS, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    _pending[:] = [signum, time.monotonic(), timer]
+
+    def on_line(frame: FrameType, event: str, _arg: object) -> Any:
+        if event == "line" and _pending and not in_database_call(frame):
+            _raise(_pending[0])
+        return on_line
+
+    caller: FrameType | None = frame
+    while caller is not None:  # only the frames on the stack now: calls made later run untraced
+        caller.f_trace = on_line
+        caller = caller.f_back
+    sys.settrace(lambda *_: None)
+    timer.start()
 
 
 def install() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweepflow import tracking
+from sweepflow import interrupts, tracking
 from sweepflow.config import load_config
 
 
@@ -75,3 +80,26 @@ def test_a_reading_tracker_creates_no_experiment():
                                     create=False)
     assert tracker.experiment_id is None
     assert tracker.client.get_experiment_by_name("absent") is None
+
+
+def test_sigterm_inside_a_store_write_leaves_the_store_writable(monkeypatch):
+    """SIGTERM at random moments of a run that does nothing but write to SQLite: raised inside
+    the write it would keep the write lock and the KILLED close would wait 20 s, then fail."""
+    config = load_config(overrides=["tracking.experiment=t"])
+    tracker = tracking.Tracker.open(config)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    try:
+        for delay in (0.05, 0.11, 0.17, 0.23, 0.29, 0.37):
+            monkeypatch.setattr(interrupts, "_received", [])
+            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            start, run_id = time.monotonic(), ""
+            with pytest.raises(KeyboardInterrupt), tracker.start_run("r") as run:
+                run_id = run.run_id
+                for step in range(100_000):
+                    run.log({f"m{k}": step for k in range(20)})
+            assert time.monotonic() - start < delay + 5
+            assert _status(config, run_id) == "KILLED"
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
