@@ -227,7 +227,7 @@ class SweepConfig(_Model):
     continue_study: bool
     warm_start: int = Field(ge=0)  # previous data version's best trials enqueued on new data
     on_unchanged: Literal["skip", "more_trials"]
-    sampler: Literal["tpe", "random", "grid"]
+    sampler: Literal["tpe", "gp", "random", "grid"]
     pruner: Literal["halving", "median", "percentile", "hyperband", "none"]
     pruner_startup_trials: int | None = Field(ge=0)  # None: max(2, min(5, n_trials // 3))
     pruner_warmup_steps: int = Field(ge=0)  # optimizer steps before a trial can be pruned

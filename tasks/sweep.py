@@ -91,10 +91,14 @@ def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
+    startup = max(2, cfg.n_trials // 3)
+    if cfg.sampler == "gp":  # Gaussian-process BO: fits complete trials only (pruned ones are
+        # not seen); running trials enter its acquisition, so parallel asks spread out
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     # constant_liar: a trial still running (another worker's) counts as a poor result, so
     # workers asking at the same time do not all sample next to the same best trial. With
     # one worker no other trial runs and nothing changes.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, cfg.n_trials // 3),
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
                                       constant_liar=True)
 
 

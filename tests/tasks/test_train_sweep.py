@@ -53,6 +53,19 @@ def test_samplers_and_pruners_from_config(tiny_overrides):
         grid_space(load_config(overrides=["sweep.sampler=grid"]).sweep)
 
 
+def test_gp_sampler_searches_the_default_space():
+    """sweep.sampler=gp on the default space (log float, float, categorical): past its start-up
+    trials, Optuna's GP proposes every parameter itself."""
+    cfg = load_config(overrides=["sweep.sampler=gp", "sweep.n_trials=6"]).sweep
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg, 3))
+    study.optimize(lambda t: -abs(suggest(t, cfg)["learning_rate"] - 2e-4), n_trials=5)
+    assert isinstance(study.sampler, optuna.samplers.GPSampler)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    relative = [any(k.startswith("gp:") or "relative" in k for k in t.system_attrs)
+                for t in study.trials]
+    assert relative == [False, False, True, True, True]
+
+
 def test_pruners_scale_with_the_sweep_and_the_trial(tiny_overrides):
     def sweep(*extra: str):
         return load_config(overrides=[*tiny_overrides, *extra]).sweep
