@@ -18,12 +18,15 @@ sampler seeded by seed + trials so far for every ask, as load_study does); `swee
 same with two trials asked before either is told (sweep.workers=2: constant liar scores the
 running one); `no_liar_w2` without constant liar; `hf_optuna` Optuna's default TPE (10 random
 startup trials), as HF Trainer's hyperparameter_search builds it; `random`; `multivariate`
-and `startup_1` / `startup_4` variants of the product's TPE.
+and `startup_1` / `startup_4` variants of the product's TPE; `gp` Optuna's GPSampler
+(`sweep.sampler=gp`) with the same start-up trials. `--samplers a,b` measures only those and
+keeps the file's other rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import warnings
@@ -67,6 +70,7 @@ def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
         "multivariate": (tpe(n_startup_trials=startup, multivariate=True), 1),
         "startup_1": (tpe(n_startup_trials=1), 1),
         "startup_4": (tpe(n_startup_trials=4), 1),
+        "gp": (lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup), 1),
     }
 
 
@@ -103,13 +107,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sampler_surrogate")
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--trials", default="6,12")
+    parser.add_argument("--samplers", default="", help="only these (default: all)")
     args = parser.parse_args()
+    only = {n.strip() for n in args.samplers.split(",") if n.strip()}
+    out = ROOT / "bench" / "sampler_surrogate-results.json"
+    earlier = json.loads(out.read_text()) if only and out.is_file() else {}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, Any] = {"reps": args.reps, "target": TARGET, "by_trials": {}}
     for n in (int(t) for t in args.trials.split(",")):
-        rows = {}
+        rows = dict(earlier.get("by_trials", {}).get(str(n), {}))
         for name, (make, batch) in samplers(n).items():
+            if only and name not in only:
+                continue
             runs = [sweep(make, batch, seed, n) for seed in range(args.reps)]
             found = [f for _, f in runs]
             rows[name] = {"reached": sum(r is not None for r, _ in runs) / args.reps,
@@ -120,7 +130,7 @@ def main() -> None:
                   f"target (>=) {rows[name]['trials_to_target']:.2f}  found "
                   f"{rows[name]['found_f1']:.4f} ± {rows[name]['found_f1_se']:.4f}", flush=True)
         results["by_trials"][str(n)] = rows
-    write_json(ROOT / "bench" / "sampler_surrogate-results.json", results)
+    write_json(out, results)
 
 
 if __name__ == "__main__":
