@@ -143,7 +143,19 @@ def create_study(config: SweepflowConfig, name: str | None = None) -> StudyRef:
             f"would report {signal}, and the pruner would compare the two. Keep the study's "
             "signal, or start a new study (sweep.study_name=... or sweep.continue_study=false).")
     study.set_user_attr(SIGNAL_ATTR, signal)
+    if warning := gp_pruning_warning(config.sweep):
+        report.warning(warning)
     return ref
+
+
+def gp_pruning_warning(cfg: SweepConfig) -> str | None:
+    """Optuna's GPSampler fits complete trials only: a pruned trial is unseen, and the GP can
+    ask the same pruned point again (measured: 3 times in a row, docs/performance.md)."""
+    if cfg.sampler != "gp" or cfg.pruner == "none":
+        return None
+    return (f"warning: sweep.sampler=gp does not see pruned trials and can ask a pruned point "
+            f"again; with sweep.pruner={cfg.pruner} prefer sweep.sampler=tpe, or set "
+            "sweep.pruner=none")
 
 
 def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None

@@ -10,7 +10,14 @@ import optuna
 import pytest
 from sweepflow.tasks.ingest import ingest
 from sweepflow.tasks.pruning import make_pruner, trial_steps
-from sweepflow.tasks.sweep import create_study, grid_space, make_sampler, run_trial, suggest
+from sweepflow.tasks.sweep import (
+    create_study,
+    gp_pruning_warning,
+    grid_space,
+    make_sampler,
+    run_trial,
+    suggest,
+)
 from sweepflow.tasks.tokenize import tokenize
 from sweepflow.tasks.train import fit, resolve_precision
 
@@ -64,6 +71,10 @@ def test_gp_sampler_searches_the_default_space():
     relative = [any(k.startswith("gp:") or "relative" in k for k in t.system_attrs)
                 for t in study.trials]
     assert relative == [False, False, True, True, True]
+    assert "sweep.pruner=none" in gp_pruning_warning(cfg)  # the default pruner: halving
+    quiet = load_config(overrides=["sweep.sampler=gp", "sweep.pruner=none"]).sweep
+    assert gp_pruning_warning(quiet) is None
+    assert gp_pruning_warning(load_config().sweep) is None  # TPE ranks pruned trials
 
 
 def test_pruners_scale_with_the_sweep_and_the_trial(tiny_overrides):
