@@ -19,8 +19,8 @@ same with two trials asked before either is told (sweep.workers=2: constant liar
 running one); `no_liar_w2` without constant liar; `hf_optuna` Optuna's default TPE (10 random
 startup trials), as HF Trainer's hyperparameter_search builds it; `random`; `multivariate`
 and `startup_1` / `startup_4` variants of the product's TPE; `gp` Optuna's GPSampler
-(`sweep.sampler=gp`) with the same start-up trials. `--samplers a,b` measures only those and
-keeps the file's other rows.
+(`sweep.sampler=gp`) with the same start-up trials (`gp_w2`: asked in pairs). `--samplers a,b`
+measures only those and keeps the file's other rows.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
         "startup_1": (tpe(n_startup_trials=1), 1),
         "startup_4": (tpe(n_startup_trials=4), 1),
         "gp": (lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup), 1),
+        "gp_w2": (lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup), 2),
     }
 
 
