@@ -15,6 +15,7 @@ and lasts at most DEFER_SECONDS: a call that hangs longer is interrupted where i
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -68,9 +69,16 @@ def _raise(signum: int) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _expire(signum: int) -> None:
+    """The time limit: marked expired (whatever the clocks' rounding), then signalled again."""
+    if _pending:
+        _pending[1] = -math.inf
+    os.kill(os.getpid(), signum)
+
+
 def _defer(signum: int, frame: FrameType) -> None:
     """Raise at the first line outside the database call, or after DEFER_SECONDS."""
-    timer = threading.Timer(DEFER_SECONDS, os.kill, (os.getpid(), signum))
+    timer = threading.Timer(DEFER_SECONDS, _expire, (signum,))
     timer.daemon = True
     _pending[:] = [signum, time.monotonic(), timer]
 

@@ -103,3 +103,24 @@ def test_sigterm_inside_a_store_write_leaves_the_store_writable(monkeypatch):
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_a_database_call_that_hangs_is_interrupted_after_the_limit(monkeypatch):
+    """The wait for a database call to return is bounded: past DEFER_SECONDS the signal is
+    raised inside it (a function of a module named like SQLAlchemy's stands for the call)."""
+    monkeypatch.setattr(interrupts, "DEFER_SECONDS", 1.0)
+    monkeypatch.setattr(interrupts, "_received", [])
+    scope = {"__name__": "sqlalchemy.hanging"}
+    exec("def hang():\n    import time\n    while True:\n        time.sleep(0.01)\n", scope)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            scope["hang"]()
+        assert 1.1 <= time.monotonic() - start < 5
+        assert interrupts.received() == signal.SIGTERM
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
