@@ -60,6 +60,9 @@ def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
     def tpe(**kw: Any) -> Callable[[int], Any]:
         return lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True, **kw)
 
+    def gp(seed: int) -> Any:
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+
     return {
         "sweepflow": (lambda seed: make_sampler(cfg, seed), 1),
         "sweepflow_w2": (lambda seed: make_sampler(cfg, seed), 2),
@@ -70,8 +73,8 @@ def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
         "multivariate": (tpe(n_startup_trials=startup, multivariate=True), 1),
         "startup_1": (tpe(n_startup_trials=1), 1),
         "startup_4": (tpe(n_startup_trials=4), 1),
-        "gp": (lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup), 1),
-        "gp_w2": (lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup), 2),
+        "gp": (gp, 1),
+        "gp_w2": (gp, 2),
     }
 
 

@@ -491,8 +491,9 @@ def main() -> None:
         results = json.loads(out.read_text())
     except (OSError, ValueError):
         results = {}
-    if "reference" not in results and _same_grid(stored_reference(), setup):
-        results["reference"] = stored_reference()  # the target of a contenders-only run
+    shared = stored_reference()
+    if "reference" not in results and _same_grid(shared, setup):
+        results["reference"] = shared  # the target of a contenders-only run
     run = Run(setup, env, home, out, [n for n in NAMES if n in args.contenders], args.redo,
               results, console.log)
     try:

@@ -15,18 +15,17 @@ and lasts at most DEFER_SECONDS: a call that hangs longer is interrupted where i
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
 import threading
-import time
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 _received: list[int] = []
 _doing: list[str] = []
-_pending: list[Any] = []  # [signum, since, timer]: a signal waiting for a database call to end
+_pending: list[_Deferred] = []  # at most one: a signal waiting for a database call to end
 
 DEFER_SECONDS = 10.0
 _DATABASE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg2", "alembic.", "mlflow.store.",
@@ -35,6 +34,13 @@ _DATABASE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg2", "alembic.", "mlflow.s
 
 class Interrupted(KeyboardInterrupt):
     """Raised by the handlers: a KeyboardInterrupt, so every library unwinds as on Ctrl-C."""
+
+
+@dataclass
+class _Deferred:
+    signum: int
+    timer: threading.Timer  # sends the signal again at DEFER_SECONDS, after marking `expired`
+    expired: bool = False
 
 
 def in_database_call(frame: FrameType | None) -> bool:
@@ -51,8 +57,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         _received.append(signum)
         return
     if _pending:  # the time limit's own signal, or another one, while a call runs
-        if time.monotonic() - _pending[1] >= DEFER_SECONDS:
-            _raise(_pending[0])
+        if _pending[0].expired:
+            _raise(_pending[0].signum)
         return
     if in_database_call(frame):
         _defer(signum, frame)
@@ -63,28 +69,26 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def _raise(signum: int) -> None:
     if _pending:
         sys.settrace(None)
-        _pending[2].cancel()
-        _pending.clear()
+        _pending.pop().timer.cancel()
     _received.append(signum)
     raise Interrupted(signal.Signals(signum).name)
 
 
-def _expire(signum: int) -> None:
-    """The time limit: marked expired (whatever the clocks' rounding), then signalled again."""
-    if _pending:
-        _pending[1] = -math.inf
-    os.kill(os.getpid(), signum)
+def _expire(deferred: _Deferred) -> None:
+    """The time limit: marked expired, then signalled again."""
+    deferred.expired = True
+    os.kill(os.getpid(), deferred.signum)
 
 
 def _defer(signum: int, frame: FrameType) -> None:
     """Raise at the first line outside the database call, or after DEFER_SECONDS."""
-    timer = threading.Timer(DEFER_SECONDS, _expire, (signum,))
-    timer.daemon = True
-    _pending[:] = [signum, time.monotonic(), timer]
+    deferred = _Deferred(signum, threading.Timer(DEFER_SECONDS, lambda: _expire(deferred)))
+    deferred.timer.daemon = True
+    _pending[:] = [deferred]
 
     def on_line(frame: FrameType, event: str, _arg: object) -> Any:
         if event == "line" and _pending and not in_database_call(frame):
-            _raise(_pending[0])
+            _raise(signum)
         return on_line
 
     caller: FrameType | None = frame
@@ -92,7 +96,7 @@ def _defer(signum: int, frame: FrameType) -> None:
         caller.f_trace = on_line
         caller = caller.f_back
     sys.settrace(lambda *_: None)
-    timer.start()
+    deferred.timer.start()
 
 
 def install() -> None:

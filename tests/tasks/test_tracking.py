@@ -82,45 +82,43 @@ def test_a_reading_tracker_creates_no_experiment():
     assert tracker.client.get_experiment_by_name("absent") is None
 
 
-def test_sigterm_inside_a_store_write_leaves_the_store_writable(monkeypatch):
+@pytest.fixture
+def handlers():
+    """sweepflow's SIGINT/SIGTERM handlers for one test, pytest's restored afterwards."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_sigterm_inside_a_store_write_leaves_the_store_writable(monkeypatch, handlers):
     """SIGTERM at random moments of a run that does nothing but write to SQLite: raised inside
     the write it would keep the write lock and the KILLED close would wait 20 s, then fail."""
     config = load_config(overrides=["tracking.experiment=t"])
     tracker = tracking.Tracker.open(config)
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    interrupts.install()
-    try:
-        for delay in (0.05, 0.11, 0.17, 0.23, 0.29, 0.37):
-            monkeypatch.setattr(interrupts, "_received", [])
-            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)).start()
-            start, run_id = time.monotonic(), ""
-            with pytest.raises(KeyboardInterrupt), tracker.start_run("r") as run:
-                run_id = run.run_id
-                for step in range(100_000):
-                    run.log({f"m{k}": step for k in range(20)})
-            assert time.monotonic() - start < delay + 5
-            assert _status(config, run_id) == "KILLED"
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    for delay in (0.05, 0.11, 0.17, 0.23, 0.29, 0.37):
+        monkeypatch.setattr(interrupts, "_received", [])
+        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        start, run_id = time.monotonic(), ""
+        with pytest.raises(KeyboardInterrupt), tracker.start_run("r") as run:
+            run_id = run.run_id
+            for step in range(100_000):
+                run.log({f"m{k}": step for k in range(20)})
+        assert time.monotonic() - start < delay + 5
+        assert _status(config, run_id) == "KILLED"
 
 
-def test_a_database_call_that_hangs_is_interrupted_after_the_limit(monkeypatch):
+def test_a_database_call_that_hangs_is_interrupted_after_the_limit(monkeypatch, handlers):
     """The wait for a database call to return is bounded: past DEFER_SECONDS the signal is
     raised inside it (a function of a module named like SQLAlchemy's stands for the call)."""
     monkeypatch.setattr(interrupts, "DEFER_SECONDS", 1.0)
     monkeypatch.setattr(interrupts, "_received", [])
     scope = {"__name__": "sqlalchemy.hanging"}
     exec("def hang():\n    import time\n    while True:\n        time.sleep(0.01)\n", scope)
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    interrupts.install()
-    try:
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        start = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
-            scope["hang"]()
-        assert 1.1 <= time.monotonic() - start < 5
-        assert interrupts.received() == signal.SIGTERM
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        scope["hang"]()
+    assert 1.1 <= time.monotonic() - start < 5
+    assert interrupts.received() == signal.SIGTERM
