@@ -92,14 +92,63 @@ def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
     if cfg.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
     startup = max(2, cfg.n_trials // 3)
-    if cfg.sampler == "gp":  # Gaussian-process BO: fits complete trials only (pruned ones are
-        # not seen); running trials enter its acquisition, so parallel asks spread out
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if cfg.sampler == "gp":  # Gaussian-process BO; running trials enter its acquisition, so
+        # parallel asks spread out
+        return PrunedAwareGPSampler(seed=seed, n_startup_trials=startup,
+                                    scores_comparable=cfg.pruner_signal == "metric")
     # constant_liar: a trial still running (another worker's) counts as a poor result, so
     # workers asking at the same time do not all sample next to the same best trial. With
     # one worker no other trial runs and nothing changes.
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
                                       constant_liar=True)
+
+
+class PrunedAwareGPSampler(optuna.samplers.GPSampler):
+    """Optuna's GPSampler, shown each pruned trial as complete at a pessimistic score: its last
+    reported value (when the pruner saw the metric itself), and never above the worst complete
+    trial. Optuna's GP fits complete trials only, so without this a pruned point is unseen and
+    asked again (measured: the same pruned point 3 times in a row, docs/performance.md); TPE
+    ranks pruned trials below complete ones in the same way."""
+
+    def __init__(self, *, scores_comparable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._scores_comparable = scores_comparable
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        return super().sample_relative(_PrunedAsComplete(study, self._scores_comparable),
+                                       trial, search_space)
+
+
+class _PrunedAsComplete:
+    """A study as GPSampler reads its trials: pruned ones listed as complete (see above); all
+    else, writes included, goes to the study itself."""
+
+    def __init__(self, study: optuna.Study, scores_comparable: bool) -> None:
+        self._study, self._comparable = study, scores_comparable
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
+                    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)
+        complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
+        if not complete or (states is not None and TrialState.COMPLETE not in states):
+            return [t for t in trials if states is None or t.state in states]
+        maximize = self._study.direction == StudyDirection.MAXIMIZE
+        worst = min(complete) if maximize else max(complete)
+        shown = []
+        for t in trials:
+            if t.state == TrialState.PRUNED and t.intermediate_values:
+                last = t.intermediate_values[max(t.intermediate_values)]
+                score = worst if not self._comparable else (
+                    min(last, worst) if maximize else max(last, worst))
+                shown.append(optuna.trial.create_trial(
+                    params=t.params, distributions=t.distributions, value=score))
+            elif states is None or t.state in states:
+                shown.append(t)
+        return shown
 
 
 def grid_space(cfg: SweepConfig) -> dict[str, list[Any]]:
@@ -143,19 +192,7 @@ def create_study(config: SweepflowConfig, name: str | None = None) -> StudyRef:
             f"would report {signal}, and the pruner would compare the two. Keep the study's "
             "signal, or start a new study (sweep.study_name=... or sweep.continue_study=false).")
     study.set_user_attr(SIGNAL_ATTR, signal)
-    if warning := gp_pruning_warning(config.sweep):
-        report.warning(warning)
     return ref
-
-
-def gp_pruning_warning(cfg: SweepConfig) -> str | None:
-    """Optuna's GPSampler fits complete trials only: a pruned trial is unseen, and the GP can
-    ask the same pruned point again (measured: 3 times in a row, docs/performance.md)."""
-    if cfg.sampler != "gp" or cfg.pruner == "none":
-        return None
-    return (f"warning: sweep.sampler=gp does not see pruned trials and can ask a pruned point "
-            f"again; with sweep.pruner={cfg.pruner} prefer sweep.sampler=tpe, or set "
-            "sweep.pruner=none")
 
 
 def load_study(ref: StudyRef, config: SweepflowConfig, steps: int | None = None

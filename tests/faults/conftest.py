@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ def prefect_server():
 
 def cli_env(store: Path, api_url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env |= {"SWEEPFLOW_HOME": str(store), "COLUMNS": "200",
+    env |= {"SWEEPFLOW_HOME": str(store), "COLUMNS": "200", "PYTHONFAULTHANDLER": "1",
             "PREFECT_HOME": str(store.parent / "prefect-home"), **extra}
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -46,15 +47,20 @@ def start_cli(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
 
 
 def output_within(proc: subprocess.Popen, seconds: float) -> str:
-    """The process's output once it exits; past `seconds` it is killed and reaped (no zombie
-    left for later tests) and the test fails with what it had printed."""
+    """The process's output once it exits; past `seconds` it is aborted and reaped (no zombie
+    left for later tests) and the test fails with what it had printed: its first lines, and
+    the stacks of all its threads (SIGABRT with cli_env's PYTHONFAULTHANDLER)."""
     try:
         return proc.communicate(timeout=seconds)[0]
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out = proc.communicate()[0]
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
         pytest.fail(f"still running {seconds:.0f} s after the signal; its output:\n"
-                    f"{out[-4000:]}")
+                    f"{out[:3000]}\n[...]\n{out[-12000:]}")
 
 
 def children_with(needle: str, pid: int | None = None) -> list[psutil.Process]:

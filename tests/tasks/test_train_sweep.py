@@ -11,8 +11,8 @@ import pytest
 from sweepflow.tasks.ingest import ingest
 from sweepflow.tasks.pruning import make_pruner, trial_steps
 from sweepflow.tasks.sweep import (
+    PrunedAwareGPSampler,
     create_study,
-    gp_pruning_warning,
     grid_space,
     make_sampler,
     run_trial,
@@ -71,10 +71,27 @@ def test_gp_sampler_searches_the_default_space():
     relative = [any(k.startswith("gp:") or "relative" in k for k in t.system_attrs)
                 for t in study.trials]
     assert relative == [False, False, True, True, True]
-    assert "sweep.pruner=none" in gp_pruning_warning(cfg)  # the default pruner: halving
-    quiet = load_config(overrides=["sweep.sampler=gp", "sweep.pruner=none"]).sweep
-    assert gp_pruning_warning(quiet) is None
-    assert gp_pruning_warning(load_config().sweep) is None  # TPE ranks pruned trials
+
+
+def test_gp_sampler_learns_from_pruned_trials():
+    """Optuna's own GPSampler fits complete trials only: where the complete trials point to a
+    region the pruner stops, it asks there again and again. sweep.sampler=gp shows it each
+    pruned trial as a poor result, so it turns away after a few."""
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.report(0.1, 1)
+        if x > 0.7:  # the complete trials rise towards here; every trial here is pruned
+            raise optuna.TrialPruned()
+        return x
+
+    def pruned(sampler: optuna.samplers.BaseSampler) -> int:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.optimize(objective, n_trials=12)
+        return sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+
+    for seed in (0, 1):
+        assert pruned(optuna.samplers.GPSampler(seed=seed, n_startup_trials=3)) >= 8
+        assert pruned(PrunedAwareGPSampler(seed=seed, n_startup_trials=3)) <= 4
 
 
 def test_pruners_scale_with_the_sweep_and_the_trial(tiny_overrides):
