@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -142,7 +143,7 @@ class _PrunedAsComplete:
         for t in trials:
             if t.state == TrialState.PRUNED and t.intermediate_values:
                 last = t.intermediate_values[max(t.intermediate_values)]
-                score = worst if not self._comparable else (
+                score = worst if not (self._comparable and math.isfinite(last)) else (
                     min(last, worst) if maximize else max(last, worst))
                 shown.append(optuna.trial.create_trial(
                     params=t.params, distributions=t.distributions, value=score))

@@ -8,7 +8,7 @@ from sweepflow.paths import CONF_DIR
 
 def test_base_validates_and_flattens():
     config = load_config()
-    assert config.data.path == "bundled" and config.sweep.sampler == "tpe"
+    assert config.data.path == "bundled" and config.sweep.sampler == "gp"
     flat = config.flat()
     assert flat["train.batch_size"] == "32"
     assert "sweep.space.learning_rate.low" in flat
