@@ -10,7 +10,9 @@ psycopg2, MLflow's or Optuna's store) is raised at the first line the thread run
 that call: raised inside it, it leaves the connection holding SQLite's write lock, and every
 clean-up write (the cost, the KILLED status) then fails with "database is locked" after the
 20 s busy timeout. The wait uses the line tracer of the frames on the stack (as pdb does),
-and lasts at most DEFER_SECONDS: a call that hangs longer is interrupted where it is.
+and lasts at most DEFER_SECONDS: a call that hangs longer is interrupted where it is. A
+deferred signal is not raised at all once an interrupt is already unwinding (Lightning ends
+`fit` with its own SystemExit on SIGTERM): raised into that clean-up, it would cut a write.
 """
 
 from __future__ import annotations
@@ -53,24 +55,43 @@ def in_database_call(frame: FrameType | None) -> bool:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    if _pending:  # the time limit's own signal, or another one, while a call runs
+        if _pending[0].expired:
+            _raise_unless_unwinding(_pending[0].signum)
+        return
     if _received:  # a second signal while unwinding must not interrupt the clean-up
         _received.append(signum)
         return
-    if _pending:  # the time limit's own signal, or another one, while a call runs
-        if _pending[0].expired:
-            _raise(_pending[0].signum)
-        return
+    _received.append(signum)
     if in_database_call(frame):
         _defer(signum, frame)
         return
     _raise(signum)
 
 
-def _raise(signum: int) -> None:
+def _unwinding() -> bool:
+    """Whether an interrupt is already unwinding the main thread: Lightning stops `fit` on
+    SIGTERM with its own SystemExit (its handler runs beside ours), and a KeyboardInterrupt
+    may be on its way out. Its clean-up writes (KILLED, cost) must not be cut by a second one."""
+    return isinstance(sys.exc_info()[1], KeyboardInterrupt | SystemExit)
+
+
+def _settle() -> None:
+    """The deferred signal needs no raise (an interrupt is unwinding): stop waiting for it."""
     if _pending:
         sys.settrace(None)
         _pending.pop().timer.cancel()
-    _received.append(signum)
+
+
+def _raise_unless_unwinding(signum: int) -> None:
+    if _unwinding():
+        _settle()
+        return
+    _raise(signum)
+
+
+def _raise(signum: int) -> None:
+    _settle()
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -88,7 +109,7 @@ def _defer(signum: int, frame: FrameType) -> None:
 
     def on_line(frame: FrameType, event: str, _arg: object) -> Any:
         if event == "line" and _pending and not in_database_call(frame):
-            _raise(signum)
+            _raise_unless_unwinding(signum)
         return on_line
 
     caller: FrameType | None = frame

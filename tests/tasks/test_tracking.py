@@ -122,3 +122,26 @@ def test_a_database_call_that_hangs_is_interrupted_after_the_limit(monkeypatch, 
         scope["hang"]()
     assert 1.1 <= time.monotonic() - start < 5
     assert interrupts.received() == signal.SIGTERM
+
+
+def test_a_deferred_signal_does_not_cut_the_clean_up_of_an_interrupt(monkeypatch, handlers):
+    """Lightning ends `fit` on SIGTERM with its own SystemExit while our signal waits for a
+    database call: the wait's time limit must not raise into that exit's clean-up writes."""
+    monkeypatch.setattr(interrupts, "DEFER_SECONDS", 0.5)
+    monkeypatch.setattr(interrupts, "_received", [])
+    scope = {"__name__": "sqlalchemy.cleanup"}
+    exec("def write():\n    import time\n    time.sleep(1.5)\n    return 'written'\n", scope)
+
+    def stopped_by_lightning() -> None:
+        raise SystemExit(1)  # as Lightning's SIGTERMException
+
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    written = None
+    with pytest.raises(SystemExit):
+        try:
+            stopped_by_lightning()
+        finally:  # the clean-up: a database call that outlasts the limit
+            written = scope["write"]()
+    assert written == "written"
+    assert interrupts.received() == signal.SIGTERM
+    assert not interrupts._pending
