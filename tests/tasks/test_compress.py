@@ -48,7 +48,7 @@ def test_int8_twin_measured_logged_and_loadable(overrides, three_label_model):
     from sweepflow.tasks.tokenize import tokenize
 
     # An untrained head: its int8 twin's F1 drop is noise (0.012 on one CPU), so the drop gate
-    # (tested on its own) is opened here and the reason is always the disabled registry.
+    # is opened here (it is not what this test checks): the reason is the disabled registry.
     compress_config = load_config(overrides=[*overrides, "compress.max_f1_drop=1.0"])
     tiny_model_dir = three_label_model
     tokens = tokenize(compress_config, ingest(compress_config))
