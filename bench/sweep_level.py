@@ -3,6 +3,7 @@
 
     python -m bench.sweep_level [--quick] [--only reference,contenders] [--seeds 42,7,13]
         [--train 4096] [--trials 12] [--cap-minutes 45] [--contenders a,b] [--redo PART]
+        [--check-set airline2|posts]
 
 reference: a grid over sweepflow's default search space (conf/base.yaml `sweep.space`: 4
 learning rates log-spaced x 3 weight decays x 2 warm-ups = 24 configs), every config trained
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,20 @@ class Setup:
     cap_seconds: float
     lr_points: int
     configs: int  # reference configs (0 = the whole grid)
+    check_set: str | None = None  # bench/checksets.py name; None = the bundled tweets
+    check_path: str = ""  # its file, built in the run's temporary folder
 
     def data(self) -> list[str]:
         """The overrides every child gets: the data, tokenized once by the parent."""
+        if self.check_set:  # the check set's file, columns and max_length; the sizes here
+            from bench import checksets
+
+            check = checksets.CHECK_SETS[self.check_set]
+            return [*checksets.overrides(check, Path(self.check_path), self.eval),
+                    f"seed={self.data_seed}", f"data.max_train_samples={self.train}",
+                    f"data.test_fraction={self.test_fraction}",
+                    f"train.max_epochs={self.epochs}",
+                    f"tracking.experiment=bench-sweep-level-{self.check_set}"]
         return [f"seed={self.data_seed}", f"data.max_train_samples={self.train}",
                 f"data.max_eval_samples={self.eval}", f"data.test_fraction={self.test_fraction}",
                 f"tokenize.max_length={MAX_LENGTH}", "train.batch_size=32",
@@ -76,7 +88,8 @@ class Setup:
 
     def key(self, part: str) -> dict[str, Any]:
         data = {"train": self.train, "eval": self.eval, "test_fraction": self.test_fraction,
-                "data_seed": self.data_seed, "epochs": self.epochs}
+                "data_seed": self.data_seed, "epochs": self.epochs,
+                **({"check_set": self.check_set} if self.check_set else {})}
         if part == "reference":
             return {**data, "seeds": list(self.seeds), "lr_points": self.lr_points,
                     "configs": self.configs}
@@ -100,6 +113,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cap-minutes", type=float, help="wall-clock cap per sweep (45)")
     parser.add_argument("--lr-points", type=int, default=4, help="reference learning rates")
     parser.add_argument("--configs", type=int, help="reference configs, evenly picked (all)")
+    parser.add_argument("--check-set", choices=("airline2", "posts"),
+                        help="a check set (bench/checksets.py) instead of the bundled tweets; "
+                        "its reference stays in --out, not in bench/results.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store")
     parser.add_argument("--out", help="results file")
     args = parser.parse_args()
@@ -121,7 +137,8 @@ def make_setup(args: argparse.Namespace) -> Setup:
                  seeds=tuple(int(s) for s in seeds.split(",")),
                  trials=args.trials or (2 if quick else 12),
                  cap_seconds=60 * (args.cap_minutes or (15 if quick else 45)),
-                 lr_points=args.lr_points, configs=args.configs or (2 if quick else 0))
+                 lr_points=args.lr_points, configs=args.configs or (2 if quick else 0),
+                 check_set=args.check_set)
 
 
 # -- the reference grid ---------------------------------------------------------------------
@@ -191,7 +208,8 @@ def reference(run: Run, stored: dict[str, Any] | None) -> dict[str, Any]:
                 + (" ".join(f"{f:.4f}" for f in f1s) or done[name].get("error", "")[-200:]))
         run.save("reference", summarise_reference(key, done, len(done) == len(configs)))
     result = summarise_reference(key, done, True)
-    store_reference(result, run.out)
+    if not run.setup.check_set:
+        store_reference(result, run.out)
     return result
 
 
@@ -476,6 +494,11 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench" / ("sweep_level-quick.json" if args.quick
                                             else "sweep_level-results.json"))
     home = Path(tempfile.mkdtemp(prefix="sweepflow-sweeplevel-"))
+    if setup.check_set:
+        from bench import checksets
+
+        setup = replace(setup, check_path=str(checksets.build(setup.check_set,
+                                                               home / "checksets")))
     env = bench_env(home, RAY_USAGE_STATS_ENABLED="0")
     apply_env(env)
     import matplotlib
@@ -531,7 +554,8 @@ def report(run: Run, meta: dict[str, Any]) -> None:
     if runs:
         s = run.setup
         plot(runs, ref_best, cap, png,
-             f"{s.train} tweets x {s.epochs} epoch, {s.trials} trials per sweep, cap "
+             f"{s.train} {s.check_set or 'tweets'} x {s.epochs} epoch, {s.trials} trials per "
+             f"sweep, cap "
              f"{cap / 60:.0f} min; mean over sweep seeds, band = min-max; {meta['cpu']} "
              f"({meta['cores']} cores), {time.strftime('%Y-%m-%d')}")
         run.results["plot"] = png.name
