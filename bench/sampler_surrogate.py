@@ -1,7 +1,7 @@
 """Samplers on a surrogate of the sweep-level reference (issue 25, points 4 and 5): many sweep
 seeds where real sweeps allow three, no training.
 
-    python -m bench.sampler_surrogate [--reps 300] [--trials 6,12]
+    python -m bench.sampler_surrogate [--reps 300] [--trials 6,12] [--landscape interior]
 
 The surrogate is the reduced sweep-level setup's measured landscape (bench/sweep_level-
 results.json, 1,024 tweets x 32 steps, the default space): the mean test macro-F1 of a config
@@ -19,7 +19,8 @@ same with two trials asked before either is told (sweep.workers=2: constant liar
 running one); `no_liar_w2` without constant liar; `hf_optuna` Optuna's default TPE (10 random
 startup trials), as HF Trainer's hyperparameter_search builds it; `random`; `multivariate`
 and `startup_1` / `startup_4` variants of the product's TPE; `gp` Optuna's GPSampler
-(`sweep.sampler=gp`) with the same start-up trials (`gp_w2`: asked in pairs). `--samplers a,b`
+(`sweep.sampler=gp`) with the same start-up trials (`gp_w2`: asked in pairs;
+`gp_startup_1` / `gp_startup_3`: 1 or 3 random start-up trials). `--samplers a,b`
 measures only those and keeps the file's other rows.
 """
 
@@ -48,6 +49,18 @@ def truth(params: dict[str, Any]) -> float:
     return 0.48 + 0.22 * x - 0.06 * x * x - 0.2 * params["warmup_ratio"] * (1 - x)
 
 
+def interior(params: dict[str, Any]) -> float:
+    """A landscape whose optimum lies inside the space (longer trials: the best learning rate
+    in the log-middle, 1.2e-4), as wide as the measured one (8 pt from the optimum to either
+    end); warm-up costs 1 pt everywhere. Not measured: a check that a sampler default does
+    not depend on the optimum sitting in a corner."""
+    x = (math.log(params["learning_rate"]) - math.log(LOW)) / (math.log(HIGH) - math.log(LOW))
+    return 0.64 - 0.32 * (x - 0.5) ** 2 - 0.1 * params["warmup_ratio"]
+
+
+LANDSCAPES = {"measured": truth, "interior": interior}
+
+
 def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
     """name -> (sampler for a seed, trials asked before they are told)."""
     from sweepflow.tasks.sweep import make_sampler
@@ -60,8 +73,8 @@ def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
     def tpe(**kw: Any) -> Callable[[int], Any]:
         return lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True, **kw)
 
-    def gp(seed: int) -> Any:
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    def gp(seed: int, n: int = startup) -> Any:
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n)
 
     return {
         "sweepflow": (lambda seed: make_sampler(cfg, seed), 1),
@@ -75,11 +88,13 @@ def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
         "startup_4": (tpe(n_startup_trials=4), 1),
         "gp": (gp, 1),
         "gp_w2": (gp, 2),
+        "gp_startup_1": (lambda seed: gp(seed, 1), 1),
+        "gp_startup_3": (lambda seed: gp(seed, 3), 1),
     }
 
 
-def sweep(make: Callable[[int], Any], batch: int, seed: int, n_trials: int
-          ) -> tuple[int | None, float]:
+def sweep(make: Callable[[int], Any], batch: int, seed: int, n_trials: int,
+          landscape: Callable[[dict[str, Any]], float] = truth) -> tuple[int | None, float]:
     """One surrogate sweep: (trials until the chosen model reached the target, its test F1)."""
     from sweepflow.tasks.sweep import suggest
 
@@ -94,7 +109,7 @@ def sweep(make: Callable[[int], Any], batch: int, seed: int, n_trials: int
         for _ in range(min(batch, n_trials - asked)):
             study.sampler = make(seed + len(study.trials))
             trial = study.ask()
-            f, shared = truth(suggest(trial, cfg)), rng.normal(0, SHARED)
+            f, shared = landscape(suggest(trial, cfg)), rng.normal(0, SHARED)
             running.append((trial, f + VAL_OFFSET + shared + rng.normal(0, VAL_NOISE),
                             f + shared + rng.normal(0, TEST_NOISE)))
             asked += 1
@@ -112,19 +127,24 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--trials", default="6,12")
     parser.add_argument("--samplers", default="", help="only these (default: all)")
+    parser.add_argument("--landscape", choices=tuple(LANDSCAPES), default="measured",
+                        help="interior: an optimum inside the space (its own results file)")
     args = parser.parse_args()
     only = {n.strip() for n in args.samplers.split(",") if n.strip()}
-    out = ROOT / "bench" / "sampler_surrogate-results.json"
+    suffix = "" if args.landscape == "measured" else f"-{args.landscape}"
+    out = ROOT / "bench" / f"sampler_surrogate{suffix}-results.json"
     earlier = json.loads(out.read_text()) if only and out.is_file() else {}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    results: dict[str, Any] = {"reps": args.reps, "target": TARGET, "by_trials": {}}
+    results: dict[str, Any] = {"reps": args.reps, "target": TARGET, "landscape": args.landscape,
+                               "by_trials": {}}
     for n in (int(t) for t in args.trials.split(",")):
         rows = dict(earlier.get("by_trials", {}).get(str(n), {}))
         for name, (make, batch) in samplers(n).items():
             if only and name not in only:
                 continue
-            runs = [sweep(make, batch, seed, n) for seed in range(args.reps)]
+            runs = [sweep(make, batch, seed, n, LANDSCAPES[args.landscape])
+                    for seed in range(args.reps)]
             found = [f for _, f in runs]
             rows[name] = {"reached": sum(r is not None for r, _ in runs) / args.reps,
                           "trials_to_target": statistics.fmean(r or n for r, _ in runs),

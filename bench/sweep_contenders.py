@@ -35,7 +35,7 @@ from typing import Any
 from bench.common import BATCH_SIZE, write_json
 
 NAMES = ("sweepflow", "hf_optuna", "ray_asha", "optuna_pl", "random", "sweepflow_w2",
-         "tpe_no_pruning", "gp", "gp_no_pruning", "tpe")
+         "tpe_no_pruning", "gp", "gp_no_pruning", "tpe", "gp_startup_1")
 EVAL_BATCH = 128  # every contender's validation batch (sweepflow's train.eval_batch_size)
 # sweepflow's search-space names that TrainingArguments spells otherwise (transformers 5:
 # warmup_steps < 1 is a ratio of the training steps; there is no warmup_ratio).
@@ -537,6 +537,9 @@ RUNNERS = {"sweepflow": run_sweepflow, "hf_optuna": run_hf_optuna, "ray_asha": r
            # Gaussian-process BO (Optuna's GPSampler) with and without the default's pruner
            "gp": lambda a: run_sweepflow(a, ("sweep.sampler=gp",)),
            "gp_no_pruning": lambda a: run_sweepflow(a, ("sweep.sampler=gp", "sweep.pruner=none")),
+           # the GP modelling the study from its second trial (1 random start-up trial)
+           "gp_startup_1": lambda a: run_sweepflow(a, ("sweep.sampler=gp",
+                                                       "sweep.sampler_startup_trials=1")),
            "tpe": lambda a: run_sweepflow(a, ("sweep.sampler=tpe",))}  # TPE whatever the default
 
 

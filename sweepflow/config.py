@@ -228,6 +228,7 @@ class SweepConfig(_Model):
     warm_start: int = Field(ge=0)  # previous data version's best trials enqueued on new data
     on_unchanged: Literal["skip", "more_trials"]
     sampler: Literal["tpe", "gp", "random", "grid"]
+    sampler_startup_trials: int | None = Field(ge=1)  # random trials first: None = sampler_startup
     pruner: Literal["halving", "median", "percentile", "hyperband", "none"]
     pruner_startup_trials: int | None = Field(ge=0)  # None: max(2, min(5, n_trials // 3))
     pruner_warmup_steps: int = Field(ge=0)  # optimizer steps before a trial can be pruned
@@ -248,6 +249,15 @@ class SweepConfig(_Model):
     heartbeat_interval: int = Field(ge=1)  # seconds between a running trial's heartbeats
     grace_period: int = Field(ge=2)  # seconds without heartbeat before a trial is stale
     max_retry: int = Field(ge=0)  # re-runs of a stale trial with the same params
+
+    @property
+    def sampler_startup(self) -> int:
+        """Random trials before the sampler models the study: a third of this run's trials, at
+        least 2. 1 finds an optimum on the space's edge sooner and one inside it later
+        (docs/performance.md "Start-up trials"), so it is an option, not the default."""
+        if self.sampler_startup_trials is not None:
+            return self.sampler_startup_trials
+        return max(2, self.n_trials // 3)
 
     @property
     def startup_trials(self) -> int:

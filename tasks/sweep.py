@@ -92,7 +92,7 @@ def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
-    startup = max(2, cfg.n_trials // 3)
+    startup = cfg.sampler_startup
     if cfg.sampler == "gp":  # Gaussian-process BO; running trials enter its acquisition, so
         # parallel asks spread out
         return PrunedAwareGPSampler(seed=seed, n_startup_trials=startup,

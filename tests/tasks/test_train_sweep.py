@@ -100,6 +100,10 @@ def test_pruners_scale_with_the_sweep_and_the_trial(tiny_overrides):
 
     assert [sweep(f"sweep.n_trials={n}").startup_trials for n in (1, 4, 12, 30)] == [2, 2, 4, 5]
     assert sweep("sweep.pruner_startup_trials=1").startup_trials == 1
+    # the samplers' random start-up trials: a third of the run's, at least 2, or as set
+    assert make_sampler(sweep("sweep.n_trials=12"), 0)._n_startup_trials == 4
+    assert make_sampler(sweep("sweep.n_trials=12", "sweep.sampler=tpe"), 0)._n_startup_trials == 4
+    assert make_sampler(sweep("sweep.sampler_startup_trials=1"), 0)._n_startup_trials == 1
     median = make_pruner(sweep("sweep.n_trials=12", "sweep.pruner=median"))
     assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 4
     halving = make_pruner(sweep(), steps=50)  # the default: first rung at 25 % of a trial
