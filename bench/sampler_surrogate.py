@@ -44,8 +44,13 @@ TARGET = 0.64 - 0.005
 SHARED, VAL_NOISE, TEST_NOISE, VAL_OFFSET = 0.012, 0.008, 0.006, 0.015
 
 
+def log_position(params: dict[str, Any]) -> float:
+    """Where a config's learning rate lies in the space, on the log scale: 0 at LOW, 1 at HIGH."""
+    return (math.log(params["learning_rate"]) - math.log(LOW)) / (math.log(HIGH) - math.log(LOW))
+
+
 def truth(params: dict[str, Any]) -> float:
-    x = (math.log(params["learning_rate"]) - math.log(LOW)) / (math.log(HIGH) - math.log(LOW))
+    x = log_position(params)
     return 0.48 + 0.22 * x - 0.06 * x * x - 0.2 * params["warmup_ratio"] * (1 - x)
 
 
@@ -54,8 +59,7 @@ def interior(params: dict[str, Any]) -> float:
     in the log-middle, 1.2e-4), as wide as the measured one (8 pt from the optimum to either
     end); warm-up costs 1 pt everywhere. Not measured: a check that a sampler default does
     not depend on the optimum sitting in a corner."""
-    x = (math.log(params["learning_rate"]) - math.log(LOW)) / (math.log(HIGH) - math.log(LOW))
-    return 0.64 - 0.32 * (x - 0.5) ** 2 - 0.1 * params["warmup_ratio"]
+    return 0.64 - 0.32 * (log_position(params) - 0.5) ** 2 - 0.1 * params["warmup_ratio"]
 
 
 LANDSCAPES = {"measured": truth, "interior": interior}
@@ -68,7 +72,7 @@ def samplers(n_trials: int) -> dict[str, tuple[Callable[[int], Any], int]]:
     from sweepflow.config import load_config
 
     cfg = load_config(overrides=[f"sweep.n_trials={n_trials}"]).sweep
-    startup = max(2, n_trials // 3)
+    startup = cfg.sampler_startup
 
     def tpe(**kw: Any) -> Callable[[int], Any]:
         return lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True, **kw)

@@ -36,6 +36,7 @@ from bench.common import BATCH_SIZE, write_json
 
 NAMES = ("sweepflow", "hf_optuna", "ray_asha", "optuna_pl", "random", "sweepflow_w2",
          "tpe_no_pruning", "gp", "gp_no_pruning", "tpe", "gp_startup_1")
+PEERS = ("hf_optuna", "ray_asha", "optuna_pl")  # the other frameworks; the rest is sweepflow
 EVAL_BATCH = 128  # every contender's validation batch (sweepflow's train.eval_batch_size)
 # sweepflow's search-space names that TrainingArguments spells otherwise (transformers 5:
 # warmup_steps < 1 is a ratio of the training steps; there is no warmup_ratio).

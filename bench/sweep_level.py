@@ -41,13 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MAX_LENGTH, OFFLINE_ENV, ROOT, apply_env, bench_env, write_json
-from bench.sweep_contenders import NAMES
+from bench.sweep_contenders import NAMES, PEERS
 
 PARTS = ("reference", "contenders")
 FAILED_F1 = 0.45  # bench/ttq.py: a single-class model scores 0.2-0.33 on 3 classes
 SAME_QUALITY = 0.005  # within 0.5 point of the reference optimum
-NEEDS_PREFECT = {"sweepflow", "random", "sweepflow_w2", "tpe_no_pruning", "gp", "gp_no_pruning",
-                 "tpe", "gp_startup_1"}
+NEEDS_PREFECT = set(NAMES) - set(PEERS)  # sweepflow's own pipeline, whatever its settings
 SHARED = ROOT / "bench" / "results.json"  # the stored reference optimum (issue 25, point 1)
 
 os.environ.update(OFFLINE_ENV)  # before transformers or datasets are imported
