@@ -171,6 +171,7 @@ class TrainConfig(_Model):
     early_stopping_patience: int = Field(ge=1)
     batching: Batching
     bucket_batches: int = Field(ge=1)
+    micro_batches: Annotated[int, Field(ge=1)] | Literal["auto"]
     fast_dropout: bool
     num_threads: int | None = Field(ge=1)
     max_steps: int

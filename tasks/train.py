@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import Logger
-from sweepflow.tasks.batching import train_batches
+from sweepflow.tasks.batching import MicroBatchCollator, micro_batches, train_batches
 from sweepflow.tasks.clean import LABEL
 from sweepflow.tasks.multilabel import multi_hot
 from sweepflow.tasks.tokenize import TokenizedData, load_tokenized, load_tokenizer
@@ -97,8 +97,10 @@ def _collate(tokens: TokenizedData) -> DataCollatorWithPadding:
 
 
 def train_loader(rows: Rows, tokens: TokenizedData, cfg: TrainConfig, seed: int) -> DataLoader:
-    """Batches drawn as `cfg.batching` says (tasks/batching.py), random per epoch from `seed`."""
-    return DataLoader(rows, collate_fn=_collate(tokens), **train_batches(rows.lengths, cfg, seed))
+    """Batches drawn as `cfg.batching` says (tasks/batching.py), random per epoch from `seed`;
+    each one collated as up to `cfg.micro_batches` length-sorted pieces."""
+    collate = MicroBatchCollator(_collate(tokens), micro_batches(cfg.micro_batches))
+    return DataLoader(rows, collate_fn=collate, **train_batches(rows.lengths, cfg, seed))
 
 
 def eval_loader(rows: Rows, tokens: TokenizedData, batch_size: int) -> DataLoader:
@@ -136,9 +138,13 @@ class TextClassifier(pl.LightningModule):
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
 
-    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
+    def training_step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
+                      _: int) -> torch.Tensor:
+        pieces = batch if isinstance(batch, list) else [batch]  # micro-batches of one batch
+        rows = sum(len(p["labels"]) for p in pieces)
+        # Each piece's mean loss weighted by its rows: the whole batch's mean loss, one backward.
+        loss = sum(self.model(**p).loss * (len(p["labels"]) / rows) for p in pieces)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=rows)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:

@@ -9,7 +9,12 @@ import random
 import lightning.pytorch as pl
 import pytest
 import torch
-from sweepflow.tasks.batching import BucketedBatchSampler, padding_share
+from sweepflow.tasks.batching import (
+    BucketedBatchSampler,
+    MicroBatchCollator,
+    micro_batch_cuts,
+    padding_share,
+)
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -116,7 +121,8 @@ def test_the_configured_batching_feeds_the_train_loader(tiny_config, batching):
     rows = load_rows(tokens.path)["train"]
     cfg = tiny_config.train.model_copy(update={"batch_size": 8, "batching": batching})
     loader = train_loader(rows, tokens, cfg, seed=0)
-    ids = [row for batch in loader for row in batch["input_ids"].tolist()]
+    ids = [row for batch in loader for piece in (batch if isinstance(batch, list) else [batch])
+           for row in piece["input_ids"].tolist()]
     assert len(ids) == len(rows)
     assert isinstance(loader.batch_sampler, BucketedBatchSampler) == (batching == "bucketed")
 
@@ -132,3 +138,46 @@ def test_bucket_batches_sets_the_chunk_of_the_bucketed_sampler(tiny_config):
                                                "bucket_batches": 3})
     loader = train_loader(rows, tokens, cfg, seed=0)
     assert loader.batch_sampler.chunk == 4 * 3
+
+
+def test_micro_batch_cuts_save_padding_within_the_piece_limit():
+    assert micro_batch_cuts([12] * 32, 4) == [32]  # like lengths: nothing to save
+    two_sizes = [8] * 16 + [64] * 16
+    assert micro_batch_cuts(two_sizes, 4) == [16, 32]
+    assert micro_batch_cuts(two_sizes, 1) == [32]
+    for seed in range(20):
+        lens = sorted(lengths(32, seed))
+        cuts = micro_batch_cuts(lens, 4)
+        assert 1 <= len(cuts) <= 4 and cuts[-1] == 32 and cuts == sorted(set(cuts))
+        padded = sum((b - a) * lens[b - 1] for a, b in zip([0, *cuts[:-1]], cuts))
+        assert padded <= 32 * lens[-1]
+
+
+def test_micro_batches_give_the_whole_batch_loss_and_gradient(tiny_config):
+    """The optimizer sees what one padded batch of the same rows would give it."""
+    from sweepflow.tasks.ingest import ingest
+    from sweepflow.tasks.tokenize import tokenize
+    from sweepflow.tasks.train import TextClassifier, _collate, load_rows
+
+    tokens = tokenize(tiny_config, ingest(tiny_config))
+    rows = load_rows(tokens.path)["train"]
+    module = TextClassifier(tokens.model_path, list(tokens.data.label_names), tiny_config.train)
+    module.model.eval()  # no dropout: the two must agree to rounding
+    features = [rows[i] for i in range(32)]
+    whole = _collate(tokens)(features)
+    pieces = MicroBatchCollator(_collate(tokens), 4, piece_cost=1)(features)  # short texts
+    assert isinstance(pieces, list) and len(pieces) > 1
+    assert sum(len(p["labels"]) for p in pieces) == 32
+    assert sum(p["input_ids"].numel() for p in pieces) < whole["input_ids"].numel()
+    results = []
+    for batch in (whole, pieces):
+        module.zero_grad()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in module.parameters()
+                                         if p.grad is not None]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    assert len(grads_a) == len(grads_b)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
