@@ -35,7 +35,8 @@ from typing import Any
 from bench.common import BATCH_SIZE, write_json
 
 NAMES = ("sweepflow", "hf_optuna", "ray_asha", "optuna_pl", "random", "sweepflow_w2",
-         "tpe_no_pruning", "gp", "gp_no_pruning", "tpe", "gp_startup_1")
+         "tpe_no_pruning", "gp", "gp_no_pruning", "tpe", "gp_startup_1",
+         "whole_batches")
 PEERS = ("hf_optuna", "ray_asha", "optuna_pl")  # the other frameworks; the rest is sweepflow
 EVAL_BATCH = 128  # every contender's validation batch (sweepflow's train.eval_batch_size)
 # sweepflow's search-space names that TrainingArguments spells otherwise (transformers 5:
@@ -541,7 +542,9 @@ RUNNERS = {"sweepflow": run_sweepflow, "hf_optuna": run_hf_optuna, "ray_asha": r
            # the GP modelling the study from its second trial (1 random start-up trial)
            "gp_startup_1": lambda a: run_sweepflow(a, ("sweep.sampler=gp",
                                                        "sweep.sampler_startup_trials=1")),
-           "tpe": lambda a: run_sweepflow(a, ("sweep.sampler=tpe",))}  # TPE whatever the default
+           "tpe": lambda a: run_sweepflow(a, ("sweep.sampler=tpe",)),  # TPE whatever the default
+           # the default without micro-batches: each batch padded as one
+           "whole_batches": lambda a: run_sweepflow(a, ("train.micro_batches=1",))}
 
 
 def main() -> None:
