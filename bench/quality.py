@@ -30,7 +30,8 @@ WEIGHT_DECAY = 0.01
 # sweepflow contenders: train.* overrides on top of the experiment's defaults.
 FIT_SETTINGS: dict[str, dict[str, Any]] = {
     "sweepflow": {},  # the default: precision auto, train.batching default, fast dropout
-    "reference": {"precision": "32-true", "batching": "shuffle", "fast_dropout": False},
+    "reference": {"precision": "32-true", "batching": "shuffle", "fast_dropout": False,
+                  "micro_batches": 1},  # the plain recipe: each batch padded as one
     # The speed settings one at a time (issue 25, point 3), spelled out so that they stay
     # the same whatever conf/base.yaml says: `speed` is the default of 2026-12-03.
     "speed": {"precision": "auto", "batching": "bucketed", "bucket_batches": 8,
@@ -171,7 +172,7 @@ def run_fit(name: str, overrides: list[str], seed: int, k: int) -> dict[str, Any
     _, result = fit(tokens, cfg, seed, config.sweep.metric, "max", [Clock()], None,
                     progress=False)
     return {"precision": precision, "batching": cfg.batching, "fast_dropout": cfg.fast_dropout,
-            "steps": result.steps, **clock.summary()}
+            "micro_batches": cfg.micro_batches, "steps": result.steps, **clock.summary()}
 
 
 def run_hf(name: str, overrides: list[str], seed: int, k: int) -> dict[str, Any]:
