@@ -34,9 +34,6 @@ from typing import Any
 
 from bench.common import BATCH_SIZE, write_json
 
-NAMES = ("sweepflow", "hf_optuna", "ray_asha", "optuna_pl", "random", "sweepflow_w2",
-         "tpe_no_pruning", "gp", "gp_no_pruning", "tpe", "gp_startup_1",
-         "whole_batches")
 PEERS = ("hf_optuna", "ray_asha", "optuna_pl")  # the other frameworks; the rest is sweepflow
 EVAL_BATCH = 128  # every contender's validation batch (sweepflow's train.eval_batch_size)
 # sweepflow's search-space names that TrainingArguments spells otherwise (transformers 5:
@@ -545,11 +542,12 @@ RUNNERS = {"sweepflow": run_sweepflow, "hf_optuna": run_hf_optuna, "ray_asha": r
            "tpe": lambda a: run_sweepflow(a, ("sweep.sampler=tpe",)),  # TPE whatever the default
            # the default without micro-batches: each batch padded as one
            "whole_batches": lambda a: run_sweepflow(a, ("train.micro_batches=1",))}
+NAMES = tuple(name for name in RUNNERS if name != "reference")  # the sweep contenders
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("name", choices=(*NAMES, "reference"))
+    parser.add_argument("name", choices=tuple(RUNNERS))
     parser.add_argument("--seed", type=int, default=42, help="the sweep's seed")
     parser.add_argument("--seeds", default="42", help="reference: training seeds")
     parser.add_argument("--params", default="{}", help="reference: the config (JSON)")

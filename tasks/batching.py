@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -116,22 +117,25 @@ def micro_batch_cuts(lengths: Sequence[int], max_pieces: int,
     n = len(lengths)
     if max_pieces <= 1 or n <= 1:
         return [n]
-    inf = float("inf")
-    # best[k][j]: least cost of the first j rows in k pieces; a piece [i, j) pads to lengths[j-1].
-    best = [[inf] * (n + 1) for _ in range(max_pieces + 1)]
-    back = [[0] * (n + 1) for _ in range(max_pieces + 1)]
-    best[0][0] = 0
-    for k in range(1, max_pieces + 1):
-        for j in range(1, n + 1):
-            for i in range(k - 1, j):
-                cost = best[k - 1][i] + (j - i) * lengths[j - 1] + piece_cost
-                if cost < best[k][j]:
-                    best[k][j], back[k][j] = cost, i
-    k = min(range(1, max_pieces + 1), key=lambda k: best[k][n])
+    ends = np.arange(n + 1)
+    # piece[i, j]: the cost of rows [i, j) as one piece, padded to lengths[j - 1] (i < j).
+    longest = np.concatenate(([0.0], np.asarray(lengths, dtype=np.float64)))
+    piece = (ends[None, :] - ends[:, None]) * longest[None, :] + piece_cost
+    piece[ends[:, None] >= ends[None, :]] = np.inf
+    best = np.full(n + 1, np.inf)  # least cost of the first j rows in k pieces
+    best[0] = 0.0
+    backs, totals = [], []
+    for _ in range(max_pieces):  # k = 1, 2, ...: O(pieces x rows^2) in numpy
+        total = best[:, None] + piece
+        back = total.argmin(axis=0)
+        best = total[back, ends]
+        backs.append(back)
+        totals.append(best[n])
+    k = int(np.argmin(totals)) + 1  # the first of equal costs: fewer pieces
     cuts, j = [], n
     while k:
         cuts.append(j)
-        j, k = back[k][j], k - 1
+        j, k = int(backs[k - 1][j]), k - 1
     return cuts[::-1]
 
 
