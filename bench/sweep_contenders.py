@@ -541,7 +541,9 @@ RUNNERS = {"sweepflow": run_sweepflow, "hf_optuna": run_hf_optuna, "ray_asha": r
                                                        "sweep.sampler_startup_trials=1")),
            "tpe": lambda a: run_sweepflow(a, ("sweep.sampler=tpe",)),  # TPE whatever the default
            # the default without micro-batches: each batch padded as one
-           "whole_batches": lambda a: run_sweepflow(a, ("train.micro_batches=1",))}
+           "whole_batches": lambda a: run_sweepflow(a, ("train.micro_batches=1",)),
+           # each trial trains with its own seed (seed + trial number)
+           "seed_per_trial": lambda a: run_sweepflow(a, ("sweep.seed_per_trial=true",))}
 NAMES = tuple(name for name in RUNNERS if name != "reference")  # the sweep contenders
 
 

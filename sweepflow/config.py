@@ -238,6 +238,7 @@ class SweepConfig(_Model):
     pruner_signal: Literal["metric", "loss"]  # what trials report to the pruner
     pruner_percentile: float = Field(gt=0, lt=100)  # percentile pruner: top % kept
     pruner_reduction_factor: int = Field(ge=2)  # halving/hyperband: 1 in this many goes on
+    seed_per_trial: bool  # each trial trains with seed + its trial number (else all with seed)
     metric: Literal["val/f1_macro", "val/accuracy", "val/loss"]
     direction: Literal["maximize", "minimize"]
     space: dict[str, Param]

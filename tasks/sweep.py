@@ -60,6 +60,7 @@ from sweepflow.paths import models_dir, shared_dir
 log = logging.getLogger(__name__)
 
 DIGEST_ATTR = "data_digest"
+SEED_TAG = "sweepflow.train_seed"  # on the trial's MLflow run: the seed it trained with
 
 
 class StudyRef(BaseModel):
@@ -435,12 +436,13 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
     end_tags: dict[str, str] = {}  # logged with the run's cost when it closes
     with tracker.start_run(f"trial-{trial.number}", tags, end_tags) as run:
         run_id = run.run_id
-        run.log(params=params)
+        seed = trial_seed(config, study, trial)
+        run.log(params=params, tags={SEED_TAG: str(seed)})
         pruning, guard = StepPruning(trial, config.sweep), DivergenceGuard()
         mode = "max" if ref.direction == "maximize" else "min"
         logger = trial_logger(run)
         try:
-            module, fitted = fit(tokens, train_cfg, config.seed, ref.metric, mode,
+            module, fitted = fit(tokens, train_cfg, seed, ref.metric, mode,
                                  [pruning, guard], logger)
         except Exception as err:
             with lost_if_out_of_reach(trial.number, run_id, config.sweep, err):
@@ -472,6 +474,15 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         end_tags.update({"optuna.state": state, "optuna.steps": str(result.steps),
                          **({NOTE_TAG: note} if note else {})})
     return result
+
+
+def trial_seed(config: SweepflowConfig, study: optuna.Study, trial: optuna.Trial) -> int:
+    """The seed a trial trains with: `seed`, or with `sweep.seed_per_trial` seed + the trial's
+    number, that of the trial it retries for a retry (same params, same draw)."""
+    if not config.sweep.seed_per_trial:
+        return config.seed
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    return config.seed + frozen.system_attrs.get("failed_trial", trial.number)
 
 
 class TrialLogger(MLFlowLogger):

@@ -15,8 +15,10 @@ from sweepflow.tasks.sweep import (
     create_study,
     grid_space,
     make_sampler,
+    SEED_TAG,
     run_trial,
     suggest,
+    trial_seed,
 )
 from sweepflow.tasks.tokenize import tokenize
 from sweepflow.tasks.train import fit, resolve_precision
@@ -132,6 +134,32 @@ def test_run_trial_reports_and_continues_study(tiny_config):
     assert second.number == 1 and second.params != first.params
     study = optuna.load_study(study_name=ref.name, storage=ref.storage)
     assert len(study.trials[0].intermediate_values) >= 1  # reported at each validation
+
+
+def test_a_trial_trains_with_the_seed_or_its_own(tiny_overrides):
+    same = load_config(overrides=tiny_overrides)
+    own = load_config(overrides=[*tiny_overrides, "sweep.seed_per_trial=true"])
+    study = optuna.create_study()
+    first, second = study.ask(), study.ask()
+    assert trial_seed(same, study, first) == trial_seed(same, study, second) == same.seed
+    assert (trial_seed(own, study, first), trial_seed(own, study, second)) == (own.seed,
+                                                                             own.seed + 1)
+    # A retry of a dead worker's trial (as Optuna's RetryFailedTrialCallback queues it) trains
+    # with the seed of the trial it retries: same params, same draw.
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params={}, distributions={},
+        system_attrs={"failed_trial": 1, "retry_history": [1]}))
+    retry = study.ask()
+    assert retry.number == 2 and trial_seed(own, study, retry) == own.seed + 1
+
+
+def test_trials_log_the_seed_they_trained_with(tiny_overrides):
+    config = load_config(overrides=[*tiny_overrides, "sweep.seed_per_trial=true"])
+    tokens = tokenize(config, ingest(config))
+    tracker = Tracker.open(config)
+    results = [run_trial(config, tokens, create_study(config), tracker) for _ in range(2)]
+    seeds = [tracker.client.get_run(r.run_id).data.tags[SEED_TAG] for r in results]
+    assert seeds == [str(config.seed), str(config.seed + 1)]
 
 
 def _prune(overrides: list[str], warmup: float, min_validations: int = 1
