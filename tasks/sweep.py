@@ -415,11 +415,13 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
         trial.set_user_attr(BASIS_ATTR, key)
         trial.set_user_attr(DIGEST_ATTR, tokens.data.digest)
         params = suggest(trial, config.sweep)
+        seed = trial_seed(config, study, trial)
     except BaseException:  # e.g. a search space Optuna rejects: never left RUNNING
         study.tell(trial, state=TrialState.FAIL)
         raise
     try:
-        return _train_trial(config, tokens, ref, study, trial, params, tracker, start, tags)
+        return _train_trial(config, tokens, ref, study, trial, params, seed, tracker, start,
+                            tags)
     except (TrialFailed, TrialTaken) as err:
         return TrialResult(number=trial.number, state="failed", value=None, params=params,
                            steps=0, seconds=time.perf_counter() - start, run_id=err.run_id,
@@ -427,7 +429,7 @@ def _run_asked(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
 
 
 def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
-                 study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
+                 study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], seed: int,
                  tracker: tracking.Tracker, start: float, extra_tags: dict[str, str]
                  ) -> TrialResult:
     train_cfg = config.train.model_copy(update=params)
@@ -436,7 +438,6 @@ def _train_trial(config: SweepflowConfig, tokens: TokenizedData, ref: StudyRef,
     end_tags: dict[str, str] = {}  # logged with the run's cost when it closes
     with tracker.start_run(f"trial-{trial.number}", tags, end_tags) as run:
         run_id = run.run_id
-        seed = trial_seed(config, study, trial)
         run.log(params=params, tags={SEED_TAG: str(seed)})
         pruning, guard = StepPruning(trial, config.sweep), DivergenceGuard()
         mode = "max" if ref.direction == "maximize" else "min"
