@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 DIGEST_ATTR = "data_digest"
 SEED_TAG = "sweepflow.train_seed"  # on the trial's MLflow run: the seed it trained with
+RETRIED = "failed_trial"  # system attr of a retry that Optuna queued for a dead worker's trial
 
 
 class StudyRef(BaseModel):
@@ -483,7 +484,7 @@ def trial_seed(config: SweepflowConfig, study: optuna.Study, trial: optuna.Trial
     if not config.sweep.seed_per_trial:
         return config.seed
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-    return config.seed + frozen.system_attrs.get("failed_trial", trial.number)
+    return config.seed + frozen.system_attrs.get(RETRIED, trial.number)
 
 
 class TrialLogger(MLFlowLogger):

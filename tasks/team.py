@@ -26,7 +26,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from pydantic import BaseModel
 from sweepflow.tasks.pruning import trial_steps
-from sweepflow.tasks.sweep import StudyRef, TrialResult, load_study, outcome_line, run_asked
+from sweepflow.tasks.sweep import (
+    RETRIED,
+    StudyRef,
+    TrialResult,
+    load_study,
+    outcome_line,
+    run_asked,
+)
 from sweepflow.tasks.tokenize import TokenizedData
 
 from sweepflow import storage, tracking
@@ -38,7 +45,6 @@ log = logging.getLogger(__name__)
 SWEEP_TAG = "sweepflow.sweep_id"  # MLflow tag and Optuna user attr: which sweep ran the trial
 WORKER_TAG = "sweepflow.worker"  # host:pid of the process that ran the trial
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-RETRIED = "failed_trial"  # system attr of a retry that Optuna queued for a dead worker's trial
 # Between trials, a worker waits this many sweep.grace_period for a study database out of
 # reach (20 minutes at the default 120 s) before its run ends with the database's error.
 OUT_OF_REACH_WAITS = 10

@@ -149,7 +149,7 @@ def test_micro_batch_cuts_save_padding_within_the_piece_limit():
         lens = sorted(lengths(32, seed))
         cuts = micro_batch_cuts(lens, 4)
         assert 1 <= len(cuts) <= 4 and cuts[-1] == 32 and cuts == sorted(set(cuts))
-        padded = sum((b - a) * lens[b - 1] for a, b in zip([0, *cuts[:-1]], cuts))
+        padded = sum((b - a) * lens[b - 1] for a, b in zip([0, *cuts[:-1]], cuts, strict=True))
         assert padded <= 32 * lens[-1]
 
 

@@ -11,11 +11,11 @@ import pytest
 from sweepflow.tasks.ingest import ingest
 from sweepflow.tasks.pruning import make_pruner, trial_steps
 from sweepflow.tasks.sweep import (
+    SEED_TAG,
     PrunedAwareGPSampler,
     create_study,
     grid_space,
     make_sampler,
-    SEED_TAG,
     run_trial,
     suggest,
     trial_seed,
