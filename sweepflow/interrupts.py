@@ -13,6 +13,11 @@ clean-up write (the cost, the KILLED status) then fails with "database is locked
 and lasts at most DEFER_SECONDS: a call that hangs longer is interrupted where it is. A
 deferred signal is not raised at all once an interrupt is already unwinding (Lightning ends
 `fit` with its own SystemExit on SIGTERM): raised into that clean-up, it would cut a write.
+
+Inside `at_safe_points()` (Lightning's `fit`, whose loggers and callbacks write to the stores
+between batches) a signal is not raised where it lands at all: it is held until the next
+`safe_point()` (a batch boundary, see tasks/train.StopAtSafePoints), where no write is open.
+If none comes within DEFER_SECONDS it falls back to the database-call rule above.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 _received: list[int] = []
 _doing: list[str] = []
 _pending: list[_Deferred] = []  # at most one: a signal waiting for a database call to end
+_safe: list[bool] = []  # one entry per open at_safe_points(): signals wait for safe_point()
 
 DEFER_SECONDS = 10.0
 _DATABASE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg2", "alembic.", "mlflow.store.",
@@ -41,8 +49,13 @@ class Interrupted(KeyboardInterrupt):
 @dataclass
 class _Deferred:
     signum: int
-    timer: threading.Timer  # sends the signal again at DEFER_SECONDS, after marking `expired`
+    held: bool = False  # held for a safe point (no tracer set), else waiting on a database call
     expired: bool = False
+    timer: threading.Timer = field(init=False)  # at DEFER_SECONDS: `expired`, signal again
+
+    def __post_init__(self) -> None:
+        self.timer = threading.Timer(DEFER_SECONDS, _expire, (self,))
+        self.timer.daemon = True
 
 
 def in_database_call(frame: FrameType | None) -> bool:
@@ -56,17 +69,25 @@ def in_database_call(frame: FrameType | None) -> bool:
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _pending:  # the time limit's own signal, or another one, while a call runs
-        if _pending[0].expired:
+        if _pending[0].expired and _pending[0].held:  # no safe point came: the general rule
+            signum = _pending.pop().signum
+            if in_database_call(frame):
+                _defer(signum, frame)
+                return
+            _raise_unless_unwinding(signum)
+        elif _pending[0].expired:
             _raise_unless_unwinding(_pending[0].signum)
         return
     if _received:  # a second signal while unwinding must not interrupt the clean-up
         _received.append(signum)
         return
     _received.append(signum)
-    if in_database_call(frame):
+    if _safe:
+        _hold(signum)
+    elif in_database_call(frame):
         _defer(signum, frame)
-        return
-    _raise(signum)
+    else:
+        _raise(signum)
 
 
 def _unwinding() -> bool:
@@ -79,8 +100,10 @@ def _unwinding() -> bool:
 def _settle() -> None:
     """The deferred signal needs no raise (an interrupt is unwinding): stop waiting for it."""
     if _pending:
-        sys.settrace(None)
-        _pending.pop().timer.cancel()
+        deferred = _pending.pop()
+        deferred.timer.cancel()
+        if not deferred.held:
+            sys.settrace(None)
 
 
 def _raise_unless_unwinding(signum: int) -> None:
@@ -101,10 +124,16 @@ def _expire(deferred: _Deferred) -> None:
     os.kill(os.getpid(), deferred.signum)
 
 
+def _hold(signum: int) -> None:
+    """Wait for the next safe_point(), or DEFER_SECONDS."""
+    deferred = _Deferred(signum, held=True)
+    _pending[:] = [deferred]
+    deferred.timer.start()
+
+
 def _defer(signum: int, frame: FrameType) -> None:
     """Raise at the first line outside the database call, or after DEFER_SECONDS."""
-    deferred = _Deferred(signum, threading.Timer(DEFER_SECONDS, lambda: _expire(deferred)))
-    deferred.timer.daemon = True
+    deferred = _Deferred(signum)
     _pending[:] = [deferred]
 
     def on_line(frame: FrameType, event: str, _arg: object) -> Any:
@@ -118,6 +147,29 @@ def _defer(signum: int, frame: FrameType) -> None:
         caller = caller.f_back
     sys.settrace(lambda *_: None)
     deferred.timer.start()
+
+
+@contextmanager
+def at_safe_points() -> Iterator[None]:
+    """Signals that land inside wait for safe_point() (or DEFER_SECONDS). Leaving by an
+    exception drops a held signal (that exception is the interrupt: Lightning's own on
+    SIGTERM); leaving normally raises it, the end of the block being a safe point too."""
+    _safe.append(True)
+    try:
+        yield
+    except BaseException:
+        if _pending and _pending[0].held:
+            _settle()
+        raise
+    finally:
+        _safe.pop()
+    safe_point()
+
+
+def safe_point() -> None:
+    """Raise a signal held by at_safe_points(); call it where no store write is open."""
+    if _pending and _pending[0].held:
+        _raise_unless_unwinding(_pending[0].signum)
 
 
 def install() -> None:

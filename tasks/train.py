@@ -32,6 +32,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from sweepflow import interrupts
 from sweepflow.config import TrainConfig
 from sweepflow.fastdropout import speed_up_dropout
 from sweepflow.memory import keep_freed_memory
@@ -205,6 +206,20 @@ class BestWeights(Callback):
                           for k, v in module.model.state_dict().items()}
 
 
+class StopAtSafePoints(Callback):
+    """Ctrl-C / SIGTERM during `fit` stop it at a batch boundary, where no logger or callback
+    write to the stores is open (sweepflow.interrupts.at_safe_points)."""
+
+    def on_train_batch_start(self, *_: Any) -> None:
+        interrupts.safe_point()
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        interrupts.safe_point()
+
+    def on_validation_batch_end(self, *_: Any) -> None:
+        interrupts.safe_point()
+
+
 @dataclass(frozen=True)
 class FitResult:
     best_value: float | None
@@ -240,11 +255,12 @@ def fit(tokens: TokenizedData, cfg: TrainConfig, seed: int, monitor: str, mode: 
     best = BestWeights(monitor, mode)
     stop = EarlyStopping(monitor, mode=mode, patience=cfg.early_stopping_patience,
                          check_on_train_epoch_end=False)
-    trainer = build_trainer(cfg, [best, stop, *callbacks], logger, progress)
+    trainer = build_trainer(cfg, [StopAtSafePoints(), best, stop, *callbacks], logger, progress)
     train = train_loader(rows["train"], tokens, cfg, seed)
     val = eval_loader(rows["validation"], tokens, cfg.eval_batch_size)
     start = time.perf_counter()
-    trainer.fit(module, train, val)
+    with interrupts.at_safe_points():
+        trainer.fit(module, train, val)
     seconds = time.perf_counter() - start
     result = FitResult(best.best, best.best_step, trainer.global_step, seconds,
                        trainer.global_step * cfg.batch_size, best.state)

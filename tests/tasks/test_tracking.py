@@ -149,3 +149,43 @@ def test_a_deferred_signal_does_not_cut_the_clean_up_of_an_interrupt(monkeypatch
     assert written == "written"
     assert interrupts.received() == signal.SIGTERM
     assert not interrupts._pending
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_a_signal_inside_fit_waits_for_a_safe_point(monkeypatch, handlers):
+    """Inside at_safe_points (Lightning's fit) a signal is raised at the next safe_point(), a
+    batch boundary, never where it lands (a logger's write)."""
+    monkeypatch.setattr(interrupts, "_received", [])
+    with pytest.raises(KeyboardInterrupt), interrupts.at_safe_points():
+        os.kill(os.getpid(), signal.SIGTERM)
+        _spin(0.3)  # no safe point: nothing raised here
+        reached = True
+        interrupts.safe_point()
+    assert reached and interrupts.received() == signal.SIGTERM
+    assert not interrupts._pending
+
+
+def test_a_held_signal_is_raised_after_the_limit_or_dropped_by_an_interrupt(monkeypatch,
+                                                                              handlers):
+    """No safe point within DEFER_SECONDS: raised where it is (outside database calls). The
+    block left by an exception (Lightning's own SIGTERM exit) drops it: it is never raised
+    into the clean-up after."""
+    monkeypatch.setattr(interrupts, "DEFER_SECONDS", 0.3)
+    monkeypatch.setattr(interrupts, "_received", [])
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), interrupts.at_safe_points():
+        os.kill(os.getpid(), signal.SIGINT)
+        _spin(5)
+    assert 0.3 <= time.monotonic() - start < 3
+
+    monkeypatch.setattr(interrupts, "_received", [])
+    with pytest.raises(SystemExit), interrupts.at_safe_points():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise SystemExit(1)  # as Lightning's SIGTERMException
+    _spin(0.6)  # the limit passes during the clean-up: nothing raised
+    assert interrupts.received() == signal.SIGTERM and not interrupts._pending
