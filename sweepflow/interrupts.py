@@ -151,15 +151,18 @@ def _defer(signum: int, frame: FrameType) -> None:
 
 @contextmanager
 def at_safe_points() -> Iterator[None]:
-    """Signals that land inside wait for safe_point() (or DEFER_SECONDS). Leaving by an
-    exception drops a held signal (that exception is the interrupt: Lightning's own on
-    SIGTERM); leaving normally raises it, the end of the block being a safe point too."""
+    """Signals that land inside wait for safe_point() (or DEFER_SECONDS). The block's end is
+    a safe point too: a held signal is raised there, in place of an error the block raised,
+    and dropped when an interrupt (Lightning's own SystemExit on SIGTERM) is the way out."""
     _safe.append(True)
     try:
         yield
-    except BaseException:
+    except BaseException as err:
         if _pending and _pending[0].held:
-            _settle()
+            if isinstance(err, KeyboardInterrupt | SystemExit):
+                _settle()
+            else:
+                _raise(_pending[0].signum)
         raise
     finally:
         _safe.pop()

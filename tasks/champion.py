@@ -6,8 +6,10 @@ sweepflow/modelsafety.py) and labels this run's test rows, so the registry compa
 the challenger on the same rows (tasks/register.py). It also labels the newest rows: those
 of this run's data that the champion's own data did not hold, for the drift report
 (tasks/drift.py). When its test data is this run's, its stored test predictions are used
-and nothing is re-scored. A champion that cannot be loaded, or knows other labels, is not
-re-scored, and the reason says why.
+and nothing is re-scored. A champion trained before the data gained a class is re-scored as
+it is (it never predicts the new class, so a challenger that knows it can win on the same
+rows); one that cannot be loaded, or knows a label this data lacks, is not re-scored, and the
+reason says why.
 """
 
 from __future__ import annotations
@@ -42,13 +44,16 @@ log = logging.getLogger(__name__)
 def label_with(tracker: tracking.Tracker, uri: str, texts: list, names: list[str],
                max_length: int, multi_label: bool = False) -> np.ndarray:
     """The model's label ids (in `names` order) for `texts` (or (text, text_pair) pairs), or
-    0/1 rows for a multi-label model; ValueError when its labels or its kind are not this
-    data's."""
+    0/1 rows for a multi-label model; ValueError when it knows a label this data has not, or
+    its kind is not this data's. A model that knows only some of `names` (the data gained a
+    class since it was trained) is scored as it is."""
     from sweepflow.tasks.predict import load_model, predict
 
     loaded = load_model(tracker, uri, max_length)
     known = getattr(getattr(loaded.model, "config", None), "id2label", None)
-    if known is not None and sorted(map(str, known.values())) != sorted(names):
+    if known is not None and not set(map(str, known.values())) <= set(names):
+        # A model that knows fewer labels (the data gained a class) is scored as it is: it
+        # never predicts the new ones. One that knows a label this data lacks is not.
         raise ValueError(f"it knows the labels {sorted(map(str, known.values()))}, this "
                          f"data {sorted(names)}")
     index = {name: i for i, name in enumerate(names)}

@@ -75,3 +75,23 @@ def test_four_nights(tiny_overrides, tiny_csv, caplog):
     assert "DRIFT beyond drift.threshold" in out and "labels" in drifted.drift.flagged, out
     tags = client.get_run(drifted.run_id).data.tags
     assert "labels" in tags["drift.flagged"]
+
+
+@pytest.mark.slow
+def test_a_night_that_brings_a_new_label(tiny_overrides, tiny_csv, caplog):
+    """The data gains a class: the champion, which cannot predict it, is re-scored on the new
+    test rows as it is, and the challenger that knows every label can beat it there."""
+    caplog.set_level(logging.INFO, logger=REPORT)
+    overrides = [*tiny_overrides, *FAST]
+    rows = make_frame(3000, seed=6)
+    known = rows[rows["sentiment"] != "positive"]
+    first = _night(overrides, tiny_csv, known.iloc[:300])
+    assert first.registry.decision == "promoted"
+    positive = rows[rows["sentiment"] == "positive"]
+    grown = _night(overrides, tiny_csv, pd.concat([known.iloc[:300], positive.iloc[:300]]))
+    out = _lines(caplog)
+    assert "re-scored on this run's" in out, out
+    reg = grown.registry
+    assert reg.comparison is not None, reg.reason
+    print(f"new label: {reg.decision}: {reg.reason}")
+    assert reg.decision == "promoted", reg.reason

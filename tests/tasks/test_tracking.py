@@ -189,3 +189,14 @@ def test_a_held_signal_is_raised_after_the_limit_or_dropped_by_an_interrupt(monk
         raise SystemExit(1)  # as Lightning's SIGTERMException
     _spin(0.6)  # the limit passes during the clean-up: nothing raised
     assert interrupts.received() == signal.SIGTERM and not interrupts._pending
+
+
+def test_a_held_signal_outranks_an_error_of_the_block(monkeypatch, handlers):
+    """A trial's own error after the signal landed does not swallow it: the sweep stops."""
+    monkeypatch.setattr(interrupts, "_received", [])
+    with pytest.raises(KeyboardInterrupt) as caught, interrupts.at_safe_points():
+        os.kill(os.getpid(), signal.SIGINT)
+        _spin(0.1)
+        raise ValueError("diverged")
+    assert isinstance(caught.value.__context__, ValueError)
+    assert interrupts.received() == signal.SIGINT and not interrupts._pending
