@@ -68,6 +68,12 @@ class Setup:
     configs: int  # reference configs (0 = the whole grid)
     check_set: str | None = None  # bench/checksets.py name; None = the bundled tweets
     check_path: str = ""  # its file, built in the run's temporary folder
+    space: tuple[str, ...] = ()  # sweep.space overrides: another search space for every part
+
+    def space_config(self) -> Any:
+        from sweepflow.config import load_config
+
+        return load_config(overrides=list(self.space)).sweep
 
     def data(self) -> list[str]:
         """The overrides every child gets: the data, tokenized once by the parent."""
@@ -79,8 +85,8 @@ class Setup:
                     f"seed={self.data_seed}", f"data.max_train_samples={self.train}",
                     f"data.test_fraction={self.test_fraction}",
                     f"train.max_epochs={self.epochs}",
-                    f"tracking.experiment=bench-sweep-level-{self.check_set}"]
-        return [f"seed={self.data_seed}", f"data.max_train_samples={self.train}",
+                    f"tracking.experiment=bench-sweep-level-{self.check_set}", *self.space]
+        return [*self.space, f"seed={self.data_seed}", f"data.max_train_samples={self.train}",
                 f"data.max_eval_samples={self.eval}", f"data.test_fraction={self.test_fraction}",
                 f"tokenize.max_length={MAX_LENGTH}", "train.batch_size=32",
                 f"train.max_epochs={self.epochs}", "tracking.experiment=bench-sweep-level"]
@@ -88,7 +94,8 @@ class Setup:
     def key(self, part: str) -> dict[str, Any]:
         data = {"train": self.train, "eval": self.eval, "test_fraction": self.test_fraction,
                 "data_seed": self.data_seed, "epochs": self.epochs,
-                **({"check_set": self.check_set} if self.check_set else {})}
+                **({"check_set": self.check_set} if self.check_set else {}),
+                **({"space": list(self.space)} if self.space else {})}
         if part == "reference":
             return {**data, "seeds": list(self.seeds), "lr_points": self.lr_points,
                     "configs": self.configs}
@@ -115,6 +122,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--check-set", choices=("airline2", "posts"),
                         help="a check set (bench/checksets.py) instead of the bundled tweets; "
                         "its reference stays in --out, not in bench/results.json")
+    parser.add_argument("--space", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sweep.space override for the reference and every contender "
+                        "(repeatable; e.g. sweep.space.learning_rate.low=1e-5); its reference "
+                        "stays in --out, not in bench/results.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store")
     parser.add_argument("--out", help="results file")
     args = parser.parse_args()
@@ -137,7 +148,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
                  trials=args.trials or (2 if quick else 12),
                  cap_seconds=60 * (args.cap_minutes or (15 if quick else 45)),
                  lr_points=args.lr_points, configs=args.configs or (2 if quick else 0),
-                 check_set=args.check_set)
+                 check_set=args.check_set, space=tuple(args.space))
 
 
 # -- the reference grid ---------------------------------------------------------------------
@@ -181,10 +192,9 @@ def label(params: dict[str, Any]) -> str:
 def reference(run: Run, stored: dict[str, Any] | None) -> dict[str, Any]:
     """The grid, one child per config (every seed in it); results saved after each config,
     so a run stopped half-way resumes where it stopped."""
-    from sweepflow.config import load_config
 
     key = run.setup.key("reference")
-    configs = pick(grid_configs(load_config().sweep.space, run.setup.lr_points),
+    configs = pick(grid_configs(run.setup.space_config().space, run.setup.lr_points),
                    run.setup.configs)
     shared = stored_reference()
     if (stored is None or stored.get("setup") != key) and shared.get("setup") == key:
@@ -207,7 +217,7 @@ def reference(run: Run, stored: dict[str, Any] | None) -> dict[str, Any]:
                 + (" ".join(f"{f:.4f}" for f in f1s) or done[name].get("error", "")[-200:]))
         run.save("reference", summarise_reference(key, done, len(done) == len(configs)))
     result = summarise_reference(key, done, True)
-    if not run.setup.check_set:
+    if not run.setup.check_set and not run.setup.space:
         store_reference(result, run.out)
     return result
 

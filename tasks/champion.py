@@ -14,7 +14,9 @@ reason says why.
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import NamedTuple
 
 import numpy as np
 from prefect import task
@@ -41,20 +43,26 @@ from sweepflow.usererrors import UserError
 log = logging.getLogger(__name__)
 
 
+class Labelled(NamedTuple):
+    ids: np.ndarray  # label ids in the data's order, or 0/1 rows (multi-label)
+    unlearned: list[str]  # the data's labels the model was not trained on (never predicted)
+
+
 def label_with(tracker: tracking.Tracker, uri: str, texts: list, names: list[str],
-               max_length: int, multi_label: bool = False) -> np.ndarray:
+               max_length: int, multi_label: bool = False) -> Labelled:
     """The model's label ids (in `names` order) for `texts` (or (text, text_pair) pairs), or
     0/1 rows for a multi-label model; ValueError when it knows a label this data has not, or
     its kind is not this data's. A model that knows only some of `names` (the data gained a
-    class since it was trained) is scored as it is."""
+    class since it was trained) is scored as it is, and the labels it lacks are named."""
     from sweepflow.tasks.predict import load_model, predict
 
     loaded = load_model(tracker, uri, max_length)
-    known = getattr(getattr(loaded.model, "config", None), "id2label", None)
-    if known is not None and not set(map(str, known.values())) <= set(names):
+    id2label = getattr(getattr(loaded.model, "config", None), "id2label", None)
+    known = set(map(str, id2label.values())) if id2label is not None else set(names)
+    if not known <= set(names):
         # A model that knows fewer labels (the data gained a class) is scored as it is: it
         # never predicts the new ones. One that knows a label this data lacks is not.
-        raise ValueError(f"it knows the labels {sorted(map(str, known.values()))}, this "
+        raise ValueError(f"it knows the labels {sorted(known)}, this "
                          f"data {sorted(names)}")
     index = {name: i for i, name in enumerate(names)}
     preds = predict(loaded, texts)
@@ -66,10 +74,11 @@ def label_with(tracker: tracking.Tracker, uri: str, texts: list, names: list[str
     if found - set(index):
         raise ValueError(f"it predicts labels {sorted(found - set(index))} this data does "
                          "not have")
+    unlearned = [n for n in names if n not in known]
     if multi_label:
-        return multi_hot([[index[x] for x in p.labels] for p in preds],
-                         len(names)).astype(np.int64)
-    return np.asarray([index[p.label] for p in preds], dtype=np.int64)
+        return Labelled(multi_hot([[index[x] for x in p.labels] for p in preds],
+                                  len(names)).astype(np.int64), unlearned)
+    return Labelled(np.asarray([index[p.label] for p in preds], dtype=np.int64), unlearned)
 
 
 def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: tracking.Tracker
@@ -88,13 +97,13 @@ def check_champion(config: SweepflowConfig, tokens: TokenizedData, tracker: trac
     same_test = champion.digest == data.split_digests["test"]
     try:
         texts = newest_texts if same_test else test_texts + newest_texts
-        pred = label_with(tracker, uri, texts, names, tokens.max_length,
-                          data.multi_label) if texts else np.zeros(0, np.int64)
+        pred, unlearned = label_with(tracker, uri, texts, names, tokens.max_length,
+                                     data.multi_label) if texts else (np.zeros(0, np.int64), [])
     except (UserError, ValueError, OSError, RuntimeError) as err:
         reason = f"champion v{champion.version} could not be re-scored: {err}"
         log.info(reason)
         return ChampionCheck(champion=champion, reason=reason)
-    check = ChampionCheck(champion=champion, newest_rows=len(newest_texts),
+    check = ChampionCheck(champion=champion, newest_rows=len(newest_texts), unlearned=unlearned,
                           newest=scores(y_new, pred[-len(y_new):]) if len(y_new) else None)
     if same_test:  # its stored predictions are on these rows (tasks/register.py)
         return check
@@ -130,6 +139,8 @@ def log_check(tracker: tracking.Tracker, check: ChampionCheck) -> None:
             "champion.rescored": "true" if check.test else "false"}
     if check.reason:
         tags["champion.reason"] = check.reason[:5000]
+    if check.unlearned:
+        tags["champion.unlearned_labels"] = json.dumps(check.unlearned)[:5000]
     metrics = {f"test/champion_{k}": v
                for k, v in (check.test.model_dump().items() if check.test else ())}
     tracker.log(metrics=metrics, tags=tags)
@@ -145,7 +156,9 @@ def check_champion_task(config: SweepflowConfig, tokens: TokenizedData,
     if check.test is not None:
         report.info(f"champion v{check.champion.version} re-scored on this run's "
                     f"{len(check.predictions.row):,} test rows: macro-F1 "
-                    f"{check.test.f1_macro:.4f}")
+                    f"{check.test.f1_macro:.4f}" + (
+                        f" (trained before the labels {', '.join(check.unlearned)}: it never "
+                        "predicts them)" if check.unlearned else ""))
     elif check.reason and check.champion is not None:
         report.info(check.reason)
     return check

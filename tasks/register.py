@@ -67,6 +67,7 @@ class ChampionCheck(BaseModel):
     newest_rows: int = 0  # rows of this run's data the champion's data did not hold
     newest: Scores | None = None  # its scores on (at most drift.max_rows of) those
     reason: str | None = None  # why it was not re-scored
+    unlearned: list[str] = []  # this data's labels the champion was not trained on
 
 
 class Verdict(BaseModel):

@@ -91,6 +91,7 @@ def test_a_night_that_brings_a_new_label(tiny_overrides, tiny_csv, caplog):
     grown = _night(overrides, tiny_csv, pd.concat([known.iloc[:300], positive.iloc[:300]]))
     out = _lines(caplog)
     assert "re-scored on this run's" in out, out
+    assert "trained before the labels positive: it never predicts them" in out, out
     reg = grown.registry
     assert reg.comparison is not None, reg.reason
     print(f"new label: {reg.decision}: {reg.reason}")
