@@ -123,9 +123,10 @@ def parse_args() -> argparse.Namespace:
                         help="a check set (bench/checksets.py) instead of the bundled tweets; "
                         "its reference stays in --out, not in bench/results.json")
     parser.add_argument("--space", action="append", default=[], metavar="KEY=VALUE",
-                        help="a sweep.space override for the reference and every contender "
-                        "(repeatable; e.g. sweep.space.learning_rate.low=1e-5); its reference "
-                        "stays in --out, not in bench/results.json")
+                        help="another search space for the reference and every contender: "
+                        "'sweep.space={learning_rate: {type: float, low: 1.0e-5, ...}, ...}' "
+                        "(a space given replaces the whole default one); its reference stays "
+                        "in --out, not in bench/results.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store")
     parser.add_argument("--out", help="results file")
     args = parser.parse_args()
