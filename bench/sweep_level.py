@@ -70,22 +70,17 @@ class Setup:
     check_path: str = ""  # its file, built in the run's temporary folder
     space: tuple[str, ...] = ()  # sweep.space overrides: another search space for every part
 
-    def space_config(self) -> Any:
-        from sweepflow.config import load_config
-
-        return load_config(overrides=list(self.space)).sweep
-
     def data(self) -> list[str]:
         """The overrides every child gets: the data, tokenized once by the parent."""
         if self.check_set:  # the check set's file, columns and max_length; the sizes here
             from bench import checksets
 
             check = checksets.CHECK_SETS[self.check_set]
-            return [*checksets.overrides(check, Path(self.check_path), self.eval),
+            return [*self.space, *checksets.overrides(check, Path(self.check_path), self.eval),
                     f"seed={self.data_seed}", f"data.max_train_samples={self.train}",
                     f"data.test_fraction={self.test_fraction}",
                     f"train.max_epochs={self.epochs}",
-                    f"tracking.experiment=bench-sweep-level-{self.check_set}", *self.space]
+                    f"tracking.experiment=bench-sweep-level-{self.check_set}"]
         return [*self.space, f"seed={self.data_seed}", f"data.max_train_samples={self.train}",
                 f"data.max_eval_samples={self.eval}", f"data.test_fraction={self.test_fraction}",
                 f"tokenize.max_length={MAX_LENGTH}", "train.batch_size=32",
@@ -193,9 +188,11 @@ def label(params: dict[str, Any]) -> str:
 def reference(run: Run, stored: dict[str, Any] | None) -> dict[str, Any]:
     """The grid, one child per config (every seed in it); results saved after each config,
     so a run stopped half-way resumes where it stopped."""
+    from sweepflow.config import load_config
 
     key = run.setup.key("reference")
-    configs = pick(grid_configs(run.setup.space_config().space, run.setup.lr_points),
+    configs = pick(grid_configs(load_config(overrides=list(run.setup.space)).sweep.space,
+                                run.setup.lr_points),
                    run.setup.configs)
     shared = stored_reference()
     if (stored is None or stored.get("setup") != key) and shared.get("setup") == key:
